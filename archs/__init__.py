@@ -1,0 +1,1 @@
+"""Per-architecture plugins: one module per model family, registered by name."""

@@ -1,0 +1,1 @@
+"""Shared conversion machinery: checkpoint reading, validation, tokenizer, GGUF, ONNX, bundle writing."""

@@ -1,0 +1,1 @@
+"""Minimal bundle runtime and verification: numpy + onnxruntime + gguf + tokenizers, no torch."""

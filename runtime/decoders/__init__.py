@@ -1,0 +1,1 @@
+"""One numpy decoder per GGUF architecture."""

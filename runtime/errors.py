@@ -1,0 +1,18 @@
+"""Errors a user can act on: one line naming the file and field, mapped to an exit code by the CLI."""
+
+
+class SmtError(Exception):
+    """Bad input or environment. The message is shown as-is, without a traceback (exit code 2)."""
+
+    exit_code = 2
+
+
+class VerificationFailed(SmtError):
+    """A bundle was produced or checked, but its numbers are outside the documented thresholds (exit 1)."""
+
+    exit_code = 1
+
+
+def where(path, field=None) -> str:
+    """Format the 'file: field' prefix used by every error message."""
+    return f"{path}: {field}" if field else f"{path}"
