@@ -1,2 +1,230 @@
+"""The `smt-convert` command line.
+
+Conversion commands (`<arch>`, `convert`, `inspect`) need the [convert] extra (torch, transformers);
+`run`, `verify` (without --reference) and `list` work on a board with only the base install.
+Errors a user can fix print one line and exit 2; a failed verification exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from smt_convert import __version__
+from smt_convert.runtime.errors import SmtError
+
+OUTTYPE_CHOICES = ["f32", "f16", "bf16", "q8_0"]
+ONNX_DTYPE_CHOICES = ["fp32", "fp16"]
+
+
+class SmtGroup(click.Group):
+    """Turns SmtError into a one-line message and its exit code, with no traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SmtError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    def list_commands(self, ctx):
+        return sorted(super().list_commands(ctx), key=lambda n: (n not in ("list", "inspect", "convert"), n))
+
+
+def _reporter(ctx):
+    from smt_convert.converters.report import Reporter
+
+    return Reporter(ctx.obj["verbosity"])
+
+
+@click.group(cls=SmtGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="smt-convert")
+@click.option("-q", "--quiet", is_flag=True, help="Print only results and errors (no progress).")
+@click.option("-v", "--verbose", is_flag=True, help="Also print per-tensor and per-check details.")
+@click.pass_context
+def cli(ctx, quiet, verbose):
+    """Convert Hugging Face multimodal checkpoints into verified SpacemiT board bundles.
+
+    \b
+    A bundle holds the text decoder as GGUF (llama.cpp), the audio/vision encoder as ONNX with the board's
+    static interface, config.json for the board runtime's --smt-config-dir, and manifest.json (sources,
+    hashes, I/O contracts, preprocessing, verification results, golden vectors).
+
+    \b
+    Examples:
+      smt-convert list
+      smt-convert inspect ./Qwen3-ASR-0.6B
+      smt-convert qwen3-asr ./Qwen3-ASR-0.6B ./out --outtype q8_0
+      smt-convert run ./out --audio speech.wav --language English
+      smt-convert verify ./out
+    """
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose cannot be combined")
+    ctx.obj = {"verbosity": 0 if quiet else 2 if verbose else 1}
+
+
+@cli.command("list")
+def list_cmd():
+    """List the supported architectures and what each produces."""
+    from smt_convert.converters.plugin import all_plugins
+
+    for plugin in all_plugins():
+        click.echo(f"{plugin.name}: {plugin.summary}")
+        click.echo(f"  HF architectures: {', '.join(plugin.hf_architectures)}")
+        click.echo(f"  text GGUF arch:   {plugin.text_arch}")
+        for item in plugin.produces:
+            click.echo(f"  - {item}")
+
+
+def _conversion_options(f):
+    options = [
+        click.option("--outtype", type=click.Choice(OUTTYPE_CHOICES), default="f16", show_default=True,
+                     help="Type of the text GGUF's weight matrices (norms and biases stay f32)."),
+        click.option("--onnx-dtype", type=click.Choice(ONNX_DTYPE_CHOICES), default="fp32", show_default=True,
+                     help="Encoder weights/compute precision (inputs and outputs stay float32)."),
+        click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path), default=None,
+                     help="Directory with the tokenizer files, when the checkpoint lacks them."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@_conversion_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def inspect(checkpoint, outtype, onnx_dtype, tokenizer_dir, as_json):
+    """Validate CHECKPOINT and print what a conversion would produce (writes nothing)."""
+    from smt_convert.converters.checkpoint import Checkpoint
+    from smt_convert.converters.convert import ConvertOptions, make_plan
+    from smt_convert.converters.inspect import describe_plan
+    from smt_convert.converters.plugin import detect_plugin
+
+    ckpt = Checkpoint.open(checkpoint)
+    plugin = detect_plugin(ckpt.config, ckpt.config_path)
+    plan, _ = make_plan(plugin, checkpoint, ConvertOptions(outtype=outtype, onnx_dtype=onnx_dtype,
+                                                           tokenizer_dir=tokenizer_dir))
+    description = describe_plan(plan, ckpt)
+    if as_json:
+        click.echo(json.dumps(description, indent=1))
+    else:
+        from smt_convert.converters.inspect import format_plan
+
+        click.echo(format_plan(description))
+
+
+def _convert_command(plugin_name: str | None):
+    """Build `smt-convert <arch>` (plugin fixed) or `smt-convert convert` (plugin detected from config.json)."""
+
+    @click.argument("checkpoint", type=click.Path(path_type=Path))
+    @click.argument("output", type=click.Path(path_type=Path))
+    @_conversion_options
+    @click.option("--stem", default=None, help="File-name prefix of the bundle files (default from the model).")
+    @click.option("--force", is_flag=True, help="Replace OUTPUT if it already holds something.")
+    @click.option("--no-verify", is_flag=True,
+                  help="Skip the comparison with the Hugging Face model (goldens are still recorded).")
+    @click.option("--max-new-tokens", default=16, show_default=True, help="Greedy tokens compared end to end.")
+    @click.pass_context
+    def command(ctx, checkpoint, output, outtype, onnx_dtype, tokenizer_dir, stem, force, no_verify, max_new_tokens):
+        from smt_convert.converters.checkpoint import read_json
+        from smt_convert.converters.convert import ConvertOptions, convert
+        from smt_convert.converters.plugin import detect_plugin, get_plugin
+        from smt_convert.runtime.errors import VerificationFailed
+        from smt_convert.runtime.verify import Row, format_table
+
+        if plugin_name:
+            plugin = get_plugin(plugin_name)
+        else:
+            plugin = detect_plugin(read_json(Path(checkpoint) / "config.json", "config.json"),
+                                   Path(checkpoint) / "config.json")
+        opts = ConvertOptions(outtype=outtype, onnx_dtype=onnx_dtype, tokenizer_dir=tokenizer_dir, stem=stem,
+                              force=force, verify=not no_verify, max_new_tokens=max_new_tokens)
+        manifest = convert(plugin, checkpoint, output, opts, _reporter(ctx))
+        rows = [Row(**r) for r in manifest["verification"]["rows"]]
+        click.echo(format_table(rows))
+        if not manifest["verification"]["passed"]:
+            raise VerificationFailed(f"{output}: verification failed (bundle kept; see manifest.json)")
+
+    return command
+
+
+cli.command("convert", help="Convert CHECKPOINT into a bundle at OUTPUT, detecting the architecture from "
+                            "config.json, then verify it and print the result table.")(_convert_command(None))
+
+
+def _register_arch_commands():
+    from smt_convert.converters.plugin import all_plugins
+
+    for plugin in all_plugins():
+        cli.command(plugin.name, help=f"Convert a {plugin.summary} checkpoint into a bundle at OUTPUT, then "
+                                      f"verify it against the Hugging Face model and print the result table.")(
+            _convert_command(plugin.name))
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--audio", type=click.Path(path_type=Path), help="Audio file (WAV/FLAC/OGG, any rate and channels).")
+@click.option("--language", default=None, help="Force the language, e.g. English or en (ASR models).")
+@click.option("--context", default=None, help="Context or hot words placed in the system prompt (ASR models).")
+@click.option("--max-new-tokens", default=256, show_default=True)
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print text, tokens and timings as JSON.")
+@click.pass_context
+def run(ctx, bundle, audio, language, context, max_new_tokens, threads, as_json):
+    """Run BUNDLE with the minimal runtime (no torch) and print the answer."""
+    from smt_convert.runtime.pipeline import BundleRunner
+
+    runner = BundleRunner(bundle, threads=threads)
+    if runner.modality == "audio" and audio is None:
+        raise SmtError(f"{bundle}: this is an audio bundle; pass --audio FILE")
+    result = runner.run(audio, fields={"context": context}, language=language, max_new_tokens=max_new_tokens)
+    if as_json:
+        click.echo(json.dumps({"text": result.text, "raw": result.raw_text, "tokens": result.tokens,
+                               "timings": result.timings}, indent=1))
+    else:
+        click.echo(result.text)
+        if ctx.obj["verbosity"] >= 2:
+            click.echo(json.dumps(result.timings), err=True)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--reference", type=click.Path(path_type=Path), default=None,
+              help="Hugging Face checkpoint to compare with (needs torch); without it, check hashes and goldens.")
+@click.option("--max-new-tokens", default=16, show_default=True)
+@click.pass_context
+def verify(ctx, bundle, reference, max_new_tokens):
+    """Re-verify BUNDLE: file hashes, golden vectors, and optionally the Hugging Face reference."""
+    from smt_convert.runtime.bundle import Bundle
+    from smt_convert.runtime.errors import VerificationFailed
+    from smt_convert.runtime.verify import format_table, golden_rows, hash_rows
+
+    rows = hash_rows(Bundle.open(bundle))
+    if rows[0].ok:
+        from smt_convert.runtime.pipeline import BundleRunner
+
+        runner = BundleRunner(bundle)
+        rows += golden_rows(runner)
+        if reference is not None:
+            from smt_convert.converters.verify_bundle import reference_rows_for_bundle
+
+            rows += reference_rows_for_bundle(runner, reference, max_new_tokens, _reporter(ctx))
+    click.echo(format_table(rows))
+    if not all(r.ok for r in rows):
+        raise VerificationFailed(f"{bundle}: verification failed")
+
+
 def main():
-    print("hi")
+    _register_arch_commands()
+    cli(prog_name="smt-convert")
+
+
+if __name__ == "__main__":
+    main()

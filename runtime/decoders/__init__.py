@@ -1,1 +1,18 @@
 """One numpy decoder per GGUF architecture."""
+
+from smt_convert.runtime.decoders.qwen3vl import Qwen3VLDecoder
+from smt_convert.runtime.errors import SmtError, where
+
+# general.architecture -> decoder class taking a GGUFModel.
+DECODERS = {
+    "qwen3vl": Qwen3VLDecoder,
+}
+
+
+def load_decoder(model):
+    """Build the decoder for `model.arch`, or say which architectures this runtime knows."""
+    cls = DECODERS.get(model.arch)
+    if cls is None:
+        known = ", ".join(sorted(DECODERS))
+        raise SmtError(f"{where(model.path, 'general.architecture')}: unsupported '{model.arch}' (known: {known})")
+    return cls(model)

@@ -1,0 +1,3 @@
+from smt_convert.main import main
+
+main()

@@ -1,0 +1,168 @@
+"""A Hugging Face checkpoint directory: its config and a lazy, shard-aware index of its tensors.
+
+Nothing here knows about any architecture. Opening a checkpoint reads only the safetensors headers, so
+missing shards, truncated files and duplicate tensors are found before any heavy work starts; tensor
+data is read one tensor at a time when a converter asks for it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from smt_convert.runtime.bundle import sha256_file
+from smt_convert.runtime.errors import SmtError
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+# Bytes per element of the safetensors dtypes a checkpoint may use.
+DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+               "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPE_SIZES.get(self.dtype, 4)
+
+
+def read_json(path: Path, what: str = "file") -> dict:
+    """Read a JSON object, turning every failure into a one-line error naming the file."""
+    if not path.is_file():
+        raise SmtError(f"{path}: {what} not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SmtError(f"{path}: cannot read {what} ({exc.__class__.__name__}: {exc})") from None
+    except json.JSONDecodeError as exc:
+        raise SmtError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise SmtError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _read_header(path: Path) -> dict:
+    """Parse one safetensors header with the safetensors library and check the file holds all its data."""
+    from safetensors import safe_open  # conversion-only dependency
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            entries = {}
+            for name in f.keys():
+                sl = f.get_slice(name)
+                entries[name] = (sl.get_dtype(), tuple(int(d) for d in sl.get_shape()))
+    except Exception as exc:  # safetensors raises its own error types for truncated or corrupt files
+        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise SmtError(f"{path}: not a readable safetensors file ({msg})") from None
+    return entries
+
+
+class Checkpoint:
+    """Config plus a name -> TensorInfo index over every weight file; tensors are loaded on demand."""
+
+    def __init__(self, root: Path, config: dict, tensors: dict[str, TensorInfo], weight_files: list[Path]):
+        self.root = root
+        self.config = config
+        self.tensors = tensors
+        self.weight_files = weight_files
+        self._handles: dict[Path, object] = {}
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    @classmethod
+    def open(cls, root: str | Path) -> "Checkpoint":
+        root = Path(root)
+        if not root.is_dir():
+            raise SmtError(f"{root}: checkpoint directory not found")
+        config = read_json(root / "config.json", "config.json")
+        files = cls._weight_files(root)
+        tensors: dict[str, TensorInfo] = {}
+        for path in files:
+            for name, (dtype, shape) in _read_header(path).items():
+                if name in tensors:
+                    raise SmtError(f"{path}: tensor {name} also appears in {tensors[name].file.name}")
+                tensors[name] = TensorInfo(name, path, dtype, shape)
+        index_path = root / INDEX_FILE
+        if index_path.is_file():
+            weight_map = read_json(index_path, INDEX_FILE).get("weight_map", {})
+            for name, shard in weight_map.items():
+                info = tensors.get(name)
+                if info is None:
+                    raise SmtError(f"{index_path}: weight_map.{name}: tensor not found in {shard}")
+                if info.file.name != shard:
+                    raise SmtError(f"{index_path}: weight_map.{name}: listed in {shard} but stored in {info.file.name}")
+        return cls(root, config, tensors, files)
+
+    @staticmethod
+    def _weight_files(root: Path) -> list[Path]:
+        index_path = root / INDEX_FILE
+        if index_path.is_file():
+            index = read_json(index_path, INDEX_FILE)
+            weight_map = index.get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise SmtError(f"{index_path}: weight_map: missing or empty")
+            shards = sorted(set(weight_map.values()))
+            missing = [s for s in shards if not (root / s).is_file()]
+            if missing:
+                raise SmtError(f"{index_path}: weight_map: {len(missing)} shard(s) missing: {', '.join(missing)}")
+            return [root / s for s in shards]
+        if (root / SINGLE_FILE).is_file():
+            return [root / SINGLE_FILE]
+        found = sorted(root.glob("*.safetensors"))
+        if found:
+            return found
+        raise SmtError(f"{root}: no weights found (looked for {INDEX_FILE}, {SINGLE_FILE}, *.safetensors)")
+
+    def load(self, name: str):
+        """Read one tensor as a torch tensor in its stored dtype (memory-mapped file, one copy)."""
+        from safetensors import safe_open
+
+        info = self.tensors.get(name)
+        if info is None:
+            raise SmtError(f"{self.root}: tensor {name} not found in the checkpoint")
+        handle = self._handles.get(info.file)
+        if handle is None:
+            handle = safe_open(str(info.file), framework="pt")
+            self._handles[info.file] = handle
+        try:
+            return handle.get_tensor(name)
+        except Exception as exc:
+            raise SmtError(f"{info.file}: tensor {name}: cannot be read ({exc})") from None
+
+    def close(self) -> None:
+        self._handles.clear()
+
+    def dtypes(self) -> set[str]:
+        return {t.dtype for t in self.tensors.values()}
+
+    def source_record(self, hash_weights: bool = True) -> dict:
+        """What the manifest says about the input: config hash and per-file weight hashes."""
+        record = {
+            "directory": str(self.root.resolve()),
+            "config_sha256": sha256_file(self.config_path),
+            "weight_files": [],
+        }
+        for path in self.weight_files:
+            entry = {"file": path.name, "size": path.stat().st_size}
+            if hash_weights:
+                entry["sha256"] = sha256_file(path)
+            record["weight_files"].append(entry)
+        return record
+

@@ -1,0 +1,283 @@
+"""One conversion, start to finish: plan (validate everything), write into a temporary directory, verify,
+write the manifest last, then rename the directory into place.
+
+Architecture-blind: everything model-specific comes from the plugin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from smt_convert import __version__
+from smt_convert.converters.checkpoint import Checkpoint
+from smt_convert.converters.plugin import Plan
+from smt_convert.converters.reference import compare_with_reference
+from smt_convert.converters.report import Reporter
+from smt_convert.converters.text_gguf import OUTTYPES, choose_type, tensor_nbytes, write_text_gguf
+from smt_convert.converters.tokenizer import build_bpe_vocab, export_runtime_tokenizer, find_tokenizer, write_vocab
+from smt_convert.converters.validate import check_tensors
+from smt_convert.runtime import verify as V
+from smt_convert.runtime.bundle import BOARD_CONFIG, GOLDEN_DIR, MANIFEST, MANIFEST_FORMAT, sha256_file
+from smt_convert.runtime.errors import SmtError
+
+SUPPORTED_WEIGHT_DTYPES = {"F32", "F16", "BF16"}
+ONNX_DTYPES = ("fp32", "fp16")
+
+
+@dataclass
+class ConvertOptions:
+    outtype: str = "f16"
+    onnx_dtype: str = "fp32"
+    tokenizer_dir: Path | None = None
+    stem: str | None = None
+    force: bool = False
+    verify: bool = True
+    max_new_tokens: int = 16
+
+
+def make_plan(plugin, checkpoint_dir: Path, opts: ConvertOptions) -> tuple[Plan, Checkpoint]:
+    """Read config and headers, validate them, find the tokenizer: every problem surfaces here, before any
+    tensor data is read."""
+    if opts.outtype not in OUTTYPES:
+        raise SmtError(f"--outtype: '{opts.outtype}' is not one of {', '.join(OUTTYPES)}")
+    if opts.onnx_dtype not in ONNX_DTYPES:
+        raise SmtError(f"--onnx-dtype: '{opts.onnx_dtype}' is not one of {', '.join(ONNX_DTYPES)}")
+    ckpt = Checkpoint.open(checkpoint_dir)
+    hp = plugin.read_hparams(ckpt)
+    plugin.check_vocab_rows(ckpt, hp)
+    to_ckpt = plugin.canonical_to_checkpoint(hp)
+    expected = {to_ckpt(name): shape for name, shape in plugin.expected_tensors(hp).items()}
+    found = check_tensors(ckpt, expected, ignored=plugin.ignored_tensors(hp))
+    bad = {info.dtype for name, info in ckpt.tensors.items() if name in expected} - SUPPORTED_WEIGHT_DTYPES
+    if bad:
+        raise SmtError(f"{ckpt.root}: weight dtype {', '.join(sorted(bad))} is not supported "
+                       f"(expected {', '.join(sorted(SUPPORTED_WEIGHT_DTYPES))})")
+    tokenizer = find_tokenizer(ckpt.root, opts.tokenizer_dir)
+    stem = opts.stem or plugin.default_stem(hp)
+    tensors = plugin.text_tensors(hp)
+    types = {t.name: choose_type(t.shape, opts.outtype) for t in tensors}
+    text_bytes = sum(tensor_nbytes(t.shape, types[t.name]) for t in tensors)
+    encoders = plugin.encoder_outputs(hp, stem)
+    text_params = sum(int(np.prod(t.shape)) for t in tensors)
+    params = {"text": text_params, **{e.role: e.params for e in encoders}}
+    plan = Plan(plugin=plugin, hparams=hp, stem=stem, outtype=opts.outtype, onnx_dtype=opts.onnx_dtype,
+                text_file=f"{stem}-text-{opts.outtype.replace('_', '')}.gguf", text_arch=plugin.text_arch,
+                text_tensors=tensors, text_types={k: v.name for k, v in types.items()}, text_bytes=text_bytes,
+                encoders=encoders, dropped=found.dropped, tokenizer=tokenizer, params=params)
+    return plan, ckpt
+
+
+def prepare_output(out_dir: Path, force: bool) -> Path:
+    """Refuse a non-empty output unless forced; return a fresh temporary directory beside it."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SmtError(f"{out_dir}: exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise SmtError(f"{out_dir}: output directory is not empty (use --force to replace it)")
+    parent = out_dir.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent))
+    except OSError as exc:
+        raise SmtError(f"{parent}: cannot create the output ({exc.strerror or exc})") from None
+
+
+def finish_output(tmp: Path, out_dir: Path) -> None:
+    """Swap the finished temporary directory into place (the old bundle, if forced, goes last)."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def convert(plugin, checkpoint_dir: Path, out_dir: Path, opts: ConvertOptions, report: Reporter) -> dict:
+    """Write and verify a bundle; returns its manifest. Raises SmtError on bad input (nothing left
+    behind) and VerificationFailed after writing a bundle whose checks failed (manifest says so)."""
+    t_start = time.perf_counter()
+    report.step(f"reading {checkpoint_dir}")
+    plan, ckpt = make_plan(plugin, Path(checkpoint_dir), opts)
+    hp = plan.hparams
+    report.step(f"{plugin.name}: {plan.params['text'] / 1e6:.1f}M text parameters, layout {hp.layout}, "
+                f"tokenizer from {plan.tokenizer.kind}")
+    tmp = prepare_output(Path(out_dir), opts.force)
+    try:
+        manifest = _write_bundle(plan, ckpt, tmp, opts, report)
+        manifest["timings"]["total_s"] = round(time.perf_counter() - t_start, 2)
+        _write_manifest(tmp, manifest)
+        finish_output(tmp, Path(out_dir))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        ckpt.close()
+    report.step(f"bundle written to {out_dir}")
+    return manifest
+
+
+def _write_bundle(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions, report: Reporter) -> dict:
+    import torch
+
+    plugin, hp = plan.plugin, plan.hparams
+    timings = {}
+
+    # 1. text GGUF, streamed tensor by tensor
+    t0 = time.perf_counter()
+    vocab = build_bpe_vocab(plan.tokenizer, hp.vocab_size, plugin.vocab_pre, eot_token=plugin.eot_token,
+                            eos_token=plugin.eos_token)
+    if plugin.bos_token:
+        vocab.special_ids["bos"] = vocab.tokens.index(plugin.bos_token)
+    vocab.chat_template = plugin.chat_template or vocab.chat_template
+
+    def metadata(writer):
+        plugin.text_metadata(writer, hp, plan.stem)
+        writer.add_file_type(OUTTYPES[plan.outtype][1])
+        import gguf
+
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        write_vocab(writer, vocab)
+
+    def load(name: str) -> np.ndarray:
+        return ckpt.load(name).to(torch.float32).numpy()
+
+    report.step(f"writing {plan.text_file} ({len(plan.text_tensors)} tensors, {plan.outtype})")
+    types = {k: __import__("gguf").GGMLQuantizationType[v] for k, v in plan.text_types.items()}
+    with report.progress(len(plan.text_tensors), "text gguf") as update:
+        records = write_text_gguf(tmp / plan.text_file, plan.text_arch, plan.text_tensors, types, load, metadata,
+                                  on_tensor=lambda i, n, name: update(name))
+    timings["text_gguf_s"] = round(time.perf_counter() - t0, 2)
+
+    # 2. encoders: HF modules with this checkpoint's weights, wrapped with the board's static interface
+    from smt_convert.converters.onnx_export import export_onnx
+
+    t0 = time.perf_counter()
+    report.step("loading the encoder for export")
+    model = plugin.build_torch_model(ckpt, hp, parts="audio" if not opts.verify else "all")
+    files = {"text": plan.text_file}
+    encoder_reports = []
+    specs = plugin.encoder_specs(model, hp)
+    for planned, spec in zip(plan.encoders, specs):
+        report.step(f"exporting {planned.file} ({opts.onnx_dtype})")
+        rep = export_onnx(spec, tmp / planned.file, dtype=opts.onnx_dtype, log=report.detail)
+        files[planned.role] = planned.file
+        encoder_reports.append({"role": planned.role, "file": planned.file, "inputs": rep.inputs,
+                                "outputs": rep.outputs, "simplified": rep.simplified, "export_checks": rep.checks,
+                                "export_seconds": round(rep.export_seconds, 2)})
+    timings["onnx_s"] = round(time.perf_counter() - t0, 2)
+
+    # 3. board config, split metadata, tokenizer files for the Python runtime
+    (tmp / BOARD_CONFIG).write_text(json.dumps(plugin.board_config(hp, files), indent=2) + "\n")
+    split_name = None
+    if hasattr(plugin, "split_metadata"):
+        split_name = f"{plan.stem}-encoder-split-metadata.json"
+        (tmp / split_name).write_text(json.dumps(plugin.split_metadata(hp, files), indent=2) + "\n")
+    tokenizer_files = [p.name for p in export_runtime_tokenizer(plan.tokenizer, tmp)]
+
+    manifest = _manifest_skeleton(plan, ckpt, records, encoder_reports, tokenizer_files, vocab)
+    manifest["timings"] = timings
+    # The runtime reads the manifest, so a provisional (incomplete) one goes in before verification.
+    _write_manifest(tmp, manifest, complete_flag=True)
+
+    # 4. goldens and verification against the Hugging Face model
+    t0 = time.perf_counter()
+    report.step("verifying the bundle" + (" against the Hugging Face model" if opts.verify else " (goldens only)"))
+    rows = _verify_and_store_goldens(plan, model if opts.verify else None, tmp, opts, report)
+    timings["verify_s"] = round(time.perf_counter() - t0, 2)
+    manifest["verification"] = {"reference": "transformers " + _transformers_version() if opts.verify else None,
+                                "rows": [r.to_dict() for r in rows], "passed": all(r.ok for r in rows)}
+    del model
+    return manifest
+
+
+def _verify_and_store_goldens(plan: Plan, model, tmp: Path, opts: ConvertOptions, report: Reporter) -> list:
+    from smt_convert.runtime.pipeline import BundleRunner
+
+    plugin, hp = plan.plugin, plan.hparams
+    runner = BundleRunner(tmp)
+    wave = plugin.golden_audio()
+    features = runner.features(wave)
+    result = runner.run(wave, max_new_tokens=opts.max_new_tokens)
+    golden = tmp / GOLDEN_DIR
+    golden.mkdir()
+    import soundfile
+
+    soundfile.write(golden / "input.wav", wave, 16000, subtype="FLOAT")
+    np.save(golden / "encoder.npy", result.media_embeds.astype(np.float32))
+    top = np.argsort(-result.first_logits)[:10]
+    expected = {"tokens": result.tokens, "fields": None, "language": None,
+                "top_logits": {"ids": top.tolist(), "values": result.first_logits[top].astype(float).tolist()},
+                "text": result.text}
+    rows = []
+    if model is not None:
+        rows, ref_tokens = compare_with_reference(plugin, hp, model, runner, wave, result, plan.outtype,
+                                                  opts.onnx_dtype, opts.max_new_tokens)
+        expected["reference_tokens"] = ref_tokens
+    (golden / "expected.json").write_text(json.dumps(expected, indent=1))
+    rows += V.golden_rows(BundleRunner(tmp))
+    report.detail(V.format_table(rows))
+    return rows
+
+
+def _manifest_skeleton(plan: Plan, ckpt: Checkpoint, records, encoder_reports, tokenizer_files, vocab) -> dict:
+    plugin, hp = plan.plugin, plan.hparams
+    return {
+        "format": MANIFEST_FORMAT,
+        "complete": False,
+        "tool": {"name": "smt-convert", "version": __version__},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "architecture": plugin.name,
+        "hf_architectures": list(plugin.hf_architectures),
+        "modality": plugin.modality,
+        "source": {**ckpt.source_record(), "layout": hp.layout, "tokenizer": {
+            "kind": plan.tokenizer.kind, "files": [str(p) for p in plan.tokenizer.files]}},
+        "hparams": plugin.hparams_record(hp),
+        "text": {"file": plan.text_file, "gguf_arch": plan.text_arch, "outtype": plan.outtype,
+                 "tensors": records, "rope_dimension_sections": list(hp.rope_sections),
+                 "vocab": {"model": vocab.model, "pre": vocab.pre, "size": len(vocab.tokens),
+                           "special_ids": vocab.special_ids}},
+        "dropped_tensors": plan.dropped,
+        "encoders": encoder_reports,
+        "onnx_dtype": plan.onnx_dtype,
+        "preprocessing": plugin.audio_features(hp),
+        "prompt": plugin.prompt_record(hp),
+        "tokenizer_files": tokenizer_files,
+        "golden": {"directory": GOLDEN_DIR, "input": "input.wav", "files": ["input.wav", "encoder.npy", "expected.json"]},
+        "notes": plan.notes,
+    }
+
+
+def _write_manifest(root: Path, manifest: dict, complete_flag: bool = False) -> None:
+    """Hash every file in the bundle, then write the manifest (last, so it only exists for a full bundle)."""
+    files = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            rel = path.relative_to(root).as_posix()
+            files.append({"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path)})
+    manifest["files"] = files
+    manifest["complete"] = True
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_json_default) + "\n")
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__

@@ -1,0 +1,65 @@
+"""`smt-convert inspect`: the plan as data and as a human-readable report (nothing is written)."""
+
+from __future__ import annotations
+
+from smt_convert.converters.plugin import Plan
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def describe_plan(plan: Plan, ckpt) -> dict:
+    plugin, hp = plan.plugin, plan.hparams
+    type_counts: dict[str, int] = {}
+    for t in plan.text_types.values():
+        type_counts[t] = type_counts.get(t, 0) + 1
+    bytes_per = {"fp32": 4, "fp16": 2}[plan.onnx_dtype]
+    outputs = [{"file": plan.text_file, "kind": f"GGUF {plan.text_arch}", "dtype": plan.outtype,
+                "tensor_types": type_counts, "bytes": plan.text_bytes}]
+    for enc in plan.encoders:
+        outputs.append({"file": enc.file, "kind": f"ONNX {enc.role}", "dtype": plan.onnx_dtype,
+                        "bytes": enc.params * bytes_per, "inputs": enc.inputs, "outputs": enc.outputs})
+    return {
+        "checkpoint": str(ckpt.root),
+        "architecture": plugin.name,
+        "layout": hp.layout,
+        "weight_dtypes": sorted(ckpt.dtypes()),
+        "weight_files": [p.name for p in ckpt.weight_files],
+        "parameters": plan.params,
+        "tokenizer": {"kind": plan.tokenizer.kind, "directory": str(plan.tokenizer.directory),
+                      "files": [p.name for p in plan.tokenizer.files],
+                      "chat_template": str(plan.tokenizer.chat_template_file) if plan.tokenizer.chat_template_file
+                      else None},
+        "outputs": outputs,
+        "dropped_tensors": plan.dropped,
+        "notes": plan.notes,
+    }
+
+
+def format_plan(d: dict) -> str:
+    lines = [f"checkpoint   {d['checkpoint']}",
+             f"architecture {d['architecture']} ({d['layout']} layout, weights {'/'.join(d['weight_dtypes'])} "
+             f"in {len(d['weight_files'])} file(s))",
+             "parameters   " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in d["parameters"].items()),
+             f"tokenizer    {d['tokenizer']['kind']} from {d['tokenizer']['directory']}"
+             + (f" (chat template: {d['tokenizer']['chat_template']})" if d["tokenizer"]["chat_template"] else ""),
+             "outputs:"]
+    for o in d["outputs"]:
+        extra = ""
+        if "tensor_types" in o:
+            extra = "  [" + ", ".join(f"{n} x {t}" for t, n in sorted(o["tensor_types"].items())) + "]"
+        if "inputs" in o:
+            io = lambda items: ", ".join(f"{x['name']} {x['shape']} {x['dtype']}" for x in items)
+            extra = f"  {io(o['inputs'])} -> {io(o['outputs'])}"
+        lines.append(f"  {o['file']:<48} {o['kind']:<22} {o['dtype']:<5} {_size(o['bytes']):>9}{extra}")
+    lines.append("  config.json, manifest.json, tokenizer files, golden/ (small)")
+    if d["dropped_tensors"]:
+        lines.append(f"not converted ({len(d['dropped_tensors'])} tensors):")
+        for name, why in list(d["dropped_tensors"].items())[:10]:
+            lines.append(f"  {name}: {why}")
+    return "\n".join(lines)

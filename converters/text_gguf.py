@@ -1,0 +1,94 @@
+"""Streaming text-GGUF writing with gguf-py: header first, then one tensor at a time.
+
+The header needs every tensor's name, shape and type before any data, so the plan (from `Plan`) is
+written first; then each tensor is loaded, transformed, converted and written, and dropped. Peak memory
+is about one source tensor in float32 plus its converted copy, whatever the model size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import gguf
+import numpy as np
+from gguf.quants import quant_shape_to_byte_shape, quantize
+
+from smt_convert.runtime.errors import SmtError
+
+Q = gguf.GGMLQuantizationType
+
+# --outtype -> (ggml type for weight matrices, GGUF general.file_type)
+OUTTYPES: dict[str, tuple[Q, int]] = {
+    "f32": (Q.F32, gguf.LlamaFileType.ALL_F32),
+    "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16),
+    "bf16": (Q.BF16, gguf.LlamaFileType.MOSTLY_BF16),
+    "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+}
+
+
+def choose_type(shape: tuple[int, ...], outtype: str) -> Q:
+    """Per-tensor type as llama.cpp's converter picks it: 1-D tensors (norms, biases) stay F32; a
+    block-quantised type needs rows divisible by its block size, else the tensor falls back to F16."""
+    target = OUTTYPES[outtype][0]
+    if len(shape) <= 1:
+        return Q.F32
+    block, _ = gguf.GGML_QUANT_SIZES[target]
+    if shape[-1] % block != 0:
+        return Q.F16
+    return target
+
+
+def tensor_nbytes(shape: tuple[int, ...], qtype: Q) -> int:
+    byte_shape = quant_shape_to_byte_shape(shape, qtype) if qtype not in (Q.F32, Q.F16) else shape
+    itemsize = {Q.F32: 4, Q.F16: 2}.get(qtype, 1)
+    return int(np.prod(byte_shape, dtype=np.int64)) * itemsize
+
+
+def convert_array(data: np.ndarray, qtype: Q) -> np.ndarray:
+    """float32 array -> the bytes layout gguf-py writes for that type."""
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    if qtype == Q.F32:
+        return data
+    if qtype == Q.F16:
+        return data.astype(np.float16)
+    return quantize(data, qtype)
+
+
+def write_text_gguf(
+    path: Path,
+    arch: str,
+    tensors: list,                        # list[plugin.TextTensor]
+    types: dict[str, Q],
+    load: Callable[[str], np.ndarray],    # checkpoint name -> float32 array
+    add_metadata: Callable[[gguf.GGUFWriter], None],
+    on_tensor: Callable[[int, int, str], None] | None = None,
+) -> list[dict]:
+    """Write the GGUF at `path`; returns one record per tensor (name, type, shape, bytes) for the manifest."""
+    writer = gguf.GGUFWriter(str(path), arch)
+    add_metadata(writer)
+    records = []
+    for t in tensors:
+        qtype = types[t.name]
+        nbytes = tensor_nbytes(t.shape, qtype)
+        if qtype in (Q.F32, Q.F16):
+            writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32 if qtype == Q.F32 else np.float16), nbytes)
+        else:
+            byte_shape = quant_shape_to_byte_shape(t.shape, qtype)
+            writer.add_tensor_info(t.name, byte_shape, np.dtype(np.uint8), nbytes, raw_dtype=qtype)
+        records.append({"name": t.name, "type": qtype.name, "shape": list(t.shape), "bytes": nbytes})
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for i, t in enumerate(tensors):
+            if on_tensor:
+                on_tensor(i, len(tensors), t.name)
+            data = convert_array(t.build(load), types[t.name])
+            writer.write_tensor_data(data)
+            del data
+    except OSError as exc:
+        raise SmtError(f"{path}: cannot write GGUF ({exc.strerror or exc})") from None
+    finally:
+        writer.close()
+    return records

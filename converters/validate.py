@@ -1,0 +1,110 @@
+"""Config and weight validation that runs before any heavy work.
+
+Every failure is a one-line SmtError naming the file and the field (or tensor); nothing only warns.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smt_convert.runtime.errors import SmtError
+
+_MISSING = object()
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list", dict: "an object"}
+
+
+@dataclass
+class ConfigReader:
+    """Reads typed fields from a (possibly nested) config dict, naming the file and dotted path on failure."""
+
+    data: dict
+    path: Path
+    prefix: str = ""
+
+    def sub(self, key: str, required: bool = True) -> "ConfigReader | None":
+        value = self.data.get(key, _MISSING)
+        if value is _MISSING or value is None:
+            if required:
+                raise SmtError(f"{self.path}: {self.prefix}{key}: required block is missing")
+            return None
+        if not isinstance(value, dict):
+            raise SmtError(f"{self.path}: {self.prefix}{key}: expected an object, found {type(value).__name__}")
+        return ConfigReader(value, self.path, f"{self.prefix}{key}.")
+
+    def get(self, key: str, kind: type = int, default: Any = _MISSING) -> Any:
+        value = self.data.get(key, _MISSING)
+        if value is _MISSING or value is None:
+            if default is _MISSING:
+                raise SmtError(f"{self.path}: {self.prefix}{key}: required field is missing")
+            return default
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+            raise SmtError(
+                f"{self.path}: {self.prefix}{key}: expected {_TYPE_NAMES.get(kind, kind.__name__)}, found {value!r}"
+            )
+        if kind in (int, float) and value <= 0 and default is _MISSING:
+            raise SmtError(f"{self.path}: {self.prefix}{key}: must be positive, found {value!r}")
+        return value
+
+    def field(self, key: str) -> str:
+        return f"{self.prefix}{key}"
+
+
+def require(condition: bool, path: Path, field_name: str, message: str) -> None:
+    """Cross-check helper: raise a one-line error when a relation between fields does not hold."""
+    if not condition:
+        raise SmtError(f"{path}: {field_name}: {message}")
+
+
+@dataclass
+class TensorCheck:
+    """What validation found about the checkpoint's tensors (dropped ones go into the manifest)."""
+
+    dropped: dict[str, str] = field(default_factory=dict)  # checkpoint name -> why it is not converted
+
+
+def check_tensors(
+    checkpoint,
+    expected: dict[str, tuple[int, ...]],
+    ignored: dict[str, str] | None = None,
+    optional: set[str] | None = None,
+) -> TensorCheck:
+    """Every expected tensor present with its shape; every other tensor explicitly ignored (with a reason).
+
+    `expected` and `optional` are checkpoint tensor names; `ignored` maps glob patterns to the reason those
+    tensors are not converted. An unexpected tensor is an error, so nothing is silently dropped.
+    """
+    ignored = ignored or {}
+    optional = optional or set()
+    tensors = checkpoint.tensors
+    missing = [n for n in expected if n not in tensors and n not in optional]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise SmtError(f"{checkpoint.root}: tensor {missing[0]}: missing from the checkpoint{more}")
+    for name, shape in expected.items():
+        info = tensors.get(name)
+        if info is not None and tuple(info.shape) != tuple(shape):
+            raise SmtError(
+                f"{info.file}: tensor {name}: shape {list(info.shape)} does not match the config, expected {list(shape)}"
+            )
+    result = TensorCheck()
+    unexpected = []
+    for name in tensors:
+        if name in expected:
+            continue
+        reason = next((why for pattern, why in ignored.items() if fnmatch.fnmatchcase(name, pattern)), None)
+        if reason is None:
+            unexpected.append(name)
+        else:
+            result.dropped[name] = reason
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise SmtError(
+            f"{tensors[unexpected[0]].file}: tensor {unexpected[0]}: not used by this architecture{more}; "
+            f"refusing to drop weights silently"
+        )
+    return result

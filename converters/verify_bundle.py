@@ -1,0 +1,27 @@
+"""`smt-convert verify --reference`: compare an existing bundle with a Hugging Face checkpoint again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from smt_convert.converters.checkpoint import Checkpoint
+from smt_convert.converters.plugin import get_plugin
+from smt_convert.converters.reference import compare_with_reference
+from smt_convert.runtime.bundle import GOLDEN_DIR
+
+
+def reference_rows_for_bundle(runner, reference_dir: Path, max_new_tokens: int, report) -> list:
+    manifest = runner.manifest
+    plugin = get_plugin(manifest["architecture"])
+    ckpt = Checkpoint.open(reference_dir)
+    hp = plugin.read_hparams(ckpt)
+    report.step(f"loading the Hugging Face reference from {reference_dir}")
+    model = plugin.build_torch_model(ckpt, hp)
+    media = runner.bundle.root / GOLDEN_DIR / manifest["golden"]["input"]
+    from smt_convert.runtime.audio import load_audio
+
+    wave = load_audio(media)
+    result = runner.run(wave, max_new_tokens=max_new_tokens)
+    rows, _ = compare_with_reference(plugin, hp, model, runner, wave, result, manifest["text"]["outtype"],
+                                     manifest["onnx_dtype"], max_new_tokens)
+    return rows

@@ -1,0 +1,148 @@
+"""Verification without torch: file hashes and golden vectors stored in the bundle at conversion time.
+
+Thresholds live here, next to the metrics, because both the converter (against the Hugging Face model)
+and `smt-convert verify` (against the goldens) use them. How they were measured is in README.md
+("Verification thresholds").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from smt_convert.runtime.bundle import GOLDEN_DIR
+
+# Text logits of the runtime vs Hugging Face, per GGUF --outtype: normalised MSE over all prompt positions,
+# and the fraction of prompt positions whose arg-max token agrees.
+TEXT_THRESHOLDS = {
+    "f32": {"nmse": 1e-6, "top1": 1.0},
+    "f16": {"nmse": 1e-3, "top1": 0.9},
+    "bf16": {"nmse": 1e-2, "top1": 0.8},
+    "q8_0": {"nmse": 1e-2, "top1": 0.8},
+}
+# Encoder rows (ONNX via the board's host logic) vs the torch encoder on the same features, per --onnx-dtype.
+ENCODER_THRESHOLDS = {"fp32": {"cosine": 0.99999, "rel_max_abs": 1e-3}, "fp16": {"cosine": 0.999, "rel_max_abs": 5e-2}}
+# Greedy tokens vs Hugging Face generate: exact for f32 text + fp32 encoder, else the fraction of tokens
+# agreeing before the first divergence (random test models have near-ties that low precision flips).
+E2E_MIN_PREFIX = {"exact": 1.0, "lossy": 0.0}
+# Goldens are re-checked on the same bundle, so only runtime/library differences across machines remain.
+GOLDEN_THRESHOLDS = {"encoder_rel_max_abs": 1e-4, "logits_rel_max_abs": 1e-3}
+
+
+@dataclass
+class Row:
+    check: str
+    metric: str
+    value: float | str
+    threshold: str
+    ok: bool
+
+    def to_dict(self) -> dict:
+        value = self.value if isinstance(self.value, str) else float(self.value)
+        return {"check": self.check, "metric": self.metric, "value": value, "threshold": self.threshold, "ok": self.ok}
+
+
+def nmse(x: np.ndarray, ref: np.ndarray) -> float:
+    ref = ref.astype(np.float64)
+    return float(np.sum((x.astype(np.float64) - ref) ** 2) / max(np.sum(ref ** 2), 1e-30))
+
+
+def cosine(x: np.ndarray, ref: np.ndarray) -> float:
+    a, b = x.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+
+
+def rel_max_abs(x: np.ndarray, ref: np.ndarray) -> float:
+    """Largest absolute difference, relative to the reference's largest magnitude (scale-free)."""
+    return float(np.max(np.abs(x.astype(np.float64) - ref)) / max(float(np.max(np.abs(ref))), 1e-30))
+
+
+def top1_agreement(logits: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.mean(np.argmax(logits, -1) == np.argmax(ref, -1)))
+
+
+def prefix_agreement(tokens: list[int], ref: list[int]) -> float:
+    n = max(len(ref), 1)
+    k = 0
+    while k < min(len(tokens), len(ref)) and tokens[k] == ref[k]:
+        k += 1
+    return 1.0 if tokens == ref else k / n
+
+
+def encoder_rows(x: np.ndarray, ref: np.ndarray, onnx_dtype: str, label: str = "encoder") -> list[Row]:
+    if x.shape != ref.shape:
+        return [Row(label, "shape", f"{list(x.shape)} vs {list(ref.shape)}", "equal", False)]
+    th = ENCODER_THRESHOLDS[onnx_dtype]
+    c, r = cosine(x, ref), rel_max_abs(x, ref)
+    return [Row(label, "cosine", c, f">= {th['cosine']}", c >= th["cosine"]),
+            Row(label, "rel max abs", r, f"<= {th['rel_max_abs']}", r <= th["rel_max_abs"])]
+
+
+def text_rows(logits: np.ndarray, ref: np.ndarray, outtype: str) -> list[Row]:
+    th = TEXT_THRESHOLDS[outtype]
+    e, t = nmse(logits, ref), top1_agreement(logits, ref)
+    return [Row("text logits", "nmse", e, f"<= {th['nmse']:g}", e <= th["nmse"]),
+            Row("text logits", "top-1 agreement", t, f">= {th['top1']}", t >= th["top1"])]
+
+
+def e2e_rows(tokens: list[int], ref: list[int], exact: bool) -> list[Row]:
+    agree = prefix_agreement(tokens, ref)
+    need = E2E_MIN_PREFIX["exact" if exact else "lossy"]
+    label = "== HF generate" if exact else f">= {need} (report)"
+    return [Row("end to end", "greedy tokens agreeing", agree, label, agree >= need)]
+
+
+def hash_rows(bundle) -> list[Row]:
+    results = bundle.check_files()
+    bad = [r for r in results if not r["ok"]]
+    detail = "all match" if not bad else "; ".join(f"{r['file']}: {r['detail']}" for r in bad)
+    return [Row("files", f"{len(results)} sha256", detail, "manifest", not bad)]
+
+
+def golden_rows(runner) -> list[Row]:
+    """Re-run the bundle on its stored golden input and compare with the vectors saved at conversion."""
+    root = runner.bundle.root
+    record = runner.manifest["golden"]
+    golden = root / GOLDEN_DIR
+    expected = json.loads((golden / "expected.json").read_text())
+    media = golden / record["input"]
+    result = runner.run(media, fields=expected.get("fields"), language=expected.get("language"),
+                        max_new_tokens=len(expected["tokens"]) or 1)
+    enc_ref = np.load(golden / "encoder.npy")
+    rows = []
+    if result.media_embeds.shape != enc_ref.shape:
+        rows.append(Row("golden encoder", "shape", f"{list(result.media_embeds.shape)}", f"{list(enc_ref.shape)}", False))
+    else:
+        r = rel_max_abs(result.media_embeds, enc_ref)
+        th = GOLDEN_THRESHOLDS["encoder_rel_max_abs"]
+        rows.append(Row("golden encoder", "rel max abs", r, f"<= {th}", r <= th))
+    top_ids = np.asarray(expected["top_logits"]["ids"])
+    top_vals = np.asarray(expected["top_logits"]["values"], dtype=np.float64)
+    got = result.first_logits[top_ids]
+    r = float(np.max(np.abs(got - top_vals)) / max(np.max(np.abs(top_vals)), 1e-30))
+    th = GOLDEN_THRESHOLDS["logits_rel_max_abs"]
+    rows.append(Row("golden logits", f"top-{len(top_ids)} rel max abs", r, f"<= {th}", r <= th))
+    same = result.tokens == expected["tokens"]
+    rows.append(Row("golden tokens", "greedy tokens", "equal" if same else f"{result.tokens} != {expected['tokens']}",
+                    "equal", same))
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    def fmt(v):
+        if isinstance(v, str):
+            return v
+        return f"{v:.6g}"
+
+    header = ("check", "metric", "value", "threshold", "result")
+    body = [(r.check, r.metric, fmt(r.value), r.threshold, "PASS" if r.ok else "FAIL") for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
+def write_rows(path: Path, rows: list[Row]) -> None:
+    path.write_text(json.dumps([r.to_dict() for r in rows], indent=1))

@@ -1,0 +1,8 @@
+"""Shared pytest setup: make `tests.fixtures` importable and offer tiny checkpoints built once per session."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
