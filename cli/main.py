@@ -221,8 +221,10 @@ def verify(ctx, bundle, reference, max_new_tokens):
         raise VerificationFailed(f"{bundle}: verification failed")
 
 
+_register_arch_commands()
+
+
 def main():
-    _register_arch_commands()
     cli(prog_name="smt-convert")
 
 

@@ -160,6 +160,7 @@ def _write_bundle(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions,
     from smt_convert.converters.onnx_export import export_onnx
 
     t0 = time.perf_counter()
+    _quiet_library_logs()
     report.step("loading the encoder for export")
     model = plugin.build_torch_model(ckpt, hp, parts="audio" if not opts.verify else "all")
     files = {"text": plan.text_file}
@@ -275,6 +276,19 @@ def _json_default(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _quiet_library_logs() -> None:
+    """torch's exporter warns about optional torchvision ops on every export; that is noise for our users."""
+    import logging
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
 
 
 def _transformers_version() -> str:

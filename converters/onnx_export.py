@@ -258,6 +258,10 @@ def _save(model, path: Path) -> bool:
         model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
         location=data.name, size_threshold=1024,
     )
+    if external:  # save_model moved the weights out of `model`; read them back so it stays usable
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(model, str(path.parent))
     return external
 
 

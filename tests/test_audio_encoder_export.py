@@ -223,3 +223,15 @@ def test_export_errors(tmp_path):
         export_onnx(spec, tmp_path / "good.onnx", dtype="int8", log=lambda m: None)
     with pytest.raises(SmtError, match="missing.onnx"):
         SplitAudioEncoder(tmp_path / "missing.onnx", tmp_path / "missing.onnx")
+
+
+def test_external_data_path(model, tmp_path, monkeypatch):
+    """Above the size threshold weights go to <file>.data and everything still checks and runs."""
+    import smt_convert.converters.onnx_export as onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 10_000)
+    spec = encoder_export_specs(model.model.audio_tower, model.model.multi_modal_projector)[0]
+    report = export_onnx(spec, tmp_path / "front.onnx", exporter="torchscript", log=lambda m: None)
+    assert report.external_data and (tmp_path / "front.onnx.data").is_file()
+    assert not report.simplified and "simplify skipped" in report.notes[0]
+    assert report.worst()["max_abs"] < FP32_ATOL
