@@ -53,9 +53,10 @@ def detect_plugin(config: dict, config_path) -> object:
     for cls in PLUGINS.values():
         if any(a in cls.hf_architectures for a in archs):
             return cls()
-    for cls in PLUGINS.values():
-        if cls.matches(config):
-            return cls()
+    if not archs:  # only an unlabelled config is identified by its shape
+        for cls in PLUGINS.values():
+            if cls.matches(config):
+                return cls()
     known = sorted(a for cls in PLUGINS.values() for a in cls.hf_architectures)
     shown = ", ".join(archs) if archs else "none"
     raise SmtError(f"{config_path}: architectures: {shown} is not supported (supported: {', '.join(known)})")

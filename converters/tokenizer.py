@@ -118,6 +118,9 @@ def find_file_kind(directory: Path) -> tuple[str, list[Path]] | None:
     return None
 
 
+MIN_AUTO_VOCAB = 16
+
+
 def try_auto_tokenizer(directory: Path) -> tuple[Any, str | None]:
     """Last resort: let transformers load whatever it can (no remote code). Returns (tok, why_not)."""
     if not directory.is_dir():
@@ -127,9 +130,14 @@ def try_auto_tokenizer(directory: Path) -> tuple[Any, str | None]:
     except ImportError:
         return None, "transformers is not installed"
     try:
-        return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False), None
+        tok = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
     except Exception as e:  # transformers raises many types; any failure means "not here"
         return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    # transformers happily builds an empty tokenizer from config.json alone (one token, no merges):
+    # that is not a tokenizer we can ship.
+    if len(tok) < MIN_AUTO_VOCAB:
+        return None, f"AutoTokenizer found only {len(tok)} token(s), no vocabulary files"
+    return tok, None
 
 
 def chat_template_from_config(config: dict, config_path: Path) -> str | None:
