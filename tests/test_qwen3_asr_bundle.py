@@ -73,6 +73,20 @@ def test_f32_bundle_matches_board_contract(f32_bundle):
     assert listed == on_disk - {"manifest.json"}
     assert manifest["source"]["weight_files"][0]["sha256"]
     assert {r["check"] for r in manifest["verification"]["rows"]} >= {"features", "encoder", "text logits", "end to end"}
+    # what inspect promised is what the export produced
+    planned = {e.file: e for e in manifest_plan(f32_bundle)}
+    for enc in manifest["encoders"]:
+        assert [i["name"] for i in enc["inputs"]] == [i["name"] for i in planned[enc["file"]].inputs]
+        assert [o["name"] for o in enc["outputs"]] == [o["name"] for o in planned[enc["file"]].outputs]
+        assert enc["inputs"][0]["shape"][-1] == planned[enc["file"]].inputs[0]["shape"][-1]
+
+
+def manifest_plan(bundle):
+    from smt_convert.archs.qwen3_asr import Hparams
+    from smt_convert.converters.plugin import get_plugin
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    return get_plugin("qwen3-asr").encoder_outputs(Hparams(**manifest["hparams"]), "Qwen3-ASR")
 
 
 def test_gguf_metadata_and_tokenizer(f32_bundle):
@@ -228,7 +242,7 @@ def test_inspect_writes_nothing(native_ckpt, tmp_path):
     result = invoke("inspect", native_ckpt[0], "--outtype", "q8_0")
     assert result.exit_code == 0, result.output
     assert "Qwen3-ASR-text-q80.gguf" in result.output and "Q8_0" in result.output
-    assert "mel_chunk [1, 128, 100]" in result.output and "tokenizer.json" in result.output
+    assert "input_features [1, 128, 100]" in result.output and "tokenizer.json" in result.output
     assert sorted(p.name for p in native_ckpt[0].iterdir()) == before
     as_json = json.loads(invoke("inspect", native_ckpt[0], "--json").output)
     assert as_json["architecture"] == "qwen3-asr" and as_json["parameters"]["text"] > 0
@@ -240,3 +254,17 @@ def test_list_and_help():
     for args in (["--help"], ["qwen3-asr", "--help"], ["run", "--help"], ["verify", "--help"], ["inspect", "--help"]):
         result = invoke(*args)
         assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_untied_lm_head_bf16_checkpoint(tmp_path):
+    """An untied lm_head becomes output.weight; bf16 weights are read and verified like f32."""
+    from gguf import GGUFReader
+
+    make_tiny_qwen3_asr(tmp_path / "hf", tie=False, dtype=torch.bfloat16, seed=3)
+    out = tmp_path / "out"
+    result = invoke("-q", "qwen3-asr", tmp_path / "hf", out, "--outtype", "f32")
+    assert result.exit_code == 0, result.output + result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    names = {t.name for t in GGUFReader(str(out / manifest["text"]["file"])).tensors}
+    assert "output.weight" in names
+    assert manifest["verification"]["passed"]
