@@ -88,10 +88,9 @@ class Hparams:
     @property
     def rows_per_chunk(self) -> int:
         """Encoder rows one 2*n_window-frame chunk yields (13 for the released models)."""
-        n = 2 * self.n_window
-        for _ in range(3):
-            n = (n - 1) // 2 + 1
-        return n
+        from smt_convert.runtime.audio import conv_rows
+
+        return conv_rows(2 * self.n_window)
 
     @property
     def rope_sections(self) -> list[int]:
@@ -136,13 +135,12 @@ class Qwen3ASRPlugin:
         layout = "original" if "thinker_config" in ckpt.config else "native"
         root = top.sub("thinker_config") if layout == "original" else top
         text, audio = root.sub("text_config"), root.sub("audio_config")
-        rope = text.data.get("rope_parameters") or text.data.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        require(rope_type in ("default", None) or "mrope_section" in rope, ckpt.config_path,
-                text.field("rope_parameters.rope_type"), f"'{rope_type}' scaling is not supported")
-        theta = text.data.get("rope_theta", rope.get("rope_theta", 10000.0))
-        tie = root.data.get("tie_word_embeddings", top.data.get("tie_word_embeddings",
-                                                                 text.data.get("tie_word_embeddings", True)))
+        rope_key = "rope_parameters" if "rope_parameters" in text.data else "rope_scaling"
+        rope = text.sub(rope_key, required=False) or ConfigReader({}, ckpt.config_path, text.field(rope_key) + ".")
+        rope_type = rope.get("rope_type", str, rope.get("type", str, "default"))
+        require(rope_type == "default" or "mrope_section" in rope.data, ckpt.config_path,
+                rope.field("rope_type"), f"'{rope_type}' scaling is not supported")
+        theta = text.get("rope_theta", float, None) or rope.get("rope_theta", float, 10000.0)
         hp = Hparams(
             layout=layout,
             vocab_size=text.get("vocab_size"),
@@ -155,7 +153,7 @@ class Qwen3ASRPlugin:
             rms_norm_eps=text.get("rms_norm_eps", float, 1e-6),
             rope_theta=float(theta),
             max_position_embeddings=text.get("max_position_embeddings", int, 65536),
-            tie_embeddings=bool(tie),
+            tie_embeddings=self._read_tie(top, root, text),
             num_mel_bins=audio.get("num_mel_bins", int, 128),
             d_model=audio.get("d_model"),
             encoder_layers=audio.get("encoder_layers"),
@@ -182,9 +180,22 @@ class Qwen3ASRPlugin:
                 "the board runtime feeds 128-bin log-mel features")
         require(hp.activation == "gelu", path, audio.field("activation_function"),
                 f"'{hp.activation}' is not supported (expected gelu)")
-        require(0 <= hp.audio_token_id < hp.vocab_size, path, "audio_token_id",
+        require(hp.n_window == 50, path, audio.field("n_window"),
+                f"{hp.n_window} gives {2 * hp.n_window}-frame chunks; the board feeds 100-frame chunks (n_window 50)")
+        require(0 <= hp.audio_token_id < hp.vocab_size, path, root.field("audio_token_id"),
                 f"{hp.audio_token_id} is outside the vocabulary (vocab_size {hp.vocab_size})")
         return hp
+
+    @staticmethod
+    def _read_tie(top: ConfigReader, root: ConfigReader, text: ConfigReader) -> bool:
+        """tie_word_embeddings may sit at the top, in thinker_config or in text_config; transformers follows the
+        outermost. Levels that disagree are refused rather than guessed, since guessing wrong drops lm_head."""
+        levels = {r.field("tie_word_embeddings"): r.data["tie_word_embeddings"]
+                  for r in (top, root, text) if isinstance(r.data.get("tie_word_embeddings"), bool)}
+        if len(set(levels.values())) > 1:
+            shown = ", ".join(f"{k}={str(v).lower()}" for k, v in levels.items())
+            raise SmtError(f"{top.path}: tie_word_embeddings: the config levels disagree ({shown})")
+        return next(iter(levels.values()), True)
 
     def canonical_to_checkpoint(self, hp: Hparams) -> callable:
         """Map a native (canonical) tensor name to the name used in this checkpoint's layout."""
@@ -249,13 +260,22 @@ class Qwen3ASRPlugin:
             ignored[to_ckpt("lm_head.weight")] = "tied to the token embeddings (tie_word_embeddings)"
         return ignored
 
-    def check_vocab_rows(self, ckpt, hp: Hparams) -> None:
-        """A clearer message than a generic shape mismatch for the most common config/weights disagreement."""
-        name = self.canonical_to_checkpoint(hp)(TEXT + "embed_tokens.weight")
-        info = ckpt.tensors.get(name)
-        if info is not None and info.shape[0] != hp.vocab_size:
-            raise SmtError(f"{ckpt.config_path}: text_config.vocab_size: {hp.vocab_size} but {name} in "
-                           f"{info.file.name} has {info.shape[0]} rows")
+    def check_weights(self, ckpt, hp: Hparams) -> None:
+        """Config-vs-weights checks that need more than shapes, with clearer messages than a shape mismatch."""
+        to_ckpt = self.canonical_to_checkpoint(hp)
+        prefix = "thinker_config." if hp.layout == "original" else ""
+        embed = ckpt.tensors.get(to_ckpt(TEXT + "embed_tokens.weight"))
+        if embed is not None and embed.shape[0] != hp.vocab_size:
+            raise SmtError(f"{ckpt.config_path}: {prefix}text_config.vocab_size: {hp.vocab_size} but {embed.name} in "
+                           f"{embed.file.name} has {embed.shape[0]} rows")
+        head = ckpt.tensors.get(to_ckpt("lm_head.weight"))
+        if hp.tie_embeddings and head is not None and embed is not None:
+            # A tied checkpoint may still store lm_head; it is only safe to drop if it is the embedding.
+            import torch
+
+            if not torch.equal(ckpt.load(head.name), ckpt.load(embed.name)):
+                raise SmtError(f"{ckpt.config_path}: tie_word_embeddings: true, but {head.name} differs from "
+                               f"{embed.name}; the config is wrong for these weights")
 
     # ---- text GGUF ----------------------------------------------------------------------------------
 

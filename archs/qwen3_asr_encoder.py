@@ -14,17 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from smt_convert.converters.onnx_export import OnnxSpec
+from smt_convert.runtime.audio import conv_rows
 
 # Additive key-padding mask. Finite in fp16 (max 65504) with headroom for score + mask, and
 # exp(-3e4 - max) is exactly 0 in fp32/fp16, so padded keys get no weight.
 MASK_VALUE = -3.0e4
-
-
-def conv_rows(length: int) -> int:
-    """Rows after the three (k=3, s=2, p=1) convolutions."""
-    for _ in range(3):
-        length = (length - 1) // 2 + 1
-    return length
 
 
 def attention_window_rows(audio_config) -> int:

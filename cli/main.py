@@ -16,6 +16,7 @@ import click
 from smt_convert import __version__
 from smt_convert.runtime.errors import SmtError
 
+# Kept here (not imported from converters) so that `run` and `verify` start without importing conversion code.
 OUTTYPE_CHOICES = ["f32", "f16", "bf16", "q8_0"]
 ONNX_DTYPE_CHOICES = ["fp32", "fp16"]
 
@@ -82,13 +83,28 @@ def list_cmd():
             click.echo(f"  - {item}")
 
 
+def _verbosity_options(f):
+    """-q/-v are accepted after the command too (`smt-convert run ... -q`), as people type them."""
+
+    def apply(ctx, param, value):
+        if value:
+            ctx.find_root().obj["verbosity"] = 0 if param.name == "quiet" else 2
+        return value
+
+    f = click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=apply,
+                     help="Also print per-tensor and per-check details.")(f)
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=apply,
+                        help="Print only results and errors.")(f)
+
+
 def _conversion_options(f):
     options = [
         click.option("--outtype", type=click.Choice(OUTTYPE_CHOICES), default="f16", show_default=True,
                      help="Type of the text GGUF's weight matrices (norms and biases stay f32)."),
         click.option("--onnx-dtype", type=click.Choice(ONNX_DTYPE_CHOICES), default="fp32", show_default=True,
                      help="Encoder weights/compute precision (inputs and outputs stay float32)."),
-        click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path), default=None,
+        click.option("--tokenizer", "tokenizer_dir", default=None,
+                     type=click.Path(path_type=Path, exists=True, file_okay=False),
                      help="Directory with the tokenizer files, when the checkpoint lacks them."),
     ]
     for option in reversed(options):
@@ -130,7 +146,9 @@ def _convert_command(plugin_name: str | None):
     @click.option("--force", is_flag=True, help="Replace OUTPUT if it already holds something.")
     @click.option("--no-verify", is_flag=True,
                   help="Skip the comparison with the Hugging Face model (goldens are still recorded).")
-    @click.option("--max-new-tokens", default=16, show_default=True, help="Greedy tokens compared end to end.")
+    @click.option("--max-new-tokens", default=16, show_default=True, type=click.IntRange(min=1),
+                  help="Greedy tokens compared with Hugging Face generate and stored as goldens.")
+    @_verbosity_options
     @click.pass_context
     def command(ctx, checkpoint, output, outtype, onnx_dtype, tokenizer_dir, stem, force, no_verify, max_new_tokens):
         from smt_convert.converters.checkpoint import read_json
@@ -163,8 +181,8 @@ def _register_arch_commands():
     from smt_convert.converters.plugin import all_plugins
 
     for plugin in all_plugins():
-        cli.command(plugin.name, help=f"Convert a {plugin.summary} checkpoint into a bundle at OUTPUT, then "
-                                      f"verify it against the Hugging Face model and print the result table.")(
+        cli.command(plugin.name, help=f"Convert a {plugin.summary} checkpoint CHECKPOINT into a bundle at OUTPUT, "
+                                      f"then verify it against the Hugging Face model and print the result table.")(
             _convert_command(plugin.name))
 
 
@@ -173,15 +191,19 @@ def _register_arch_commands():
 @click.option("--audio", type=click.Path(path_type=Path), help="Audio file (WAV/FLAC/OGG, any rate and channels).")
 @click.option("--language", default=None, help="Force the language, e.g. English or en (ASR models).")
 @click.option("--context", default=None, help="Context or hot words placed in the system prompt (ASR models).")
-@click.option("--max-new-tokens", default=256, show_default=True)
-@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Stop after this many generated tokens.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print text, tokens and timings as JSON.")
+@_verbosity_options
 @click.pass_context
 def run(ctx, bundle, audio, language, context, max_new_tokens, threads, as_json):
     """Run BUNDLE with the minimal runtime (no torch) and print the answer."""
     from smt_convert.runtime.pipeline import BundleRunner
 
     runner = BundleRunner(bundle, threads=threads)
+    if not runner.manifest.get("verification", {}).get("passed", False):
+        click.echo(f"warning: {bundle}: this bundle failed verification when it was converted", err=True)
     if runner.modality == "audio" and audio is None:
         raise SmtError(f"{bundle}: this is an audio bundle; pass --audio FILE")
     result = runner.run(audio, fields={"context": context}, language=language, max_new_tokens=max_new_tokens)
@@ -198,7 +220,9 @@ def run(ctx, bundle, audio, language, context, max_new_tokens, threads, as_json)
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--reference", type=click.Path(path_type=Path), default=None,
               help="Hugging Face checkpoint to compare with (needs torch); without it, check hashes and goldens.")
-@click.option("--max-new-tokens", default=16, show_default=True)
+@click.option("--max-new-tokens", default=16, show_default=True, type=click.IntRange(min=1),
+              help="With --reference: greedy tokens compared with Hugging Face generate.")
+@_verbosity_options
 @click.pass_context
 def verify(ctx, bundle, reference, max_new_tokens):
     """Re-verify BUNDLE: file hashes, golden vectors, and optionally the Hugging Face reference."""

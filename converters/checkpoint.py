@@ -7,11 +7,10 @@ data is read one tensor at a time when a converter asks for it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from smt_convert.runtime.bundle import sha256_file
+from smt_convert.runtime.bundle import read_json, sha256_file
 from smt_convert.runtime.errors import SmtError
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -39,21 +38,6 @@ class TensorInfo:
     @property
     def nbytes(self) -> int:
         return self.numel * DTYPE_SIZES.get(self.dtype, 4)
-
-
-def read_json(path: Path, what: str = "file") -> dict:
-    """Read a JSON object, turning every failure into a one-line error naming the file."""
-    if not path.is_file():
-        raise SmtError(f"{path}: {what} not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SmtError(f"{path}: cannot read {what} ({exc.__class__.__name__}: {exc})") from None
-    except json.JSONDecodeError as exc:
-        raise SmtError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    if not isinstance(data, dict):
-        raise SmtError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
 
 
 def _read_header(path: Path) -> dict:

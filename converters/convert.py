@@ -52,14 +52,15 @@ def make_plan(plugin, checkpoint_dir: Path, opts: ConvertOptions) -> tuple[Plan,
         raise SmtError(f"--onnx-dtype: '{opts.onnx_dtype}' is not one of {', '.join(ONNX_DTYPES)}")
     ckpt = Checkpoint.open(checkpoint_dir)
     hp = plugin.read_hparams(ckpt)
-    plugin.check_vocab_rows(ckpt, hp)
     to_ckpt = plugin.canonical_to_checkpoint(hp)
     expected = {to_ckpt(name): shape for name, shape in plugin.expected_tensors(hp).items()}
+    plugin.check_weights(ckpt, hp)
     found = check_tensors(ckpt, expected, ignored=plugin.ignored_tensors(hp))
-    bad = {info.dtype for name, info in ckpt.tensors.items() if name in expected} - SUPPORTED_WEIGHT_DTYPES
-    if bad:
-        raise SmtError(f"{ckpt.root}: weight dtype {', '.join(sorted(bad))} is not supported "
-                       f"(expected {', '.join(sorted(SUPPORTED_WEIGHT_DTYPES))})")
+    for name in expected:
+        info = ckpt.tensors[name]
+        if info.dtype not in SUPPORTED_WEIGHT_DTYPES:
+            raise SmtError(f"{info.file}: tensor {name}: dtype {info.dtype} is not supported "
+                           f"(expected {', '.join(sorted(SUPPORTED_WEIGHT_DTYPES))})")
     tokenizer = find_tokenizer(ckpt.root, opts.tokenizer_dir)
     stem = opts.stem or plugin.default_stem(hp)
     tensors = plugin.text_tensors(hp)
@@ -75,6 +76,16 @@ def make_plan(plugin, checkpoint_dir: Path, opts: ConvertOptions) -> tuple[Plan,
     return plan, ckpt
 
 
+def _check_paths(checkpoint_dir: Path, out_dir: Path, opts: ConvertOptions) -> None:
+    """The output must not be, or contain, an input: --force would delete it."""
+    out = out_dir.resolve()
+    for what, src in (("checkpoint", checkpoint_dir), ("--tokenizer", opts.tokenizer_dir)):
+        if src is not None and (out == src.resolve() or out in src.resolve().parents):
+            raise SmtError(f"{out_dir}: output would replace the {what} directory {src}; choose another output")
+    if opts.stem is not None and (not opts.stem or Path(opts.stem).name != opts.stem or opts.stem.startswith(".")):
+        raise SmtError(f"--stem: '{opts.stem}' must be a plain file-name prefix (no '/' or leading '.')")
+
+
 def prepare_output(out_dir: Path, force: bool) -> Path:
     """Refuse a non-empty output unless forced; return a fresh temporary directory beside it."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -84,37 +95,47 @@ def prepare_output(out_dir: Path, force: bool) -> Path:
     parent = out_dir.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent))
     except OSError as exc:
         raise SmtError(f"{parent}: cannot create the output ({exc.strerror or exc})") from None
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it owner-only; a bundle is meant to be shared
+    return tmp
 
 
 def finish_output(tmp: Path, out_dir: Path) -> None:
-    """Swap the finished temporary directory into place (the old bundle, if forced, goes last)."""
+    """Swap the finished temporary directory into place; the old bundle (with --force) goes only after."""
     old = None
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         out_dir.rename(old)
-    tmp.rename(out_dir)
+    try:
+        tmp.rename(out_dir)
+    except OSError as exc:
+        if old is not None:
+            old.rename(out_dir)
+        raise SmtError(f"{out_dir}: cannot move the finished bundle into place ({exc.strerror or exc})") from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def convert(plugin, checkpoint_dir: Path, out_dir: Path, opts: ConvertOptions, report: Reporter) -> dict:
-    """Write and verify a bundle; returns its manifest. Raises SmtError on bad input (nothing left
-    behind) and VerificationFailed after writing a bundle whose checks failed (manifest says so)."""
+    """Write and verify a bundle; returns its manifest (whose verification may have failed: the caller
+    decides the exit code). Raises SmtError on bad input, leaving nothing behind."""
     t_start = time.perf_counter()
+    checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
+    _check_paths(checkpoint_dir, out_dir, opts)
     report.step(f"reading {checkpoint_dir}")
-    plan, ckpt = make_plan(plugin, Path(checkpoint_dir), opts)
-    hp = plan.hparams
-    report.step(f"{plugin.name}: {plan.params['text'] / 1e6:.1f}M text parameters, layout {hp.layout}, "
+    plan, ckpt = make_plan(plugin, checkpoint_dir, opts)
+    report.step(f"{plugin.name}: {plan.params['text'] / 1e6:.1f}M text parameters, layout {plan.hparams.layout}, "
                 f"tokenizer from {plan.tokenizer.kind}")
-    tmp = prepare_output(Path(out_dir), opts.force)
+    tmp = prepare_output(out_dir, opts.force)
     try:
         manifest = _write_bundle(plan, ckpt, tmp, opts, report)
         manifest["timings"]["total_s"] = round(time.perf_counter() - t_start, 2)
-        _write_manifest(tmp, manifest)
-        finish_output(tmp, Path(out_dir))
+        _write_manifest(tmp, manifest, complete=True)
+        finish_output(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -125,24 +146,51 @@ def convert(plugin, checkpoint_dir: Path, out_dir: Path, opts: ConvertOptions, r
 
 
 def _write_bundle(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions, report: Reporter) -> dict:
+    """The four stages: text GGUF, encoder ONNX, board/runtime side files, verification with goldens."""
+    timings = {}
+    t0 = time.perf_counter()
+    records, vocab = _write_text(plan, ckpt, tmp, report)
+    timings["text_gguf_s"] = round(time.perf_counter() - t0, 2)
+
+    t0 = time.perf_counter()
+    _quiet_library_logs()
+    report.step("loading the encoder" + (" and the Hugging Face reference" if opts.verify else "") + " from the checkpoint")
+    model = plan.plugin.build_torch_model(ckpt, plan.hparams, parts="all" if opts.verify else "audio")
+    encoder_reports = _export_encoders(plan, model, tmp, report)
+    timings["onnx_s"] = round(time.perf_counter() - t0, 2)
+
+    files = {"text": plan.text_file, **{e["role"]: e["file"] for e in encoder_reports}}
+    tokenizer_files = _write_side_files(plan, files, tmp)
+    manifest = _manifest_skeleton(plan, ckpt, records, encoder_reports, tokenizer_files, vocab)
+    manifest["timings"] = timings
+    # The runtime reads the manifest, so a provisional one (complete: false, no hashes) goes in first.
+    _write_manifest(tmp, manifest, complete=False)
+
+    t0 = time.perf_counter()
+    report.step("verifying the bundle" + (" against the Hugging Face model" if opts.verify else " (goldens only)"))
+    rows = _verify_and_store_goldens(plan, model if opts.verify else None, tmp, opts, report)
+    timings["verify_s"] = round(time.perf_counter() - t0, 2)
+    manifest["verification"] = {"reference": "transformers " + _transformers_version() if opts.verify else None,
+                                "rows": [r.to_dict() for r in rows], "passed": all(r.ok for r in rows)}
+    return manifest
+
+
+def _write_text(plan: Plan, ckpt: Checkpoint, tmp: Path, report: Reporter):
+    """Stream the text GGUF (metadata, tokenizer, tensors one at a time)."""
+    import gguf
     import torch
 
     plugin, hp = plan.plugin, plan.hparams
-    timings = {}
-
-    # 1. text GGUF, streamed tensor by tensor
-    t0 = time.perf_counter()
     vocab = build_bpe_vocab(plan.tokenizer, hp.vocab_size, plugin.vocab_pre, eot_token=plugin.eot_token,
                             eos_token=plugin.eos_token)
     if plugin.bos_token:
-        vocab.special_ids["bos"] = vocab.tokens.index(plugin.bos_token)
+        vocab.special_ids["bos"] = vocab.special_ids.get("eos") if plugin.bos_token == plugin.eos_token \
+            else _token_index(vocab, plugin.bos_token, plan)
     vocab.chat_template = plugin.chat_template or vocab.chat_template
 
     def metadata(writer):
         plugin.text_metadata(writer, hp, plan.stem)
         writer.add_file_type(OUTTYPES[plan.outtype][1])
-        import gguf
-
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         write_vocab(writer, vocab)
 
@@ -150,80 +198,69 @@ def _write_bundle(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions,
         return ckpt.load(name).to(torch.float32).numpy()
 
     report.step(f"writing {plan.text_file} ({len(plan.text_tensors)} tensors, {plan.outtype})")
-    types = {k: __import__("gguf").GGMLQuantizationType[v] for k, v in plan.text_types.items()}
+    types = {k: gguf.GGMLQuantizationType[v] for k, v in plan.text_types.items()}
     with report.progress(len(plan.text_tensors), "text gguf") as update:
         records = write_text_gguf(tmp / plan.text_file, plan.text_arch, plan.text_tensors, types, load, metadata,
                                   on_tensor=lambda i, n, name: update(name))
-    timings["text_gguf_s"] = round(time.perf_counter() - t0, 2)
+    return records, vocab
 
-    # 2. encoders: HF modules with this checkpoint's weights, wrapped with the board's static interface
+
+def _token_index(vocab, token: str, plan: Plan) -> int:
+    try:
+        return vocab.tokens.index(token)
+    except ValueError:
+        raise SmtError(f"{plan.tokenizer.directory}: {token}: not in the tokenizer's vocabulary") from None
+
+
+def _export_encoders(plan: Plan, model, tmp: Path, report: Reporter) -> list[dict]:
+    """Export, check and simplify each ONNX file the plan lists; returns their manifest records."""
     from smt_convert.converters.onnx_export import export_onnx
 
-    t0 = time.perf_counter()
-    _quiet_library_logs()
-    report.step("loading the encoder for export")
-    model = plugin.build_torch_model(ckpt, hp, parts="audio" if not opts.verify else "all")
-    files = {"text": plan.text_file}
-    encoder_reports = []
-    specs = plugin.encoder_specs(model, hp)
-    for planned, spec in zip(plan.encoders, specs):
-        report.step(f"exporting {planned.file} ({opts.onnx_dtype})")
-        rep = export_onnx(spec, tmp / planned.file, dtype=opts.onnx_dtype, log=report.detail)
-        files[planned.role] = planned.file
-        encoder_reports.append({"role": planned.role, "file": planned.file, "inputs": rep.inputs,
-                                "outputs": rep.outputs, "simplified": rep.simplified, "export_checks": rep.checks,
-                                "export_seconds": round(rep.export_seconds, 2)})
-    timings["onnx_s"] = round(time.perf_counter() - t0, 2)
+    records = []
+    for planned, spec in zip(plan.encoders, plan.plugin.encoder_specs(model, plan.hparams)):
+        report.step(f"exporting {planned.file} ({plan.onnx_dtype})")
+        rep = export_onnx(spec, tmp / planned.file, dtype=plan.onnx_dtype, log=report.detail)
+        records.append({"role": planned.role, "file": planned.file, "inputs": rep.inputs, "outputs": rep.outputs,
+                        "exporter": rep.exporter, "simplified": rep.simplified, "notes": rep.notes,
+                        "external_data": rep.external_data, "export_checks": rep.checks,
+                        "export_seconds": round(rep.export_seconds, 2)})
+    return records
 
-    # 3. board config, split metadata, tokenizer files for the Python runtime
+
+def _write_side_files(plan: Plan, files: dict[str, str], tmp: Path) -> list[str]:
+    """Board config.json, the encoder split metadata, and the tokenizer files the Python runtime reads."""
+    plugin, hp = plan.plugin, plan.hparams
     (tmp / BOARD_CONFIG).write_text(json.dumps(plugin.board_config(hp, files), indent=2) + "\n")
-    split_name = None
     if hasattr(plugin, "split_metadata"):
-        split_name = f"{plan.stem}-encoder-split-metadata.json"
-        (tmp / split_name).write_text(json.dumps(plugin.split_metadata(hp, files), indent=2) + "\n")
-    tokenizer_files = [p.name for p in export_runtime_tokenizer(plan.tokenizer, tmp)]
-
-    manifest = _manifest_skeleton(plan, ckpt, records, encoder_reports, tokenizer_files, vocab)
-    manifest["timings"] = timings
-    # The runtime reads the manifest, so a provisional (incomplete) one goes in before verification.
-    _write_manifest(tmp, manifest, complete_flag=True)
-
-    # 4. goldens and verification against the Hugging Face model
-    t0 = time.perf_counter()
-    report.step("verifying the bundle" + (" against the Hugging Face model" if opts.verify else " (goldens only)"))
-    rows = _verify_and_store_goldens(plan, model if opts.verify else None, tmp, opts, report)
-    timings["verify_s"] = round(time.perf_counter() - t0, 2)
-    manifest["verification"] = {"reference": "transformers " + _transformers_version() if opts.verify else None,
-                                "rows": [r.to_dict() for r in rows], "passed": all(r.ok for r in rows)}
-    del model
-    return manifest
+        split = tmp / f"{plan.stem}-encoder-split-metadata.json"
+        split.write_text(json.dumps(plugin.split_metadata(hp, files), indent=2) + "\n")
+    return [p.name for p in export_runtime_tokenizer(plan.tokenizer, tmp)]
 
 
 def _verify_and_store_goldens(plan: Plan, model, tmp: Path, opts: ConvertOptions, report: Reporter) -> list:
+    """Run the bundle on the plugin's golden input, store what it produced, compare with HF (if a model is
+    given), then re-check the stored goldens through the same path `smt-convert verify` uses."""
+    import soundfile
+
     from smt_convert.runtime.pipeline import BundleRunner
 
     plugin, hp = plan.plugin, plan.hparams
-    runner = BundleRunner(tmp)
+    runner = BundleRunner(tmp, require_complete=False)
     wave = plugin.golden_audio()
-    features = runner.features(wave)
     result = runner.run(wave, max_new_tokens=opts.max_new_tokens)
     golden = tmp / GOLDEN_DIR
     golden.mkdir()
-    import soundfile
-
     soundfile.write(golden / "input.wav", wave, 16000, subtype="FLOAT")
     np.save(golden / "encoder.npy", result.media_embeds.astype(np.float32))
     top = np.argsort(-result.first_logits)[:10]
-    expected = {"tokens": result.tokens, "fields": None, "language": None,
-                "top_logits": {"ids": top.tolist(), "values": result.first_logits[top].astype(float).tolist()},
-                "text": result.text}
+    expected = {"tokens": result.tokens, "fields": None, "language": None, "text": result.text,
+                "top_logits": {"ids": top.tolist(), "values": result.first_logits[top].astype(float).tolist()}}
     rows = []
     if model is not None:
-        rows, ref_tokens = compare_with_reference(plugin, hp, model, runner, wave, result, plan.outtype,
-                                                  opts.onnx_dtype, opts.max_new_tokens)
-        expected["reference_tokens"] = ref_tokens
+        rows, expected["reference_tokens"] = compare_with_reference(
+            plugin, hp, model, runner, wave, result, plan.outtype, opts.onnx_dtype, opts.max_new_tokens)
     (golden / "expected.json").write_text(json.dumps(expected, indent=1))
-    rows += V.golden_rows(BundleRunner(tmp))
+    rows += V.golden_rows(runner)
     report.detail(V.format_table(rows))
     return rows
 
@@ -256,15 +293,15 @@ def _manifest_skeleton(plan: Plan, ckpt: Checkpoint, records, encoder_reports, t
     }
 
 
-def _write_manifest(root: Path, manifest: dict, complete_flag: bool = False) -> None:
-    """Hash every file in the bundle, then write the manifest (last, so it only exists for a full bundle)."""
-    files = []
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and path.name != MANIFEST:
-            rel = path.relative_to(root).as_posix()
-            files.append({"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path)})
-    manifest["files"] = files
-    manifest["complete"] = True
+def _write_manifest(root: Path, manifest: dict, complete: bool) -> None:
+    """The final manifest hashes every file and says complete; it is written last, so a directory without
+    a complete manifest is not a bundle."""
+    manifest["complete"] = complete
+    if complete:
+        manifest["files"] = [
+            {"path": p.relative_to(root).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST
+        ]
     (root / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_json_default) + "\n")
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from smt_convert.runtime.onnx_session import open_session
 from smt_convert.runtime.errors import SmtError, VerificationFailed
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ def export_onnx(
 
         base = tmp / "base.onnx"
         _save(model, base)
-        base_session = _session(base)
+        base_session = open_session(base)
         base_outs = [_ort_run(base, spec, inputs, base_session) for inputs in input_sets]
         del base_session
 
@@ -130,7 +131,7 @@ def export_onnx(
     _check_dims(final, spec, path)
 
     checks = []
-    session = _session(path)
+    session = open_session(path)
     for inputs, ref in zip(input_sets, refs):
         outs = _ort_run(path, spec, inputs, session)
         checks += _compare(spec, inputs, ref, outs)
@@ -276,19 +277,8 @@ def _check_file(path: Path) -> None:
         raise SmtError(f"{path}: onnx check: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}") from None
 
 
-def _session(path: Path):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise SmtError(f"{path}: onnxruntime: {str(exc).strip().splitlines()[0][:300]}") from None
-
-
 def _ort_run(path: Path, spec, inputs, session=None) -> list[np.ndarray]:
-    session = session or _session(path)
+    session = session or open_session(path)
     graph_inputs = {i.name for i in session.get_inputs()}
     feeds = {n: t.detach().cpu().numpy() for n, t in zip(spec.input_names, inputs) if n in graph_inputs}
     try:
@@ -351,7 +341,7 @@ def _try_simplify(model, spec, tmp: Path, input_sets, base_outs, notes, path: Pa
     sim_path = tmp / "sim.onnx"
     _save(sim, sim_path)
     try:
-        session = _session(sim_path)
+        session = open_session(sim_path)
         for inputs, base in zip(input_sets, base_outs):
             for a, b in zip(base, _ort_run(sim_path, spec, inputs, session)):
                 tol = SIMPLIFY_ATOL * max(1.0, float(np.abs(a).max()) if a.size else 1.0)

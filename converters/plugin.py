@@ -3,7 +3,7 @@
 A plugin is one class in `archs/`, registered with `@register`. It answers, for one model family:
 what the checkpoint looks like (hyperparameters, expected tensors), how text tensors map to GGUF,
 how its encoders are wrapped for ONNX export, and what the board config and prompt rules are.
-The shared code (`convert.py`, `gguf_writer.py`, `onnx_export.py`, `bundle.py`) stays architecture-blind.
+The shared code (`convert.py`, `text_gguf.py`, `onnx_export.py`, `reference.py`) stays architecture-blind.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def register(cls: type) -> type:
 
 def _load_builtin_plugins() -> None:
     # Importing the package modules runs their @register decorators.
-    from smt_convert.archs import qwen3_asr  # noqa: F401
+    from smt_convert.archs import qwen3_asr  # noqa: F401  (registers itself)
 
 
 def get_plugin(name: str):

@@ -22,8 +22,8 @@ def compare_with_reference(plugin, hp, model, runner, media, result, outtype: st
                            max_new_tokens: int) -> tuple[list[Row], list[int]]:
     """Rows for features, encoder, text logits and greedy tokens; `result` is the runtime's run on `media`."""
     features = runner.features(media)
-    stop_ids = [runner.tokenizer.token_id(t) for t in runner.prompt_rule["stop_tokens"] if runner.tokenizer.has_token(t)]
-    ref = plugin.reference_outputs(model, hp, media, features, result.prompt.placeholder_ids, max_new_tokens, stop_ids)
+    ref = plugin.reference_outputs(model, hp, media, features, result.prompt.placeholder_ids, max_new_tokens,
+                                   runner.stop_ids())
     rows = []
     if ref["features"].shape == features.shape:
         diff = float(np.max(np.abs(ref["features"] - features)))
@@ -35,7 +35,7 @@ def compare_with_reference(plugin, hp, model, runner, media, result, outtype: st
         c = V.cosine(result.media_embeds, ref["encoder_processor_path"])
         rows.append(Row("encoder vs HF processor", "cosine (last chunk padding)", c, f">= {PROCESSOR_PATH_COSINE}",
                         c >= PROCESSOR_PATH_COSINE))
-    rows += V.text_rows(prompt_logits(runner, result.prompt), ref["logits"], outtype)
+    rows += V.text_rows(prompt_logits(runner, result.prompt), ref["logits"], outtype, onnx_dtype)
     exact = outtype == "f32" and onnx_dtype == "fp32"
     rows += V.e2e_rows(result.tokens, ref["tokens"], exact)
     return rows, ref["tokens"]

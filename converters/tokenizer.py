@@ -135,8 +135,12 @@ def try_auto_tokenizer(directory: Path) -> tuple[Any, str | None]:
         return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     # transformers happily builds an empty tokenizer from config.json alone (one token, no merges):
     # that is not a tokenizer we can ship.
-    if len(tok) < MIN_AUTO_VOCAB:
-        return None, f"AutoTokenizer found only {len(tok)} token(s), no vocabulary files"
+    try:
+        size = len(tok.get_vocab())
+    except Exception:  # a tokenizer without get_vocab() cannot give us a vocabulary either
+        size = 0
+    if size < MIN_AUTO_VOCAB:
+        return None, f"AutoTokenizer found only {size} token(s), no vocabulary files"
     return tok, None
 
 

@@ -46,7 +46,7 @@ class ConfigReader:
             raise SmtError(
                 f"{self.path}: {self.prefix}{key}: expected {_TYPE_NAMES.get(kind, kind.__name__)}, found {value!r}"
             )
-        if kind in (int, float) and value <= 0 and default is _MISSING:
+        if kind in (int, float) and value <= 0:
             raise SmtError(f"{self.path}: {self.prefix}{key}: must be positive, found {value!r}")
         return value
 

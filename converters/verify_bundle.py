@@ -8,6 +8,7 @@ from smt_convert.converters.checkpoint import Checkpoint
 from smt_convert.converters.plugin import get_plugin
 from smt_convert.converters.reference import compare_with_reference
 from smt_convert.runtime.bundle import GOLDEN_DIR
+from smt_convert.runtime.errors import SmtError
 
 
 def reference_rows_for_bundle(runner, reference_dir: Path, max_new_tokens: int, report) -> list:
@@ -15,6 +16,13 @@ def reference_rows_for_bundle(runner, reference_dir: Path, max_new_tokens: int, 
     plugin = get_plugin(manifest["architecture"])
     ckpt = Checkpoint.open(reference_dir)
     hp = plugin.read_hparams(ckpt)
+    recorded = {k: v for k, v in manifest["hparams"].items() if k != "layout"}
+    found = {k: v for k, v in plugin.hparams_record(hp).items() if k != "layout"}
+    differ = [k for k in recorded if recorded[k] != found.get(k)]
+    if differ:
+        k = differ[0]
+        raise SmtError(f"{ckpt.config_path}: {k}: {found.get(k)!r} but the bundle was converted from a model with "
+                       f"{recorded[k]!r}; --reference must be the checkpoint the bundle came from")
     report.step(f"loading the Hugging Face reference from {reference_dir}")
     model = plugin.build_torch_model(ckpt, hp)
     media = runner.bundle.root / GOLDEN_DIR / manifest["golden"]["input"]

@@ -150,14 +150,14 @@ def post_cnn_length(n_frames: int, n_window: int = 50) -> int:
     """
     chunk = 2 * n_window
     rest = n_frames % chunk
-    full_rows = _conv_rows(chunk)
+    full_rows = conv_rows(chunk)
     if rest == 0:
         return (n_frames // chunk) * full_rows
-    return (n_frames // chunk) * full_rows + _conv_rows(rest)
+    return (n_frames // chunk) * full_rows + conv_rows(rest)
 
 
-def _conv_rows(length: int) -> int:
-    """Output length of three (k=3, s=2, p=1) convolutions."""
+def conv_rows(length: int) -> int:
+    """Output length of the encoder's three (k=3, s=2, p=1) convolutions (13 for a 100-frame chunk)."""
     for _ in range(3):
         length = (length - 1) // 2 + 1
     return length

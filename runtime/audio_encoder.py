@@ -12,21 +12,7 @@ import numpy as np
 
 from .audio import post_cnn_length
 from .errors import SmtError
-
-
-def _session(path: Path, providers, intra_op_num_threads: int | None):
-    import onnxruntime as ort
-
-    if not path.is_file():
-        raise SmtError(f"{path}: model file not found")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if intra_op_num_threads:
-        opts.intra_op_num_threads = int(intra_op_num_threads)
-    try:
-        return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
-    except Exception as exc:
-        raise SmtError(f"{path}: onnxruntime: {str(exc).strip().splitlines()[0][:300]}") from None
+from .onnx_session import open_session
 
 
 def _describe(session) -> dict:
@@ -42,8 +28,8 @@ class SplitAudioEncoder:
     def __init__(self, frontend_path, backend_path, providers=None, intra_op_num_threads: int | None = None):
         self.frontend_path = Path(frontend_path)
         self.backend_path = Path(backend_path)
-        self.frontend = _session(self.frontend_path, providers, intra_op_num_threads)
-        self.backend = _session(self.backend_path, providers, intra_op_num_threads)
+        self.frontend = open_session(self.frontend_path, providers, intra_op_num_threads)
+        self.backend = open_session(self.backend_path, providers, intra_op_num_threads)
         self.num_mel_bins, self.chunk_frames, self.chunk_rows, self.d_model = self._frontend_shape()
         self.n_window = self.chunk_frames // 2
         self._backend_inputs = [i.name for i in self.backend.get_inputs()]

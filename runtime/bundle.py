@@ -30,14 +30,17 @@ class Bundle:
     config: dict
 
     @classmethod
-    def open(cls, root: str | Path) -> "Bundle":
+    def open(cls, root: str | Path, require_complete: bool = True) -> "Bundle":
+        """require_complete=False is for the converter, which runs the bundle before its manifest is final."""
         root = Path(root)
         if not root.is_dir():
             raise SmtError(f"{root}: bundle directory not found")
-        manifest = _read_json(root / MANIFEST)
-        if manifest.get("format") != MANIFEST_FORMAT or manifest.get("complete") is not True:
-            raise SmtError(f"{root / MANIFEST}: complete: not a finished smt-convert bundle manifest")
-        return cls(root, manifest, _read_json(root / BOARD_CONFIG))
+        manifest = read_json(root / MANIFEST)
+        if manifest.get("format") != MANIFEST_FORMAT:
+            raise SmtError(f"{root / MANIFEST}: format: not an smt-convert bundle manifest (format {MANIFEST_FORMAT})")
+        if require_complete and manifest.get("complete") is not True:
+            raise SmtError(f"{root / MANIFEST}: complete: the bundle was not finished (conversion interrupted?)")
+        return cls(root, manifest, read_json(root / BOARD_CONFIG))
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -64,13 +67,17 @@ class Bundle:
         return rows
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path, what: str | None = None) -> dict:
+    """Read a JSON object, turning every failure into a one-line error naming the file."""
+    what = what or path.name
     if not path.is_file():
-        raise SmtError(f"{path}: not found (is this a bundle directory written by smt-convert?)")
+        raise SmtError(f"{path}: {what} not found")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SmtError(f"{path}: unreadable JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SmtError(f"{path}: cannot read {what} ({exc.__class__.__name__}: {exc})") from None
+    except json.JSONDecodeError as exc:
+        raise SmtError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     if not isinstance(data, dict):
-        raise SmtError(f"{path}: expected a JSON object")
+        raise SmtError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data

@@ -45,11 +45,11 @@ class RunResult:
 class BundleRunner:
     """Loads a bundle once; `run()` answers one media item + prompt."""
 
-    def __init__(self, bundle_dir: str | Path, threads: int | None = None):
+    def __init__(self, bundle_dir: str | Path, threads: int | None = None, require_complete: bool = True):
         import time
 
         t0 = time.perf_counter()
-        self.bundle = Bundle.open(bundle_dir)
+        self.bundle = Bundle.open(bundle_dir, require_complete)
         self.manifest = self.bundle.manifest
         self.prompt_rule = self.manifest["prompt"]
         self.tokenizer = RuntimeTokenizer(self.bundle.root)
@@ -97,6 +97,9 @@ class BundleRunner:
         rule = self.prompt_rule
         values = dict(rule.get("template_fields", {}))
         values.update({k: v for k, v in (fields or {}).items() if v is not None})
+        for key, value in values.items():
+            if rule["media_marker"] in str(value):
+                raise SmtError(f"--{key}: must not contain the media marker {rule['media_marker']}")
         text = rule["template"].format(**values) + assistant_prefix
         before, marker, after = text.partition(rule["media_marker"])
         if not marker:
@@ -148,22 +151,23 @@ class BundleRunner:
         timings["encode_s"] = time.perf_counter() - t0
         prefix = self.assistant_prefix(language)
         prompt = self.build_prompt(media_embeds, fields, prefix)
-        stop_ids = {self.tokenizer.token_id(t) for t in self.prompt_rule["stop_tokens"]
-                    if self.tokenizer.has_token(t)}
         t0 = time.perf_counter()
-        gen = greedy_generate(self.decoder, prompt.embeds, prompt.positions, max_new_tokens, stop_ids)
+        gen = greedy_generate(self.decoder, prompt.embeds, prompt.positions, max_new_tokens, set(self.stop_ids()))
         timings["decode_s"] = time.perf_counter() - t0
         timings["new_tokens"] = len(gen.tokens)
         raw = self.tokenizer.decode(gen.tokens, skip_special=False)
-        text = self.tokenizer.decode(gen.tokens, skip_special=True)
+        return RunResult(self.answer(raw, forced_prefix=bool(prefix)), raw, gen.tokens, prompt, media_embeds,
+                         gen.first_logits, timings)
+
+    def stop_ids(self) -> list[int]:
+        """Token ids that end generation (the manifest's stop tokens present in this vocabulary)."""
+        return [self.tokenizer.token_id(t) for t in self.prompt_rule["stop_tokens"] if self.tokenizer.has_token(t)]
+
+    def answer(self, raw: str, forced_prefix: bool) -> str:
+        """The user-facing text: after the answer marker (e.g. `<asr_text>`) unless the prompt already
+        ended with it, with special tokens removed."""
         marker = self.prompt_rule.get("answer_after")
-        if marker and not prefix and marker in raw:
-            text = self.tokenizer.decode(gen.tokens, skip_special=False).split(marker, 1)[1]
-            text = strip_specials(text, self.tokenizer)
-        return RunResult(text.strip(), raw, gen.tokens, prompt, media_embeds, gen.first_logits, timings)
-
-
-def strip_specials(text: str, tokenizer: RuntimeTokenizer) -> str:
-    for special in tokenizer.special_tokens:
-        text = text.replace(special, "")
-    return text
+        text = raw.split(marker, 1)[1] if marker and not forced_prefix and marker in raw else raw
+        for special in self.tokenizer.special_tokens:
+            text = text.replace(special, "")
+        return text.strip()

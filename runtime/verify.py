@@ -9,25 +9,28 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from smt_convert.runtime.bundle import GOLDEN_DIR
 
-# Text logits of the runtime vs Hugging Face, per GGUF --outtype: normalised MSE over all prompt positions,
-# and the fraction of prompt positions whose arg-max token agrees.
+# Thresholds, each set with a wide margin over what was measured on the tiny test models (README, "Verification
+# thresholds", has the measurements). Text logits of the runtime vs Hugging Face, per GGUF --outtype: normalised
+# MSE over all prompt positions, and the fraction of positions whose arg-max token agrees.
 TEXT_THRESHOLDS = {
-    "f32": {"nmse": 1e-6, "top1": 1.0},
-    "f16": {"nmse": 1e-3, "top1": 0.9},
-    "bf16": {"nmse": 1e-2, "top1": 0.8},
-    "q8_0": {"nmse": 1e-2, "top1": 0.8},
+    "f32": {"nmse": 1e-6, "top1": 1.0},    # measured 2.7e-13, 1.0
+    "f16": {"nmse": 1e-4, "top1": 0.98},   # measured 5.9e-7 (with an fp16 encoder), 1.0
+    "bf16": {"nmse": 1e-3, "top1": 0.95},  # measured 2.2e-5, 1.0
+    "q8_0": {"nmse": 1e-2, "top1": 0.9},   # measured 2.3e-4, 0.966
 }
 # Encoder rows (ONNX via the board's host logic) vs the torch encoder on the same features, per --onnx-dtype.
-ENCODER_THRESHOLDS = {"fp32": {"cosine": 0.99999, "rel_max_abs": 1e-3}, "fp16": {"cosine": 0.999, "rel_max_abs": 5e-2}}
-# Greedy tokens vs Hugging Face generate: exact for f32 text + fp32 encoder, else the fraction of tokens
-# agreeing before the first divergence (random test models have near-ties that low precision flips).
-E2E_MIN_PREFIX = {"exact": 1.0, "lossy": 0.0}
+ENCODER_THRESHOLDS = {
+    "fp32": {"cosine": 0.99999, "rel_max_abs": 1e-3},  # measured 1.0, 7.8e-7
+    "fp16": {"cosine": 0.9995, "rel_max_abs": 1e-2},   # measured 0.9999996, 9.9e-4
+}
+# Greedy tokens vs Hugging Face generate: identical for f32 text + fp32 encoder. Lossy types must agree on
+# the first token (the arg-max after the whole prompt); later tokens are reported, because random test
+# models have near-ties that low precision flips (q8_0 measured 0.625 of 16 tokens).
 # Goldens are re-checked on the same bundle, so only runtime/library differences across machines remain.
 GOLDEN_THRESHOLDS = {"encoder_rel_max_abs": 1e-4, "logits_rel_max_abs": 1e-3}
 
@@ -81,8 +84,10 @@ def encoder_rows(x: np.ndarray, ref: np.ndarray, onnx_dtype: str, label: str = "
             Row(label, "rel max abs", r, f"<= {th['rel_max_abs']}", r <= th["rel_max_abs"])]
 
 
-def text_rows(logits: np.ndarray, ref: np.ndarray, outtype: str) -> list[Row]:
-    th = TEXT_THRESHOLDS[outtype]
+def text_rows(logits: np.ndarray, ref: np.ndarray, outtype: str, onnx_dtype: str = "fp32") -> list[Row]:
+    th = dict(TEXT_THRESHOLDS[outtype])
+    if onnx_dtype != "fp32":  # encoder rounding reaches the logits through the audio rows
+        th = {"nmse": max(th["nmse"], TEXT_THRESHOLDS["f16"]["nmse"]), "top1": min(th["top1"], TEXT_THRESHOLDS["f16"]["top1"])}
     e, t = nmse(logits, ref), top1_agreement(logits, ref)
     return [Row("text logits", "nmse", e, f"<= {th['nmse']:g}", e <= th["nmse"]),
             Row("text logits", "top-1 agreement", t, f">= {th['top1']}", t >= th["top1"])]
@@ -90,9 +95,10 @@ def text_rows(logits: np.ndarray, ref: np.ndarray, outtype: str) -> list[Row]:
 
 def e2e_rows(tokens: list[int], ref: list[int], exact: bool) -> list[Row]:
     agree = prefix_agreement(tokens, ref)
-    need = E2E_MIN_PREFIX["exact" if exact else "lossy"]
-    label = "== HF generate" if exact else f">= {need} (report)"
-    return [Row("end to end", "greedy tokens agreeing", agree, label, agree >= need)]
+    if exact:
+        return [Row("end to end", "greedy tokens agreeing", agree, "== HF generate", tokens == ref)]
+    first_ok = tokens[:1] == ref[:1]
+    return [Row("end to end", "greedy tokens agreeing", agree, "first token equal", first_ok)]
 
 
 def hash_rows(bundle) -> list[Row]:
@@ -144,5 +150,3 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])
 
 
-def write_rows(path: Path, rows: list[Row]) -> None:
-    path.write_text(json.dumps([r.to_dict() for r in rows], indent=1))

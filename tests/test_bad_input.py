@@ -198,3 +198,37 @@ def test_no_traceback_from_the_real_entry_point(ckpt, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "smt_convert", "inspect", str(ckpt)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
+
+
+def test_output_must_not_replace_the_checkpoint(ckpt):
+    fails("qwen3-asr", ckpt, ckpt, "--force", mentions=["would replace the checkpoint"])
+    fails("qwen3-asr", ckpt, ckpt.parent, "--force", mentions=["would replace the checkpoint"])
+    assert (ckpt / "model.safetensors").is_file()
+
+
+def test_tie_levels_that_disagree(ckpt):
+    edit_config(ckpt, lambda c: c["text_config"].update(tie_word_embeddings=False))
+    fails("inspect", ckpt, mentions=["tie_word_embeddings", "disagree"])
+
+
+def test_tied_config_with_a_different_lm_head(ckpt):
+    f = ckpt / "model.safetensors"
+    tensors = load_file(str(f))
+    tensors["lm_head.weight"] = torch.randn_like(tensors["model.language_model.embed_tokens.weight"])
+    save_file(tensors, str(f))
+    fails("inspect", ckpt, mentions=["tie_word_embeddings", "lm_head.weight differs"])
+
+
+def test_chunk_size_must_match_the_board(ckpt):
+    edit_config(ckpt, lambda c: c["audio_config"].update(n_window=25, n_window_infer=400))
+    fails("inspect", ckpt, mentions=["audio_config.n_window", "100-frame"])
+
+
+def test_original_layout_field_paths(sharded):
+    edit_config(sharded, lambda c: c["thinker_config"]["text_config"].update(rope_theta="abc"))
+    fails("inspect", sharded, mentions=["thinker_config.text_config.rope_theta", "expected a number"])
+
+
+def test_bad_stem(ckpt, tmp_path):
+    fails("qwen3-asr", ckpt, tmp_path / "out", "--stem", "../escape", mentions=["--stem"])
+    no_partial_output(tmp_path / "out")

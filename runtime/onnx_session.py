@@ -1,0 +1,23 @@
+"""One way to open an ONNX Runtime session: CPU by default, quiet logs, load errors as one-line SmtErrors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from smt_convert.runtime.errors import SmtError
+
+
+def open_session(path: Path, providers=None, intra_op_num_threads: int | None = None):
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise SmtError(f"{path}: model file not found")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if intra_op_num_threads:
+        opts.intra_op_num_threads = int(intra_op_num_threads)
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        raise SmtError(f"{path}: onnxruntime: {str(exc).strip().splitlines()[0][:300]}") from None
