@@ -64,7 +64,6 @@ class Checkpoint:
         self.config = config
         self.tensors = tensors
         self.weight_files = weight_files
-        self._handles: dict[Path, object] = {}
 
     @property
     def config_path(self) -> Path:
@@ -115,23 +114,23 @@ class Checkpoint:
         raise SmtError(f"{root}: no weights found (looked for {INDEX_FILE}, {SINGLE_FILE}, *.safetensors)")
 
     def load(self, name: str):
-        """Read one tensor as a torch tensor in its stored dtype (memory-mapped file, one copy)."""
+        """Read one tensor as a torch tensor in its stored dtype.
+
+        The file is mapped only for this read: a handle kept open would leave every page it touched resident,
+        so peak RSS would grow with the model instead of staying near the largest tensor."""
         from safetensors import safe_open
 
         info = self.tensors.get(name)
         if info is None:
             raise SmtError(f"{self.root}: tensor {name} not found in the checkpoint")
-        handle = self._handles.get(info.file)
-        if handle is None:
-            handle = safe_open(str(info.file), framework="pt")
-            self._handles[info.file] = handle
         try:
-            return handle.get_tensor(name)
+            with safe_open(str(info.file), framework="pt") as f:
+                return f.get_tensor(name)
         except Exception as exc:
             raise SmtError(f"{info.file}: tensor {name}: cannot be read ({exc})") from None
 
     def close(self) -> None:
-        self._handles.clear()
+        """Nothing stays open between reads; kept so callers can release a checkpoint explicitly."""
 
     def dtypes(self) -> set[str]:
         return {t.dtype for t in self.tensors.values()}
