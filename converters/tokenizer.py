@@ -301,13 +301,19 @@ def parts_from_vocab_merges(directory: Path, config: dict) -> BpeParts:
     return BpeParts(vocab, read_merges_txt(directory / "merges.txt"), added, vocab_path)
 
 
-def parts_from_auto(source: TokenizerSource) -> BpeParts:
-    """A transformers tokenizer: use the fast backend's JSON; slow BPE tokenizers lack usable merges."""
-    hf = source.hf_tokenizer
-    if hf is None:
+def loaded_auto_tokenizer(source: TokenizerSource, purpose: str):
+    """The transformers tokenizer behind an "AutoTokenizer" source (loaded once, on first use)."""
+    if source.hf_tokenizer is None:
         hf, why_not = try_auto_tokenizer(source.directory)
         if hf is None:
-            raise SmtError(f"{source.directory}: tokenizer: AutoTokenizer failed: {why_not}")
+            raise SmtError(f"{source.directory}: tokenizer: {purpose} failed: {why_not}")
+        source.hf_tokenizer = hf
+    return source.hf_tokenizer
+
+
+def parts_from_auto(source: TokenizerSource) -> BpeParts:
+    """A transformers tokenizer: use the fast backend's JSON; slow BPE tokenizers lack usable merges."""
+    hf = loaded_auto_tokenizer(source, "AutoTokenizer")
     backend = getattr(hf, "backend_tokenizer", None)
     if backend is None:
         return parts_from_slow(hf, source.directory)
@@ -503,11 +509,7 @@ def qwen2_tokenizer_json(parts: BpeParts, config: dict) -> str:
 
 def auto_tokenizer_json(source: TokenizerSource) -> str:
     """Fallback: transformers' own conversion (SentencePiece, non-Qwen slow tokenizers)."""
-    hf = source.hf_tokenizer
-    if hf is None:
-        hf, why_not = try_auto_tokenizer(source.directory)
-        if hf is None:
-            raise SmtError(f"{source.directory}: tokenizer: cannot convert {source.kind} to tokenizer.json ({why_not})")
+    hf = loaded_auto_tokenizer(source, f"converting {source.kind} to tokenizer.json")
     backend = getattr(hf, "backend_tokenizer", None)
     if backend is None:
         raise SmtError(f"{source.directory}: tokenizer: {type(hf).__name__} has no fast (tokenizers) backend")
