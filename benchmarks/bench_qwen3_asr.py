@@ -37,7 +37,7 @@ def make_checkpoint(size: str, out: Path) -> None:
 
     sys.path.insert(0, str(ROOT))
     from smt_convert.archs.qwen3_asr import Hparams, Qwen3ASRPlugin
-    from tests.fixtures.tokenizers import build_qwen_bpe_tokenizer
+    from smt_convert.converters.tiny_tokenizers import build_qwen_bpe_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     ids = build_qwen_bpe_tokenizer(out)

@@ -17,8 +17,8 @@ from smt_convert import __version__
 from smt_convert.runtime.errors import SmtError
 
 # Kept here (not imported from converters) so that `run` and `verify` start without importing conversion code.
-OUTTYPE_CHOICES = ["f32", "f16", "bf16", "q8_0"]
-ONNX_DTYPE_CHOICES = ["fp32", "fp16"]
+OUTTYPE_CHOICES = ["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
+ONNX_DTYPE_CHOICES = ["fp32", "fp16", "int8"]
 
 
 class SmtGroup(click.Group):
@@ -246,6 +246,34 @@ def verify(ctx, bundle, reference, max_new_tokens):
 
 
 _register_arch_commands()
+
+
+@cli.command()
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_root", type=click.Path(path_type=Path), default=Path("recipe-out"), show_default=True,
+              help="Bundles go to OUT/<recipe name>/<variant>/.")
+@click.option("--junit", type=click.Path(path_type=Path), default=None, help="Also write JUnit XML here (for CI).")
+@click.option("--scratch", type=click.Path(path_type=Path), default=None,
+              help="Where tiny: sources are built (default: OUT/.sources).")
+@_verbosity_options
+@click.pass_context
+def recipe(ctx, recipes, out_root, junit, scratch):
+    """Run conversion recipes (TOML files, see recipes/): every variant of every recipe, a summary table,
+    exit 1 if any failed. A failing recipe does not stop the others."""
+    from smt_convert.converters.recipe import format_results, load_recipe, run_recipe, write_junit
+
+    loaded = [load_recipe(p) for p in recipes]  # all recipe files are checked before any conversion starts
+    results = []
+    for r in loaded:
+        results += run_recipe(r, out_root, scratch or out_root / ".sources", _reporter(ctx))
+    click.echo(format_results(results))
+    if junit:
+        write_junit(results, junit)
+    bad = [r for r in results if r.status != "pass"]
+    for r in bad:
+        click.echo(f"{r.status}: {r.recipe} {r.variant}: {r.message}", err=True)
+    if bad:
+        sys.exit(1)
 
 
 def main():

@@ -18,10 +18,11 @@ import numpy as np
 
 from smt_convert import __version__
 from smt_convert.converters.checkpoint import Checkpoint
+from smt_convert.converters.onnx_export import ONNX_DTYPES
 from smt_convert.converters.plugin import Plan
 from smt_convert.converters.reference import compare_with_reference
 from smt_convert.converters.report import Reporter
-from smt_convert.converters.text_gguf import OUTTYPES, choose_type, tensor_nbytes, write_text_gguf
+from smt_convert.converters.text_gguf import OUTTYPES, choose_types, tensor_nbytes, write_text_gguf
 from smt_convert.converters.tokenizer import build_bpe_vocab, export_runtime_tokenizer, find_tokenizer, write_vocab
 from smt_convert.converters.validate import check_tensors
 from smt_convert.runtime import verify as V
@@ -29,7 +30,6 @@ from smt_convert.runtime.bundle import BOARD_CONFIG, GOLDEN_DIR, MANIFEST, MANIF
 from smt_convert.runtime.errors import SmtError
 
 SUPPORTED_WEIGHT_DTYPES = {"F32", "F16", "BF16"}
-ONNX_DTYPES = ("fp32", "fp16")
 
 
 @dataclass
@@ -41,6 +41,11 @@ class ConvertOptions:
     force: bool = False
     verify: bool = True
     max_new_tokens: int = 16
+    thresholds: dict | None = None       # overrides of runtime.verify's per-type thresholds (recipes)
+    golden_input: Path | None = None     # verification/golden input instead of the plugin's own
+    language: str | None = None          # prompt options used for the golden run
+    fields: dict | None = None
+    image_size: int | None = None        # vision models only
 
 
 def make_plan(plugin, checkpoint_dir: Path, opts: ConvertOptions) -> tuple[Plan, Checkpoint]:
@@ -50,6 +55,8 @@ def make_plan(plugin, checkpoint_dir: Path, opts: ConvertOptions) -> tuple[Plan,
         raise SmtError(f"--outtype: '{opts.outtype}' is not one of {', '.join(OUTTYPES)}")
     if opts.onnx_dtype not in ONNX_DTYPES:
         raise SmtError(f"--onnx-dtype: '{opts.onnx_dtype}' is not one of {', '.join(ONNX_DTYPES)}")
+    if opts.image_size is not None and plugin.modality != "image":
+        raise SmtError(f"--image-size: {plugin.name} has no vision encoder")
     ckpt = Checkpoint.open(checkpoint_dir)
     hp = plugin.read_hparams(ckpt)
     to_ckpt = plugin.canonical_to_checkpoint(hp)
@@ -64,7 +71,7 @@ def make_plan(plugin, checkpoint_dir: Path, opts: ConvertOptions) -> tuple[Plan,
     tokenizer = find_tokenizer(ckpt.root, opts.tokenizer_dir)
     stem = opts.stem or plugin.default_stem(hp)
     tensors = plugin.text_tensors(hp)
-    types = {t.name: choose_type(t.shape, opts.outtype) for t in tensors}
+    types = choose_types(tensors, opts.outtype)
     text_bytes = sum(tensor_nbytes(t.shape, types[t.name]) for t in tensors)
     encoders = plugin.encoder_outputs(hp, stem)
     text_params = sum(int(np.prod(t.shape)) for t in tensors)
@@ -246,19 +253,25 @@ def _verify_and_store_goldens(plan: Plan, model, tmp: Path, opts: ConvertOptions
 
     plugin, hp = plan.plugin, plan.hparams
     runner = BundleRunner(tmp, require_complete=False)
-    wave = plugin.golden_audio()
-    result = runner.run(wave, max_new_tokens=opts.max_new_tokens)
+    if opts.golden_input is not None:
+        from smt_convert.runtime.audio import load_audio
+
+        wave = load_audio(opts.golden_input)
+    else:
+        wave = plugin.golden_audio()
+    result = runner.run(wave, fields=opts.fields, language=opts.language, max_new_tokens=opts.max_new_tokens)
     golden = tmp / GOLDEN_DIR
     golden.mkdir()
     soundfile.write(golden / "input.wav", wave, 16000, subtype="FLOAT")
     np.save(golden / "encoder.npy", result.media_embeds.astype(np.float32))
     top = np.argsort(-result.first_logits)[:10]
-    expected = {"tokens": result.tokens, "fields": None, "language": None, "text": result.text,
+    expected = {"tokens": result.tokens, "fields": opts.fields, "language": opts.language, "text": result.text,
                 "top_logits": {"ids": top.tolist(), "values": result.first_logits[top].astype(float).tolist()}}
     rows = []
     if model is not None:
         rows, expected["reference_tokens"] = compare_with_reference(
-            plugin, hp, model, runner, wave, result, plan.outtype, opts.onnx_dtype, opts.max_new_tokens)
+            plugin, hp, model, runner, wave, result, plan.outtype, opts.onnx_dtype, opts.max_new_tokens,
+            opts.thresholds)
     (golden / "expected.json").write_text(json.dumps(expected, indent=1))
     rows += V.golden_rows(runner)
     report.detail(V.format_table(rows))

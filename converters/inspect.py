@@ -18,14 +18,24 @@ def describe_plan(plan: Plan, ckpt) -> dict:
     type_counts: dict[str, int] = {}
     for t in plan.text_types.values():
         type_counts[t] = type_counts.get(t, 0) + 1
-    bytes_per = {"fp32": 4, "fp16": 2}[plan.onnx_dtype]
+    bytes_per = {"fp32": 4, "fp16": 2, "int8": 1}[plan.onnx_dtype]  # int8: a lower bound (convs stay float)
     outputs = [{"file": plan.text_file, "kind": f"GGUF {plan.text_arch}", "dtype": plan.outtype,
                 "tensor_types": type_counts, "bytes": plan.text_bytes}]
     for enc in plan.encoders:
         outputs.append({"file": enc.file, "kind": f"ONNX {enc.role}", "dtype": plan.onnx_dtype,
                         "bytes": enc.params * bytes_per, "inputs": enc.inputs, "outputs": enc.outputs})
+    from smt_convert.converters.text_gguf import OUTTYPES, choose_types, tensor_nbytes
+
+    text_sizes = {}
+    for outtype in OUTTYPES:
+        types = choose_types(plan.text_tensors, outtype)
+        text_sizes[outtype] = sum(tensor_nbytes(t.shape, types[t.name]) for t in plan.text_tensors)
+    encoder_params = sum(e.params for e in plan.encoders)
+    # int8 quantises only MatMul/Gemm weights; treating every weight as int8 gives a lower bound
+    encoder_sizes = {"fp32": encoder_params * 4, "fp16": encoder_params * 2, "int8": encoder_params}
     return {
         "checkpoint": str(ckpt.root),
+        "sizes_by_choice": {"text": text_sizes, "encoders": encoder_sizes},
         "architecture": plugin.name,
         "layout": hp.layout,
         "weight_dtypes": sorted(ckpt.dtypes()),
@@ -58,6 +68,11 @@ def format_plan(d: dict) -> str:
             extra = f"  {io(o['inputs'])} -> {io(o['outputs'])}"
         lines.append(f"  {o['file']:<48} {o['kind']:<22} {o['dtype']:<5} {_size(o['bytes']):>9}{extra}")
     lines.append("  config.json, manifest.json, tokenizer files, golden/ (small)")
+    sizes = d["sizes_by_choice"]
+    lines.append("size by choice:")
+    lines.append("  --outtype     " + "  ".join(f"{k} {_size(v)}" for k, v in sizes["text"].items()))
+    lines.append("  --onnx-dtype  " + "  ".join(f"{k} {'>=' if k == 'int8' else ''}{_size(v)}"
+                                              for k, v in sizes["encoders"].items()))
     if d["dropped_tensors"]:
         lines.append(f"not converted ({len(d['dropped_tensors'])} tensors):")
         for name, why in list(d["dropped_tensors"].items())[:10]:

@@ -36,7 +36,11 @@ EXTERNAL_DATA_BYTES = int(1.8 * 1024**3)  # above this, weights go to <name>.onn
 SIMPLIFY_ATOL = 1e-6  # simplified vs unsimplified, scaled by max(1, |output|)
 # ops computed in fp32 inside fp16 graphs: reductions whose sums overflow or lose precision in fp16
 FP16_KEEP_FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Range", "CumSum"]
-DEFAULT_MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999}
+DEFAULT_MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}
+ONNX_DTYPES = ("fp32", "fp16", "int8")
+# int8: dynamic quantisation of MatMul/Gemm weights only (the board's "dynq" files). Convolutions stay float:
+# ConvInteger is missing from many runtimes and execution providers.
+INT8_OP_TYPES = ["MatMul", "Gemm"]
 
 
 @dataclass
@@ -92,8 +96,8 @@ def export_onnx(
     import onnx
 
     path = Path(path)
-    if dtype not in ("fp32", "fp16"):
-        raise SmtError(f"{path}: dtype: expected fp32 or fp16, got {dtype!r}")
+    if dtype not in ONNX_DTYPES:
+        raise SmtError(f"{path}: dtype: expected one of {', '.join(ONNX_DTYPES)}, got {dtype!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     spec.module.eval()
     input_sets = [tuple(spec.example_inputs)] + [tuple(x) for x in spec.check_inputs]
@@ -124,6 +128,8 @@ def export_onnx(
 
         if dtype == "fp16":
             model = _to_fp16(model, tmp, path)
+        elif dtype == "int8":
+            model = _to_int8(model, tmp, path)
 
         external = _save(model, path)
     _check_file(path)
@@ -154,6 +160,28 @@ def export_onnx(
     )
     _enforce(report, min_cosine if min_cosine is not None else DEFAULT_MIN_COSINE[dtype], max_abs)
     return report
+
+
+def _to_int8(model, tmp: Path, path: Path):
+    """Dynamic int8 quantisation of the MatMul/Gemm weights (activations quantised at run time)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, dst = tmp / "int8-src.onnx", tmp / "int8.onnx"
+    external = _save(model, src)
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs a generic "consider pre-processing" hint on root
+    try:
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=INT8_OP_TYPES, weight_type=QuantType.QInt8,
+                         per_channel=False, use_external_data_format=external)
+    except Exception as exc:  # onnxruntime.quantization raises plain Exceptions with long messages
+        raise SmtError(f"{path}: int8 quantisation failed ({str(exc).splitlines()[0][:200]})") from None
+    finally:
+        root.setLevel(level)
+    return onnx.load(str(dst))
 
 
 def _torch_outputs(module, inputs) -> list[np.ndarray]:

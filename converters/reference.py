@@ -19,7 +19,7 @@ def prompt_logits(runner, prompt) -> np.ndarray:
 
 
 def compare_with_reference(plugin, hp, model, runner, media, result, outtype: str, onnx_dtype: str,
-                           max_new_tokens: int) -> tuple[list[Row], list[int]]:
+                           max_new_tokens: int, thresholds: dict | None = None) -> tuple[list[Row], list[int]]:
     """Rows for features, encoder, text logits and greedy tokens; `result` is the runtime's run on `media`."""
     features = runner.features(media)
     ref = plugin.reference_outputs(model, hp, media, features, result.prompt.placeholder_ids, max_new_tokens,
@@ -30,12 +30,12 @@ def compare_with_reference(plugin, hp, model, runner, media, result, outtype: st
         rows.append(Row("features", "max abs vs HF extractor", diff, f"<= {FEATURE_MAX_ABS:g}", diff <= FEATURE_MAX_ABS))
     else:
         rows.append(Row("features", "shape", f"{list(features.shape)} vs {list(ref['features'].shape)}", "equal", False))
-    rows += V.encoder_rows(result.media_embeds, ref["encoder_same_features"], onnx_dtype)
+    rows += V.encoder_rows(result.media_embeds, ref["encoder_same_features"], onnx_dtype, overrides=thresholds)
     if "encoder_processor_path" in ref:
         c = V.cosine(result.media_embeds, ref["encoder_processor_path"])
         rows.append(Row("encoder vs HF processor", "cosine (last chunk padding)", c, f">= {PROCESSOR_PATH_COSINE}",
                         c >= PROCESSOR_PATH_COSINE))
-    rows += V.text_rows(prompt_logits(runner, result.prompt), ref["logits"], outtype, onnx_dtype)
+    rows += V.text_rows(prompt_logits(runner, result.prompt), ref["logits"], outtype, onnx_dtype, overrides=thresholds)
     exact = outtype == "f32" and onnx_dtype == "fp32"
     rows += V.e2e_rows(result.tokens, ref["tokens"], exact)
     return rows, ref["tokens"]

@@ -18,25 +18,43 @@ from smt_convert.runtime.errors import SmtError
 
 Q = gguf.GGMLQuantizationType
 
-# --outtype -> (ggml type for weight matrices, GGUF general.file_type)
+# --outtype -> (ggml type for weight matrices, GGUF general.file_type). Every type gguf-py can quantise to;
+# the K-quants it can only read, not write.
 OUTTYPES: dict[str, tuple[Q, int]] = {
     "f32": (Q.F32, gguf.LlamaFileType.ALL_F32),
     "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16),
     "bf16": (Q.BF16, gguf.LlamaFileType.MOSTLY_BF16),
     "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+    "q5_1": (Q.Q5_1, gguf.LlamaFileType.MOSTLY_Q5_1),
+    "q5_0": (Q.Q5_0, gguf.LlamaFileType.MOSTLY_Q5_0),
+    "q4_1": (Q.Q4_1, gguf.LlamaFileType.MOSTLY_Q4_1),
+    "q4_0": (Q.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0),
 }
+LOW_BIT = {"q5_1", "q5_0", "q4_1", "q4_0"}
+OUTPUT_NAMES = {"output.weight"}
 
 
-def choose_type(shape: tuple[int, ...], outtype: str) -> Q:
-    """Per-tensor type as llama.cpp's converter picks it: 1-D tensors (norms, biases) stay F32; a
-    block-quantised type needs rows divisible by its block size, else the tensor falls back to F16."""
+def choose_type(name: str, shape: tuple[int, ...], outtype: str, tied_output: bool = False) -> Q:
+    """Per-tensor type, following llama.cpp:
+    - 1-D tensors (norms, biases, gates' vectors) stay F32;
+    - with a 4/5-bit type, the output projection (or the token embedding when it doubles as the output)
+      gets more bits: llama-quantize uses Q6_K there, which gguf-py cannot write, so Q8_0;
+    - a block type needs rows divisible by its block size, else the tensor falls back to F16."""
     target = OUTTYPES[outtype][0]
     if len(shape) <= 1:
         return Q.F32
+    if outtype in LOW_BIT and (name in OUTPUT_NAMES or (tied_output and name == "token_embd.weight")):
+        target = Q.Q8_0
     block, _ = gguf.GGML_QUANT_SIZES[target]
     if shape[-1] % block != 0:
         return Q.F16
     return target
+
+
+def choose_types(tensors: list, outtype: str) -> dict[str, Q]:
+    """Types for every tensor of a text GGUF (tied output detected from the tensor list)."""
+    tied = not any(t.name in OUTPUT_NAMES for t in tensors)
+    return {t.name: choose_type(t.name, t.shape, outtype, tied) for t in tensors}
 
 
 def tensor_nbytes(shape: tuple[int, ...], qtype: Q) -> int:

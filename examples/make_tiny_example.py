@@ -6,12 +6,9 @@ No download: the model comes from transformers' own classes, the tokenizer is tr
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.fixtures.checkpoints import make_tiny_qwen3_asr  # noqa: E402
+from smt_convert.converters.tiny_checkpoints import make_tiny_qwen3_asr
 
 
 def main() -> None:

@@ -1,11 +1,14 @@
 """One numpy decoder per GGUF architecture."""
 
+from smt_convert.runtime.decoders.qwen35 import Qwen35Decoder
 from smt_convert.runtime.decoders.qwen3vl import Qwen3VLDecoder
 from smt_convert.runtime.errors import SmtError, where
 
 # general.architecture -> decoder class taking a GGUFModel.
 DECODERS = {
     "qwen3vl": Qwen3VLDecoder,
+    "qwen35": Qwen35Decoder,
+    "qwen35moe": Qwen35Decoder,
 }
 
 

@@ -1,0 +1,553 @@
+"""Qwen3.5 (dense and MoE): the text side, as llama.cpp's `qwen35` / `qwen35moe` architectures.
+
+Hybrid decoder: most layers are Gated DeltaNet linear attention (`linear_attn.*`, a recurrent state per
+head plus a short causal conv1d), every `full_attention_interval`-th layer is gated full attention
+(`self_attn.*`: `q_proj` yields query and an output gate per head, q/k RMSNorm, partial interleaved
+M-RoPE). FFN is a SwiGLU MLP (dense) or top-k softmax MoE with a sigmoid-gated shared expert (MoE).
+
+Canonical names are the transformers-native ones of `Qwen3_5(Moe)ForConditionalGeneration`:
+`model.language_model.*` and `lm_head.weight` (`TEXT_PREFIX`). `Qwen3_5(Moe)ForCausalLM` names the same
+tensors `model.*` (`CAUSAL_PREFIX`); every function takes the prefix.
+
+MoE experts come in two on-disk layouts, both handled (`experts=`):
+- "fused": `mlp.experts.gate_up_proj` [E, 2F, H] and `mlp.experts.down_proj` [E, H, F] (the parameters
+  as transformers holds them, and the released Qwen3.5 MoE checkpoints);
+- "per_expert": `mlp.experts.{j}.{gate,up,down}_proj.weight` (what transformers 5.x `save_pretrained`
+  writes: it reverses its own conversion mapping on save).
+`detect_expert_layout` picks one from the checkpoint's tensor names.
+
+Every transform below is the one upstream llama.cpp's converter applies (conversion/qwen.py,
+`Qwen3NextModel.modify_tensors`, `_LinearAttentionVReorderBase.modify_tensors`, `Qwen2MoeModel`):
+- `A_log` -> `-exp(A_log)` (tensor `blk.N.ssm_a`, no `.weight` suffix);
+- `dt_bias` -> `blk.N.ssm_dt.bias`;
+- `conv1d.weight` [C, 1, K] squeezed to [C, K];
+- zero-centred RMSNorm weights (`*norm.weight`) stored as `1 + w`, except the gated norm
+  `linear_attn.norm.weight`, which HF applies as plain `w`;
+- value heads reordered from grouped-by-key-head to tiled order when `linear_num_value_heads !=
+  linear_num_key_heads` (V rows of `in_proj_qkv`, `in_proj_z` rows, `in_proj_a`/`in_proj_b` rows, `A_log`,
+  `dt_bias`, the V channels of `conv1d`, the columns of `out_proj`), so ggml can broadcast key heads by
+  plain repetition: new head r*n_k + g is old head g*(n_v/n_k) + r and reads key head g;
+- fused `gate_up_proj` split in halves (gate first) into `ffn_gate_exps` / `ffn_up_exps`; `down_proj`
+  as is; per-expert tensors stacked on a new leading expert axis;
+- `q_proj` is copied as is: its rows are already [query(head_dim), gate(head_dim)] per head, the layout
+  llama.cpp's graph views.
+
+Only numpy is imported at module level (no torch): the board-side tools import this too.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from smt_convert.converters.plugin import TextTensor
+from smt_convert.converters.validate import ConfigReader, require
+from smt_convert.runtime.errors import SmtError
+
+TEXT_PREFIX = "model.language_model."  # Qwen3_5(Moe)ForConditionalGeneration
+CAUSAL_PREFIX = "model."               # Qwen3_5(Moe)ForCausalLM
+
+HF_ARCHITECTURES_DENSE = ("Qwen3_5ForConditionalGeneration", "Qwen3_5ForCausalLM")
+HF_ARCHITECTURES_MOE = ("Qwen3_5MoeForConditionalGeneration", "Qwen3_5MoeForCausalLM")
+
+# Tokenizer facts, as upstream writes Qwen3.5: byte-level BPE ("gpt2" model) with the `qwen35`
+# pre-tokenizer (llama.cpp's LLAMA_VOCAB_PRE_TYPE_QWEN35, a different split regex from qwen2);
+# <|im_end|> ends an assistant turn (eos and eot). Qwen3.5's tokenizer_config has no bos token and
+# add_bos_token false, so upstream writes no bos id.
+VOCAB_PRE = "qwen35"
+EOS_TOKEN = "<|im_end|>"
+EOT_TOKEN = "<|im_end|>"
+BOS_TOKEN = None
+
+# HF's default when rope_parameters has no mrope_section (Qwen3_5TextRotaryEmbedding); upstream writes the
+# same default ([11, 11, 10, 0]) because llama.cpp requires qwen35*.rope.dimension_sections.
+DEFAULT_MROPE_SECTION = [11, 11, 10]
+
+# GGUF tensors upstream always keeps in F32 whatever --outtype (conversion/base.py: FFN_GATE_INP,
+# FFN_GATE_INP_SHEXP, SSM_CONV1D are forced F32; `ssm_a` has no ".weight" suffix, which also forces F32).
+# ggml's CPU ssm_conv requires an F32 kernel, so `ssm_conv1d` in F16 would not even run.
+F32_TENSOR_PATTERN = re.compile(r"^blk\.\d+\.(ffn_gate_inp\.weight|ffn_gate_inp_shexp\.weight|ssm_conv1d\.weight|ssm_a)$")
+
+LINEAR, FULL = "linear_attention", "full_attention"
+
+
+@dataclass
+class TextHparams:
+    moe: bool
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int            # dense FFN width (0 for MoE: it has none)
+    rms_norm_eps: float
+    rope_theta: float
+    partial_rotary_factor: float
+    mrope_section: list[int]          # 3 entries (t, h, w) from the config
+    max_position_embeddings: int
+    layer_types: list[str]            # "linear_attention" | "full_attention" per layer
+    full_attention_interval: int
+    linear_conv_kernel: int
+    linear_key_head_dim: int
+    linear_value_head_dim: int
+    linear_num_key_heads: int
+    linear_num_value_heads: int
+    tie_embeddings: bool
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0
+    mtp_layers: int = 0               # MTP blocks in the checkpoint (not converted)
+
+    @property
+    def gguf_arch(self) -> str:
+        return "qwen35moe" if self.moe else "qwen35"
+
+    @property
+    def rope_dim(self) -> int:
+        """Rotated dims per head (`rope.dimension_count`), as upstream computes it."""
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def rope_sections(self) -> list[int]:
+        return (list(self.mrope_section) + [0, 0, 0, 0])[:4]
+
+    @property
+    def key_dim(self) -> int:
+        return self.linear_key_head_dim * self.linear_num_key_heads
+
+    @property
+    def value_dim(self) -> int:
+        return self.linear_value_head_dim * self.linear_num_value_heads
+
+    @property
+    def conv_dim(self) -> int:
+        return 2 * self.key_dim + self.value_dim
+
+    @property
+    def v_per_k(self) -> int:
+        return self.linear_num_value_heads // self.linear_num_key_heads
+
+    def is_linear(self, layer: int) -> bool:
+        return self.layer_types[layer] == LINEAR
+
+
+# ---- config -------------------------------------------------------------------------------------
+
+
+def _text_reader(config: dict, path: Path) -> tuple[ConfigReader, ConfigReader]:
+    top = ConfigReader(config, path)
+    text = top.sub("text_config") if "text_config" in config else top
+    return top, text
+
+
+def is_moe_config(config: dict) -> bool:
+    """MoE if the model type or the architectures say so, or the text config has experts."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    types = {str(config.get("model_type", "")), str(text.get("model_type", ""))}
+    archs = set(config.get("architectures") or [])
+    return bool(types & {"qwen3_5_moe", "qwen3_5_moe_text"} or archs & set(HF_ARCHITECTURES_MOE)
+                or text.get("num_experts") is not None)
+
+
+def read_text_hparams(config: dict, path: Path, moe: bool | None = None) -> TextHparams:
+    """Text hyperparameters from a Qwen3.5 config.json: either the multimodal layout (`text_config`
+    inside) or a text-only one (`Qwen3_5(Moe)ForCausalLM`). Errors name the file and dotted field."""
+    top, text = _text_reader(config, path)
+    if moe is None:
+        moe = is_moe_config(config)
+    rope_key = "rope_parameters" if "rope_parameters" in text.data else "rope_scaling"
+    rope = text.sub(rope_key, required=False) or ConfigReader({}, path, text.field(rope_key) + ".")
+    rope_type = rope.get("rope_type", str, rope.get("type", str, "default"))
+    require(rope_type == "default", path, rope.field("rope_type"), f"'{rope_type}' scaling is not supported")
+    theta = rope.get("rope_theta", float, None) or text.get("rope_theta", float, 10000.0)
+    partial = rope.get("partial_rotary_factor", float, None) or text.get("partial_rotary_factor", float, 0.25)
+    section = rope.data.get("mrope_section", DEFAULT_MROPE_SECTION)
+    if not (isinstance(section, list) and 1 <= len(section) <= 4
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in section)):
+        raise SmtError(f"{path}: {rope.field('mrope_section')}: expected a list of up to 4 non-negative integers, "
+                       f"found {section!r}")
+    num_layers = text.get("num_hidden_layers")
+    interval = text.get("full_attention_interval", int, 4)
+    layer_types = text.data.get("layer_types")
+    if layer_types is None:
+        layer_types = [LINEAR if (i + 1) % interval else FULL for i in range(num_layers)]
+    if not (isinstance(layer_types, list) and all(t in (LINEAR, FULL) for t in layer_types)):
+        raise SmtError(f"{path}: {text.field('layer_types')}: expected a list of '{LINEAR}'/'{FULL}'")
+    hidden = text.get("hidden_size")
+    heads = text.get("num_attention_heads")
+    hp = TextHparams(
+        moe=moe,
+        vocab_size=text.get("vocab_size"),
+        hidden_size=hidden,
+        num_layers=num_layers,
+        num_heads=heads,
+        num_kv_heads=text.get("num_key_value_heads"),
+        head_dim=text.get("head_dim", int, hidden // heads),
+        intermediate_size=0 if moe else text.get("intermediate_size"),
+        rms_norm_eps=text.get("rms_norm_eps", float, 1e-6),
+        rope_theta=float(theta),
+        partial_rotary_factor=float(partial),
+        mrope_section=[int(s) for s in section][:3] + [0] * max(0, 3 - len(section)),
+        max_position_embeddings=text.get("max_position_embeddings", int, 32768),
+        layer_types=list(layer_types),
+        full_attention_interval=interval,
+        linear_conv_kernel=text.get("linear_conv_kernel_dim", int, 4),
+        linear_key_head_dim=text.get("linear_key_head_dim"),
+        linear_value_head_dim=text.get("linear_value_head_dim"),
+        linear_num_key_heads=text.get("linear_num_key_heads"),
+        linear_num_value_heads=text.get("linear_num_value_heads"),
+        tie_embeddings=_read_tie(top, text),
+        mtp_layers=int(text.data.get("mtp_num_hidden_layers") or 0),
+    )
+    if moe:
+        hp.num_experts = text.get("num_experts")
+        hp.num_experts_per_tok = text.get("num_experts_per_tok")
+        hp.moe_intermediate_size = text.get("moe_intermediate_size")
+        hp.shared_expert_intermediate_size = text.get("shared_expert_intermediate_size")
+    _check(hp, text, rope, path)
+    return hp
+
+
+def _read_tie(top: ConfigReader, text: ConfigReader) -> bool:
+    """tie_word_embeddings at the top or in text_config (transformers follows the outermost); levels that
+    disagree are refused. Qwen3.5's default is untied."""
+    levels = {r.field("tie_word_embeddings"): r.data["tie_word_embeddings"]
+              for r in (top, text) if isinstance(r.data.get("tie_word_embeddings"), bool)}
+    if len(set(levels.values())) > 1:
+        shown = ", ".join(f"{k}={str(v).lower()}" for k, v in levels.items())
+        raise SmtError(f"{top.path}: tie_word_embeddings: the config levels disagree ({shown})")
+    return next(iter(levels.values()), False)
+
+
+def _check(hp: TextHparams, text: ConfigReader, rope: ConfigReader, path: Path) -> None:
+    require(len(hp.layer_types) == hp.num_layers, path, text.field("layer_types"),
+            f"{len(hp.layer_types)} entries, expected num_hidden_layers ({hp.num_layers})")
+    require(hp.num_heads % hp.num_kv_heads == 0, path, text.field("num_key_value_heads"),
+            f"{hp.num_kv_heads} does not divide num_attention_heads {hp.num_heads}")
+    require(hp.linear_num_value_heads % hp.linear_num_key_heads == 0, path, text.field("linear_num_key_heads"),
+            f"{hp.linear_num_key_heads} does not divide linear_num_value_heads {hp.linear_num_value_heads}")
+    # llama.cpp derives both head sizes from ssm.state_size (qwen35*.cpp: head_v_dim = ssm_d_state).
+    require(hp.linear_key_head_dim == hp.linear_value_head_dim, path, text.field("linear_value_head_dim"),
+            f"{hp.linear_value_head_dim} != linear_key_head_dim {hp.linear_key_head_dim}; llama.cpp's qwen35 "
+            "needs equal key and value head sizes")
+    require(text.data.get("hidden_act", "silu") == "silu", path, text.field("hidden_act"),
+            f"'{text.data.get('hidden_act')}' is not supported (expected silu)")
+    require(not text.data.get("attention_bias", False), path, text.field("attention_bias"),
+            "attention biases are not supported by llama.cpp's qwen35")
+    rd = hp.rope_dim
+    require(rd % 2 == 0 and 0 < rd <= hp.head_dim, path, rope.field("partial_rotary_factor"),
+            f"head_dim {hp.head_dim} x {hp.partial_rotary_factor} = {rd} rotated dims, must be even and <= head_dim")
+    bad = _section_mismatch(rd // 2, hp.rope_sections)
+    require(bad is None, path, rope.field("mrope_section"),
+            f"{hp.mrope_section} cannot be expressed by llama.cpp's interleaved M-RoPE for {rd // 2} rotary pairs "
+            f"(pair {bad} would read the 4th position stream, where HF reads the temporal one)")
+    if hp.moe:
+        require(hp.num_experts_per_tok <= hp.num_experts, path, text.field("num_experts_per_tok"),
+                f"{hp.num_experts_per_tok} exceeds num_experts {hp.num_experts}")
+
+
+def hf_rope_streams(n_pairs: int, section: list[int]) -> list[int]:
+    """Position stream (0=t, 1=h, 2=w) of each rotary pair in HF's interleaved M-RoPE
+    (Qwen3_5TextRotaryEmbedding.recomposition_frequencies)."""
+    out = []
+    for i in range(n_pairs):
+        if i % 3 == 1 and i < 3 * section[1]:
+            out.append(1)
+        elif i % 3 == 2 and i < 3 * section[2]:
+            out.append(2)
+        else:
+            out.append(0)
+    return out
+
+
+def ggml_rope_streams(n_pairs: int, sections: list[int]) -> list[int]:
+    """Position stream (0..3) of each rotary pair in ggml's IMROPE (same rule as runtime qwen3vl)."""
+    total = sum(sections)
+    out = []
+    for i in range(n_pairs):
+        s = i % total if total else 0
+        if s % 3 == 1 and s < 3 * sections[1]:
+            out.append(1)
+        elif s % 3 == 2 and s < 3 * sections[2]:
+            out.append(2)
+        elif s % 3 == 0 and s < 3 * sections[0]:
+            out.append(0)
+        else:
+            out.append(3)
+    return out
+
+
+def _section_mismatch(n_pairs: int, sections: list[int]) -> int | None:
+    """First rotary pair that llama.cpp would rotate by a different stream than HF, or None."""
+    if sum(sections) <= 0:
+        return 0
+    hf, gg = hf_rope_streams(n_pairs, sections), ggml_rope_streams(n_pairs, sections)
+    return next((i for i, (a, b) in enumerate(zip(hf, gg)) if a != b), None)
+
+
+# ---- checkpoint tensors ---------------------------------------------------------------------------
+
+
+def detect_expert_layout(names, prefix: str = TEXT_PREFIX) -> str:
+    """"fused" if the checkpoint has `mlp.experts.gate_up_proj`, "per_expert" if it has
+    `mlp.experts.0.gate_proj.weight` (checked on layer 0); "fused" when neither (the error then names the
+    missing fused tensor)."""
+    names = set(names)
+    if f"{prefix}layers.0.mlp.experts.0.gate_proj.weight" in names:
+        return "per_expert"
+    return "fused"
+
+
+def _linear_shapes(hp: TextHparams) -> dict[str, tuple[int, ...]]:
+    H, nv = hp.hidden_size, hp.linear_num_value_heads
+    return {
+        "linear_attn.in_proj_qkv.weight": (hp.conv_dim, H),
+        "linear_attn.in_proj_z.weight": (hp.value_dim, H),
+        "linear_attn.in_proj_b.weight": (nv, H),
+        "linear_attn.in_proj_a.weight": (nv, H),
+        "linear_attn.conv1d.weight": (hp.conv_dim, 1, hp.linear_conv_kernel),
+        "linear_attn.dt_bias": (nv,),
+        "linear_attn.A_log": (nv,),
+        "linear_attn.norm.weight": (hp.linear_value_head_dim,),
+        "linear_attn.out_proj.weight": (H, hp.value_dim),
+    }
+
+
+def _attention_shapes(hp: TextHparams) -> dict[str, tuple[int, ...]]:
+    H, hd = hp.hidden_size, hp.head_dim
+    return {
+        "self_attn.q_proj.weight": (2 * hp.num_heads * hd, H),
+        "self_attn.k_proj.weight": (hp.num_kv_heads * hd, H),
+        "self_attn.v_proj.weight": (hp.num_kv_heads * hd, H),
+        "self_attn.o_proj.weight": (H, hp.num_heads * hd),
+        "self_attn.q_norm.weight": (hd,),
+        "self_attn.k_norm.weight": (hd,),
+    }
+
+
+def _ffn_shapes(hp: TextHparams, experts: str) -> dict[str, tuple[int, ...]]:
+    H = hp.hidden_size
+    if not hp.moe:
+        F = hp.intermediate_size
+        return {"mlp.gate_proj.weight": (F, H), "mlp.up_proj.weight": (F, H), "mlp.down_proj.weight": (H, F)}
+    E, F, S = hp.num_experts, hp.moe_intermediate_size, hp.shared_expert_intermediate_size
+    shapes = {
+        "mlp.gate.weight": (E, H),
+        "mlp.shared_expert.gate_proj.weight": (S, H),
+        "mlp.shared_expert.up_proj.weight": (S, H),
+        "mlp.shared_expert.down_proj.weight": (H, S),
+        "mlp.shared_expert_gate.weight": (1, H),
+    }
+    if experts == "fused":
+        shapes["mlp.experts.gate_up_proj"] = (E, 2 * F, H)
+        shapes["mlp.experts.down_proj"] = (E, H, F)
+    elif experts == "per_expert":
+        for j in range(E):
+            shapes[f"mlp.experts.{j}.gate_proj.weight"] = (F, H)
+            shapes[f"mlp.experts.{j}.up_proj.weight"] = (F, H)
+            shapes[f"mlp.experts.{j}.down_proj.weight"] = (H, F)
+    else:
+        raise ValueError(f"experts: expected 'fused' or 'per_expert', got {experts!r}")
+    return shapes
+
+
+def expected_text_tensors(hp: TextHparams, prefix: str = TEXT_PREFIX, experts: str = "fused") -> dict[str, tuple[int, ...]]:
+    """Canonical checkpoint name -> shape for every text tensor the model uses (MTP excluded)."""
+    H = hp.hidden_size
+    shapes = {prefix + "embed_tokens.weight": (hp.vocab_size, H), prefix + "norm.weight": (H,)}
+    ffn = _ffn_shapes(hp, experts)
+    for i in range(hp.num_layers):
+        layer = {"input_layernorm.weight": (H,), "post_attention_layernorm.weight": (H,)}
+        layer.update(_linear_shapes(hp) if hp.is_linear(i) else _attention_shapes(hp))
+        layer.update(ffn)
+        shapes.update({f"{prefix}layers.{i}.{k}": v for k, v in layer.items()})
+    if not hp.tie_embeddings:
+        shapes["lm_head.weight"] = (hp.vocab_size, H)
+    return shapes
+
+
+def ignored_text_tensors(hp: TextHparams, prefix: str = TEXT_PREFIX) -> dict[str, str]:
+    """Text-side checkpoint tensors deliberately not converted (glob -> reason). Vision tensors are the
+    vision plugin's to list."""
+    mtp = "multi-token-prediction (MTP) head for speculative decoding: not converted"
+    ignored = {"mtp.*": mtp, "model.mtp.*": mtp, f"{prefix}mtp.*": mtp}
+    if hp.tie_embeddings:
+        ignored["lm_head.weight"] = "tied to the token embeddings (tie_word_embeddings)"
+    return ignored
+
+
+# ---- transforms (numpy, exactly as upstream) --------------------------------------------------------
+
+
+def reorder_v_heads(x: np.ndarray, axis: int, n_k: int, v_per_k: int, head_dim: int) -> np.ndarray:
+    """Value heads along `axis` from grouped [k0: v0..v{r-1}, k1: ...] to tiled [v0: k0..k{n-1}, v1: ...]."""
+    axis = axis % x.ndim
+    shape = x.shape
+    y = x.reshape(shape[:axis] + (n_k, v_per_k, head_dim) + shape[axis + 1:])
+    y = np.swapaxes(y, axis, axis + 1)
+    return np.ascontiguousarray(y).reshape(shape)
+
+
+def plus_one(w: np.ndarray) -> np.ndarray:
+    """Zero-centred RMSNorm weight (HF applies 1 + w) -> the plain multiplier llama.cpp applies."""
+    return w + np.float32(1.0)
+
+
+def _transforms(hp: TextHparams) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    nk, r, dk, dv = hp.linear_num_key_heads, hp.v_per_k, hp.linear_key_head_dim, hp.linear_value_head_dim
+    grouped = r > 1
+
+    def vrows(hd):
+        return (lambda w: reorder_v_heads(w, 0, nk, r, hd)) if grouped else (lambda w: w)
+
+    def qkv(w):
+        if not grouped:
+            return w
+        split = 2 * nk * dk
+        return np.concatenate([w[:split], reorder_v_heads(w[split:], 0, nk, r, dv)], axis=0)
+
+    def conv(w):
+        w = w.reshape(w.shape[0], w.shape[-1])  # [C, 1, K] -> [C, K] (upstream: squeeze)
+        return qkv(w)
+
+    return {
+        "qkv": qkv,
+        "z": vrows(dv),
+        "ab": vrows(1),
+        "A": lambda a: -np.exp(vrows(1)(a)),
+        "dt": vrows(1),
+        "conv": conv,
+        "out": (lambda w: reorder_v_heads(w, 1, nk, r, dv)) if grouped else (lambda w: w),
+    }
+
+
+def text_tensors(
+    hp: TextHparams,
+    to_ckpt: Callable[[str], str] = lambda name: name,
+    prefix: str = TEXT_PREFIX,
+    experts: str = "fused",
+) -> list[TextTensor]:
+    """Every GGUF tensor of the qwen35 / qwen35moe text model: name, checkpoint sources, shape, transform.
+    `to_ckpt` maps a canonical name to the checkpoint's; `prefix` is the canonical text prefix."""
+    H, E = hp.hidden_size, hp.num_experts
+    F = hp.moe_intermediate_size
+    tf = _transforms(hp)
+    shapes = expected_text_tensors(hp, prefix, experts)
+    out: list[TextTensor] = []
+
+    def add(gguf_name: str, canonical: str, transform=None, shape=None):
+        out.append(TextTensor(gguf_name, (to_ckpt(canonical),), tuple(shape or shapes[canonical]), transform))
+
+    add("token_embd.weight", prefix + "embed_tokens.weight")
+    for i in range(hp.num_layers):
+        p, b = f"{prefix}layers.{i}.", f"blk.{i}."
+        add(b + "attn_norm.weight", p + "input_layernorm.weight", plus_one)
+        add(b + "post_attention_norm.weight", p + "post_attention_layernorm.weight", plus_one)
+        if hp.is_linear(i):
+            la = p + "linear_attn."
+            add(b + "attn_qkv.weight", la + "in_proj_qkv.weight", tf["qkv"])
+            add(b + "attn_gate.weight", la + "in_proj_z.weight", tf["z"])
+            add(b + "ssm_beta.weight", la + "in_proj_b.weight", tf["ab"])
+            add(b + "ssm_alpha.weight", la + "in_proj_a.weight", tf["ab"])
+            add(b + "ssm_conv1d.weight", la + "conv1d.weight", tf["conv"], (hp.conv_dim, hp.linear_conv_kernel))
+            add(b + "ssm_dt.bias", la + "dt_bias", tf["dt"])
+            add(b + "ssm_a", la + "A_log", tf["A"])
+            add(b + "ssm_norm.weight", la + "norm.weight")  # gated norm: plain weight, no +1
+            add(b + "ssm_out.weight", la + "out_proj.weight", tf["out"])
+        else:
+            sa = p + "self_attn."
+            add(b + "attn_q.weight", sa + "q_proj.weight")  # [query, gate] per head, as llama.cpp views it
+            add(b + "attn_k.weight", sa + "k_proj.weight")
+            add(b + "attn_v.weight", sa + "v_proj.weight")
+            add(b + "attn_output.weight", sa + "o_proj.weight")
+            add(b + "attn_q_norm.weight", sa + "q_norm.weight", plus_one)
+            add(b + "attn_k_norm.weight", sa + "k_norm.weight", plus_one)
+        m = p + "mlp."
+        if not hp.moe:
+            add(b + "ffn_gate.weight", m + "gate_proj.weight")
+            add(b + "ffn_up.weight", m + "up_proj.weight")
+            add(b + "ffn_down.weight", m + "down_proj.weight")
+            continue
+        add(b + "ffn_gate_inp.weight", m + "gate.weight")
+        if experts == "fused":
+            add(b + "ffn_gate_exps.weight", m + "experts.gate_up_proj", lambda w, F=F: w[:, :F, :], (E, F, H))
+            add(b + "ffn_up_exps.weight", m + "experts.gate_up_proj", lambda w, F=F: w[:, F:, :], (E, F, H))
+            add(b + "ffn_down_exps.weight", m + "experts.down_proj")
+        else:
+            for kind in ("gate", "up", "down"):
+                srcs = tuple(to_ckpt(f"{m}experts.{j}.{kind}_proj.weight") for j in range(E))
+                shape = (E, H, F) if kind == "down" else (E, F, H)
+                out.append(TextTensor(f"{b}ffn_{kind}_exps.weight", srcs, shape, lambda *ws: np.stack(ws, axis=0)))
+        add(b + "ffn_gate_inp_shexp.weight", m + "shared_expert_gate.weight")  # [1, H], as upstream
+        add(b + "ffn_gate_shexp.weight", m + "shared_expert.gate_proj.weight")
+        add(b + "ffn_up_shexp.weight", m + "shared_expert.up_proj.weight")
+        add(b + "ffn_down_shexp.weight", m + "shared_expert.down_proj.weight")
+    add("output_norm.weight", prefix + "norm.weight", plus_one)
+    if not hp.tie_embeddings:
+        add("output.weight", "lm_head.weight")
+    return out
+
+
+def needs_f32(gguf_name: str) -> bool:
+    """True for tensors upstream keeps in F32 whatever the outtype (router, shared-expert gate, conv kernel,
+    ssm_a). llama.cpp cannot run ssm_conv with a non-F32 kernel."""
+    return bool(F32_TENSOR_PATTERN.match(gguf_name))
+
+
+def text_tensor_types(tensors: list[TextTensor], outtype: str) -> dict:
+    """ggml type per GGUF tensor: the shared rule (`converters.text_gguf.choose_types`), then F32 for the
+    tensors upstream forces to F32 (`needs_f32`)."""
+    import gguf
+
+    from smt_convert.converters import text_gguf
+
+    if hasattr(text_gguf, "choose_types"):
+        types = dict(text_gguf.choose_types(tensors, outtype))
+    else:  # older signature choose_type(shape, outtype)
+        types = {t.name: text_gguf.choose_type(t.shape, outtype) for t in tensors}
+    for t in tensors:
+        if needs_f32(t.name):
+            types[t.name] = gguf.GGMLQuantizationType.F32
+    return types
+
+
+# ---- metadata -----------------------------------------------------------------------------------
+
+
+def write_text_metadata(writer, hp: TextHparams, name: str) -> None:
+    """The qwen35 / qwen35moe keys llama.cpp's loader reads (src/models/qwen35*.cpp, llama-model.cpp), with
+    the values upstream's converter writes. No `nextn_predict_layers`: MTP is not converted."""
+    writer.add_name(name)
+    writer.add_context_length(hp.max_position_embeddings)
+    writer.add_embedding_length(hp.hidden_size)
+    writer.add_block_count(hp.num_layers)
+    if not hp.moe:
+        writer.add_feed_forward_length(hp.intermediate_size)
+    writer.add_head_count(hp.num_heads)
+    writer.add_head_count_kv(hp.num_kv_heads)
+    writer.add_key_length(hp.head_dim)
+    writer.add_value_length(hp.head_dim)
+    writer.add_rope_freq_base(hp.rope_theta)
+    writer.add_rope_dimension_count(hp.rope_dim)
+    writer.add_rope_dimension_sections(hp.rope_sections)
+    writer.add_layer_norm_rms_eps(hp.rms_norm_eps)
+    # Gated DeltaNet: conv kernel, head size (k == v), key heads (groups), value heads, value width.
+    writer.add_ssm_conv_kernel(hp.linear_conv_kernel)
+    writer.add_ssm_state_size(hp.linear_key_head_dim)
+    writer.add_ssm_group_count(hp.linear_num_key_heads)
+    writer.add_ssm_time_step_rank(hp.linear_num_value_heads)
+    writer.add_ssm_inner_size(hp.value_dim)
+    # Which layers are recurrent: the explicit list wins over the interval in llama.cpp's loader.
+    writer.add_array(f"{hp.gguf_arch}.attention.recurrent_layers", [hp.is_linear(i) for i in range(hp.num_layers)])
+    writer.add_full_attention_interval(hp.full_attention_interval)
+    if hp.moe:
+        writer.add_expert_count(hp.num_experts)
+        writer.add_expert_used_count(hp.num_experts_per_tok)
+        writer.add_expert_feed_forward_length(hp.moe_intermediate_size)
+        writer.add_expert_shared_feed_forward_length(hp.shared_expert_intermediate_size)

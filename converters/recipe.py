@@ -1,0 +1,264 @@
+"""Conversion recipes: one TOML file describes one model's conversions, so CI can repeat them.
+
+    name = "qwen3-asr-0.6b"              # optional, default: the file name
+    architecture = "qwen3-asr"
+    stem = "Qwen3-ASR-0.6B"              # optional bundle file prefix
+
+    [source]                             # exactly one of: path, env (+ optional path), tiny
+    env = "SMT_MODEL_CACHE"              # a directory named by this environment variable ...
+    path = "Qwen3-ASR-0.6B"              # ... and a path inside it (alone: relative to this file)
+    # tiny = "qwen3-asr"                 # a tiny random checkpoint built in-process
+
+    [[variants]]                         # one bundle per variant
+    outtype = "q4_0"
+    onnx_dtype = "int8"
+
+    [verify]                             # optional
+    enabled = true
+    max_new_tokens = 16
+    input = "clip.wav"                   # golden/verification input (default: the plugin's own)
+    language = "English"
+    context = "hot words"
+
+    [thresholds]                         # optional overrides of the built-in per-type thresholds
+    text_nmse = 0.01
+    text_top1 = 0.9
+    encoder_cosine = 0.999
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smt_convert.runtime.errors import SmtError
+
+from smt_convert.converters.onnx_export import ONNX_DTYPES
+from smt_convert.converters.text_gguf import OUTTYPES
+THRESHOLD_KEYS = ("text_nmse", "text_top1", "encoder_cosine", "encoder_rel_max_abs")
+
+
+@dataclass
+class Variant:
+    outtype: str
+    onnx_dtype: str
+    image_size: int | None = None
+
+    @property
+    def name(self) -> str:
+        size = f"-{self.image_size}" if self.image_size else ""
+        return f"{self.outtype}-{self.onnx_dtype}{size}"
+
+
+@dataclass
+class Recipe:
+    path: Path
+    name: str
+    architecture: str
+    source: dict
+    variants: list[Variant]
+    stem: str | None = None
+    verify: bool = True
+    max_new_tokens: int = 16
+    verify_input: Path | None = None
+    language: str | None = None
+    context: str | None = None
+    thresholds: dict = field(default_factory=dict)
+
+
+class _Table:
+    """Typed access to one TOML table; every mistake names the file, the dotted key and what was expected."""
+
+    def __init__(self, data: dict, path: Path, prefix: str, allowed: dict[str, type | tuple]):
+        self.data, self.path, self.prefix, self.allowed = data, path, prefix, allowed
+        for key in data:
+            if key not in allowed:
+                raise SmtError(f"{path}: {prefix}{key}: unknown key (expected one of: {', '.join(allowed)})")
+
+    def get(self, key: str, default=None, choices: tuple | None = None):
+        if key not in self.data:
+            return default
+        value, kind = self.data[key], self.allowed[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+            want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise SmtError(f"{self.path}: {self.prefix}{key}: expected {want}, got {value!r}")
+        if choices and value not in choices:
+            raise SmtError(f"{self.path}: {self.prefix}{key}: expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def require(self, key: str, choices: tuple | None = None):
+        if key not in self.data:
+            raise SmtError(f"{self.path}: {self.prefix}{key}: required key is missing")
+        return self.get(key, choices=choices)
+
+
+def load_recipe(path: Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise SmtError(f"{path}: recipe not found")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SmtError(f"{path}: invalid TOML ({exc})") from None
+    top = _Table(data, path, "", {"name": str, "architecture": str, "stem": str, "source": dict,
+                                  "variants": list, "verify": dict, "thresholds": dict})
+    from smt_convert.converters.plugin import all_plugins
+
+    known = tuple(p.name for p in all_plugins())
+    recipe = Recipe(path=path, name=top.get("name", path.stem), architecture=top.require("architecture", known),
+                    source=_source(top.require("source"), path), variants=[], stem=top.get("stem"))
+    variants = top.require("variants")
+    if not variants:
+        raise SmtError(f"{path}: variants: at least one [[variants]] table is required")
+    for i, entry in enumerate(variants):
+        if not isinstance(entry, dict):
+            raise SmtError(f"{path}: variants[{i}]: expected a table, got {entry!r}")
+        v = _Table(entry, path, f"variants[{i}].", {"outtype": str, "onnx_dtype": str, "image_size": int})
+        recipe.variants.append(Variant(v.get("outtype", "f16", tuple(OUTTYPES)), v.get("onnx_dtype", "fp32", ONNX_DTYPES),
+                                       v.get("image_size")))
+    verify = _Table(top.get("verify", {}), path, "verify.", {"enabled": bool, "max_new_tokens": int, "input": str,
+                                                            "language": str, "context": str})
+    recipe.verify = verify.get("enabled", True)
+    recipe.max_new_tokens = verify.get("max_new_tokens", 16)
+    if recipe.max_new_tokens < 1:
+        raise SmtError(f"{path}: verify.max_new_tokens: must be at least 1")
+    if verify.get("input"):
+        recipe.verify_input = (path.parent / verify.get("input")).resolve()
+    recipe.language, recipe.context = verify.get("language"), verify.get("context")
+    th = _Table(top.get("thresholds", {}), path, "thresholds.", {k: float for k in THRESHOLD_KEYS})
+    recipe.thresholds = {k: th.get(k) for k in THRESHOLD_KEYS if th.get(k) is not None}
+    return recipe
+
+
+def _source(data: dict, path: Path) -> dict:
+    src = _Table(data, path, "source.", {"path": str, "env": str, "tiny": str})
+    if ("tiny" in data and len(data) > 1) or not data:
+        raise SmtError(f"{path}: source: give exactly one of path, env (+ path) or tiny")
+    kind = "tiny" if "tiny" in data else "env" if "env" in data else "path"
+    return {"kind": kind, "path": src.get("path"), "env": src.get("env"), "tiny": src.get("tiny")}
+
+
+def resolve_source(recipe: Recipe, scratch: Path) -> Path:
+    """The checkpoint directory for a recipe; `tiny:` sources are built under `scratch` (once)."""
+    src = recipe.source
+    if src["kind"] == "tiny":
+        from smt_convert.converters.tiny_checkpoints import TINY_BUILDERS
+
+        builder = TINY_BUILDERS.get(src["tiny"])
+        if builder is None:
+            raise SmtError(f"{recipe.path}: source.tiny: expected one of {', '.join(TINY_BUILDERS)}, "
+                           f"got {src['tiny']!r}")
+        out = scratch / f"tiny-{src['tiny']}"
+        if not (out / "config.json").is_file():
+            builder(out)
+        return out
+    if src["kind"] == "env":
+        base = os.environ.get(src["env"])
+        if not base:
+            raise SmtError(f"{recipe.path}: source.env: environment variable {src['env']} is not set")
+        directory = Path(base) / (src["path"] or "")
+    else:
+        directory = (recipe.path.parent / src["path"]).resolve()
+    if not directory.is_dir():
+        raise SmtError(f"{recipe.path}: source: checkpoint directory {directory} not found")
+    return directory
+
+
+@dataclass
+class Result:
+    recipe: str
+    variant: str
+    status: str            # "pass", "fail" (verification), "error" (could not convert)
+    seconds: float
+    output: Path | None = None
+    sizes: dict = field(default_factory=dict)
+    worst: str = ""
+    message: str = ""
+
+
+def run_recipe(recipe: Recipe, out_root: Path, scratch: Path, report) -> list[Result]:
+    """Every variant of one recipe; a failing variant does not stop the others."""
+    from smt_convert.converters.convert import ConvertOptions, convert
+    from smt_convert.converters.plugin import get_plugin
+
+    results = []
+    try:
+        checkpoint = resolve_source(recipe, scratch)
+    except SmtError as exc:
+        return [Result(recipe.name, v.name, "error", 0.0, message=str(exc)) for v in recipe.variants]
+    plugin = get_plugin(recipe.architecture)
+    for variant in recipe.variants:
+        out = out_root / recipe.name / variant.name
+        opts = ConvertOptions(outtype=variant.outtype, onnx_dtype=variant.onnx_dtype, stem=recipe.stem, force=True,
+                              verify=recipe.verify, max_new_tokens=recipe.max_new_tokens,
+                              thresholds=recipe.thresholds, golden_input=recipe.verify_input,
+                              language=recipe.language, fields={"context": recipe.context} if recipe.context else None,
+                              image_size=variant.image_size)
+        report.step(f"recipe {recipe.name}: {variant.name}")
+        t0 = time.perf_counter()
+        try:
+            manifest = convert(plugin, checkpoint, out, opts, report)
+        except SmtError as exc:
+            results.append(Result(recipe.name, variant.name, "error", time.perf_counter() - t0, message=str(exc)))
+            continue
+        passed = manifest["verification"]["passed"]
+        failing = [r for r in manifest["verification"]["rows"] if r.get("gate", True) and not r["ok"]]
+        results.append(Result(recipe.name, variant.name, "pass" if passed else "fail", time.perf_counter() - t0,
+                              output=out, sizes=_sizes(manifest), worst=_worst(manifest),
+                              message="; ".join(f"{r['check']} {r['metric']} {r['value']}" for r in failing)))
+    return results
+
+
+def _sizes(manifest: dict) -> dict:
+    files = {f["path"]: f["size"] for f in manifest["files"]}
+    text = files.get(manifest["text"]["file"], 0)
+    encoders = sum(files.get(e["file"], 0) for e in manifest["encoders"])
+    return {"text": text, "encoders": encoders}
+
+
+def _worst(manifest: dict) -> str:
+    """The headline numbers of the verification: text NMSE / top-1 and encoder cosine."""
+    rows = {(r["check"], r["metric"]): r["value"] for r in manifest["verification"]["rows"]}
+    parts = []
+    if ("text logits", "nmse") in rows:
+        parts.append(f"nmse {rows[('text logits', 'nmse')]:.2g} top1 {rows[('text logits', 'top-1 agreement')]:.3f}")
+    if ("encoder", "cosine") in rows:
+        parts.append(f"enc cos {rows[('encoder', 'cosine')]:.5f}")
+    return ", ".join(parts) or "goldens only"
+
+
+def format_results(results: list[Result]) -> str:
+    def mb(n):
+        return f"{n / 2**20:.1f}M" if n else "-"
+
+    header = ("recipe", "variant", "status", "time", "gguf", "encoders", "verification")
+    body = [(r.recipe, r.variant, r.status.upper(), f"{r.seconds:.0f}s", mb(r.sizes.get("text", 0)),
+             mb(r.sizes.get("encoders", 0)), r.worst if r.status != "error" else r.message[:80]) for r in results]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
+def write_junit(results: list[Result], path: Path) -> None:
+    """JUnit XML (one testcase per recipe variant) for CI systems that render test reports."""
+    import xml.etree.ElementTree as ET
+
+    suite = ET.Element("testsuite", name="smt-convert recipes", tests=str(len(results)),
+                       failures=str(sum(r.status == "fail" for r in results)),
+                       errors=str(sum(r.status == "error" for r in results)),
+                       time=f"{sum(r.seconds for r in results):.2f}")
+    for r in results:
+        case = ET.SubElement(suite, "testcase", classname=r.recipe, name=r.variant, time=f"{r.seconds:.2f}")
+        if r.status == "fail":
+            ET.SubElement(case, "failure", message=r.message or "verification failed").text = r.worst
+        elif r.status == "error":
+            ET.SubElement(case, "error", message=r.message)
+        else:
+            ET.SubElement(case, "system-out").text = r.worst
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)

@@ -1,0 +1,96 @@
+"""The SMT board host's vision encoder, in onnxruntime: one static [1, 3, H, W] float32 input, rows out.
+
+Host logic (SMT contract): decode to RGB, antialiased bilinear resize to exactly H x W (runtime/image.py),
+feed raw 0..255 (Qwen3-VL family; the graph normalises) or host-normalised values (PaddleOCR), and read
+output 0 as [N, hidden] (a leading batch axis of 1 is accepted and dropped).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SmtError
+from .image import resize_rgb
+from .onnx_session import open_session
+
+
+def _describe(session) -> dict:
+    def info(values):
+        return [{"name": v.name, "shape": list(v.shape), "dtype": v.type} for v in values]
+
+    return {"inputs": info(session.get_inputs()), "outputs": info(session.get_outputs())}
+
+
+class VisionEncoder:
+    """One ONNX session with the static image interface the board checks byte-for-byte."""
+
+    def __init__(self, path, providers=None, intra_op_num_threads: int | None = None):
+        self.path = Path(path)
+        self.session = open_session(self.path, providers, intra_op_num_threads)
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1:
+            raise SmtError(f"{self.path}: inputs: expected exactly one image input, got {len(inputs)}")
+        inp = inputs[0]
+        shape = list(inp.shape)
+        if inp.type != "tensor(float)":
+            raise SmtError(f"{self.path}: {inp.name}: expected float32, got {inp.type}")
+        if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape) or shape[0] != 1 or shape[1] != 3:
+            raise SmtError(f"{self.path}: {inp.name}: expected static [1, 3, H, W], got {shape}")
+        if not outputs:
+            raise SmtError(f"{self.path}: outputs: none")
+        out = outputs[0]
+        if out.type != "tensor(float)":
+            raise SmtError(f"{self.path}: {out.name}: expected float32 output, got {out.type}")
+        if len(out.shape) not in (2, 3) or (len(out.shape) == 3 and isinstance(out.shape[0], int) and out.shape[0] != 1):
+            raise SmtError(f"{self.path}: {out.name}: expected [N, hidden] or [1, N, hidden], got {list(out.shape)}")
+        self.input_name = inp.name
+        self._input_size = (shape[2], shape[3])
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the static input."""
+        return self._input_size
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of each output row, -1 if the graph leaves it symbolic."""
+        dim = self.session.get_outputs()[0].shape[-1]
+        return dim if isinstance(dim, int) else -1
+
+    @property
+    def num_tokens(self) -> int:
+        """Rows per image, -1 if the graph leaves it symbolic."""
+        dim = self.session.get_outputs()[0].shape[-2]
+        return dim if isinstance(dim, int) else -1
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        """pixels [1, 3, H, W] float32 (exactly the static shape) -> embeddings [N, hidden] float32."""
+        pixels = np.asarray(pixels)
+        h, w = self._input_size
+        if pixels.shape != (1, 3, h, w):
+            raise ValueError(f"pixels must be [1, 3, {h}, {w}], got {list(pixels.shape)}")
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        out = self.session.run(None, {self.input_name: pixels})[0]
+        if out.ndim == 3:
+            if out.shape[0] != 1:
+                raise SmtError(f"{self.path}: output: expected [1, N, hidden], got {list(out.shape)}")
+            out = out[0]
+        if out.ndim != 2:
+            raise SmtError(f"{self.path}: output: expected [N, hidden], got {list(out.shape)}")
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def encode_image(self, img: np.ndarray) -> np.ndarray:
+        """uint8 [H0, W0, 3] RGB -> [N, hidden]: the host's resize to the static size, then `encode`.
+
+        Raw 0..255 values are fed (Qwen3-VL family); a PaddleOCR host normalises first (image.normalize).
+        """
+        h, w = self._input_size
+        return self.encode(resize_rgb(img, w, h))
+
+    def input_output_contract(self) -> dict:
+        """Names, shapes and dtypes, for the bundle manifest."""
+        h, w = self._input_size
+        return {"path": self.path.name, **_describe(self.session), "input_height": h, "input_width": w,
+                "hidden_size": self.hidden_size, "num_tokens": self.num_tokens}

@@ -1,0 +1,85 @@
+"""Recipes: strict TOML schema, tiny in-process sources, summary, JUnit, one failure not stopping the rest."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from smt_convert.converters.recipe import load_recipe
+from smt_convert.main import OUTTYPE_CHOICES, ONNX_DTYPE_CHOICES, cli
+from smt_convert.runtime.errors import SmtError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str, name: str = "r.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_recipes_load(path):
+    recipe = load_recipe(path)
+    assert recipe.variants and recipe.architecture == "qwen3-asr"
+
+
+@pytest.mark.parametrize("text,mentions", [
+    ('architecture = "qwen3-asr"\nsorce = {tiny = "qwen3-asr"}\n[[variants]]\n', ["sorce", "unknown key"]),
+    ('architecture = "qwen3-asr"\n[[variants]]\noutype = "q8_0"\n[source]\ntiny = "qwen3-asr"\n',
+     ["variants[0].outype", "unknown key"]),
+    ('architecture = "qwen3-asr"\n[[variants]]\nouttype = 8\n[source]\ntiny = "qwen3-asr"\n',
+     ["variants[0].outtype", "expected str"]),
+    ('architecture = "qwen3-asr"\n[[variants]]\nouttype = "q3_k"\n[source]\ntiny = "qwen3-asr"\n',
+     ["variants[0].outtype", "q4_0"]),
+    ('architecture = "qwen3-asr"\n[[variants]]\n', ["source", "required"]),
+    ('architecture = "qwen9"\n[source]\ntiny = "x"\n[[variants]]\n', ["architecture", "qwen3-asr"]),
+    ('architecture = "qwen3-asr"\n[source]\ntiny = "qwen3-asr"\n[[variants]]\n[verify]\nmax_new_tokens = "8"\n',
+     ["verify.max_new_tokens", "expected int"]),
+    ('architecture = "qwen3-asr"\n[source]\ntiny = "qwen3-asr"\n[[variants]]\n[thresholds]\ntext_nmse = "low"\n',
+     ["thresholds.text_nmse", "expected float"]),
+    ('architecture = "qwen3-asr"\n[source]\npath = "x"\ntiny = "y"\n[[variants]]\n', ["source", "exactly one"]),
+    ('architecture = "qwen3-asr"\n[source\n', ["invalid TOML"]),
+])
+def test_bad_recipes_name_file_and_key(tmp_path, text, mentions):
+    path = write(tmp_path, text)
+    with pytest.raises(SmtError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert str(path) in message and "\n" not in message
+    for m in mentions:
+        assert m in message, (m, message)
+
+
+def test_cli_choices_match_the_converters():
+    from smt_convert.converters.onnx_export import ONNX_DTYPES
+    from smt_convert.converters.text_gguf import OUTTYPES
+
+    assert list(OUTTYPE_CHOICES) == list(OUTTYPES) and list(ONNX_DTYPE_CHOICES) == list(ONNX_DTYPES)
+
+
+def test_recipe_run_summary_junit_and_failure_isolation(tmp_path, monkeypatch):
+    """Three recipes: one passes, one cannot pass its (impossible) threshold, one has a missing source.
+    All run, the table and JUnit report each, and the exit code is 1."""
+    good = write(tmp_path, 'name = "good"\narchitecture = "qwen3-asr"\n[source]\ntiny = "qwen3-asr"\n'
+                           '[[variants]]\nouttype = "q4_0"\nonnx_dtype = "int8"\n', "good.toml")
+    strict = write(tmp_path, 'name = "strict"\narchitecture = "qwen3-asr"\n[source]\ntiny = "qwen3-asr"\n'
+                             '[[variants]]\nouttype = "q8_0"\n[thresholds]\ntext_nmse = 1e-30\n', "strict.toml")
+    monkeypatch.delenv("SMT_TEST_MISSING_CACHE", raising=False)
+    missing = write(tmp_path, 'name = "missing"\narchitecture = "qwen3-asr"\n[source]\nenv = "SMT_TEST_MISSING_CACHE"\n'
+                              '[[variants]]\nouttype = "f16"\n', "missing.toml")
+    out, junit = tmp_path / "out", tmp_path / "junit.xml"
+    result = CliRunner().invoke(cli, ["-q", "recipe", str(good), str(strict), str(missing), "--out", str(out),
+                                      "--junit", str(junit)])
+    assert result.exit_code == 1, result.output + result.stderr
+    table = result.output
+    assert "good" in table and "PASS" in table and "FAIL" in table and "ERROR" in table
+    assert "SMT_TEST_MISSING_CACHE is not set" in result.stderr
+    assert (out / "good" / "q4_0-int8" / "manifest.json").is_file()
+    suite = ET.parse(junit).getroot()
+    assert suite.get("tests") == "3" and suite.get("failures") == "1" and suite.get("errors") == "1"
+    failure = suite.find("testcase[@classname='strict']/failure")
+    assert failure is not None and "nmse" in failure.get("message")
