@@ -70,7 +70,9 @@ DEFAULT_MROPE_SECTION = [11, 11, 10]
 # GGUF tensors upstream always keeps in F32 whatever --outtype (conversion/base.py: FFN_GATE_INP,
 # FFN_GATE_INP_SHEXP, SSM_CONV1D are forced F32; `ssm_a` has no ".weight" suffix, which also forces F32).
 # ggml's CPU ssm_conv requires an F32 kernel, so `ssm_conv1d` in F16 would not even run.
-F32_TENSOR_PATTERN = re.compile(r"^blk\.\d+\.(ffn_gate_inp\.weight|ffn_gate_inp_shexp\.weight|ssm_conv1d\.weight|ssm_a)$")
+F32_TENSOR_PATTERN = re.compile(
+    r"^blk\.\d+\.(ffn_gate_inp\.weight|ffn_gate_inp_shexp\.weight|ssm_conv1d\.weight|ssm_a)$"
+)
 
 LINEAR, FULL = "linear_attention", "full_attention"
 
@@ -246,7 +248,7 @@ def _check(hp: TextHparams, text: ConfigReader, rope: ConfigReader, path: Path) 
     bad = _section_mismatch(rd // 2, hp.rope_sections)
     require(bad is None, path, rope.field("mrope_section"),
             f"{hp.mrope_section} cannot be expressed by llama.cpp's interleaved M-RoPE for {rd // 2} rotary pairs "
-            f"(pair {bad} would read the 4th position stream, where HF reads the temporal one)")
+            f"(rotary pair {bad} would turn by a different position stream than in HF)")
     if hp.moe:
         require(hp.num_experts_per_tok <= hp.num_experts, path, text.field("num_experts_per_tok"),
                 f"{hp.num_experts_per_tok} exceeds num_experts {hp.num_experts}")
@@ -357,7 +359,9 @@ def _ffn_shapes(hp: TextHparams, experts: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def expected_text_tensors(hp: TextHparams, prefix: str = TEXT_PREFIX, experts: str = "fused") -> dict[str, tuple[int, ...]]:
+def expected_text_tensors(
+    hp: TextHparams, prefix: str = TEXT_PREFIX, experts: str = "fused"
+) -> dict[str, tuple[int, ...]]:
     """Canonical checkpoint name -> shape for every text tensor the model uses (MTP excluded)."""
     H = hp.hidden_size
     shapes = {prefix + "embed_tokens.weight": (hp.vocab_size, H), prefix + "norm.weight": (H,)}

@@ -220,7 +220,7 @@ def test_export_errors(tmp_path):
 
     spec = OnnxSpec("good", Good(), (torch.zeros(1, 4),), ["x"], ["y"], None, [])
     with pytest.raises(SmtError, match="dtype"):
-        export_onnx(spec, tmp_path / "good.onnx", dtype="int8", log=lambda m: None)
+        export_onnx(spec, tmp_path / "good.onnx", dtype="int4", log=lambda m: None)
     with pytest.raises(SmtError, match="missing.onnx"):
         SplitAudioEncoder(tmp_path / "missing.onnx", tmp_path / "missing.onnx")
 

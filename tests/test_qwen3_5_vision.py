@@ -181,6 +181,23 @@ def test_onnx_fp32_matches_hf(model, exported, size):
     assert _diff(wrong, enc.encode(img.numpy()))[0] > 100 * FP32_ATOL
 
 
+def test_other_mean_std(model):
+    """mean/std/rescale come from the preprocessor config: the graph uses what it is given."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    mean, std = [0.48, 0.45, 0.40], [0.27, 0.26, 0.28]
+    proc = Qwen2VLImageProcessorPil(
+        patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=mean, image_std=std, do_resize=False,
+    )
+    wrapper = TorchVisionEncoder(model.model.visual, (64, 96), mean, std).eval()
+    img = check_images(64, 96, seed=2)["photo"]
+    ref, _ = _hf_features(model, _to_uint8(img), proc)
+    with torch.no_grad():
+        max_abs, cos = _diff(wrapper(img).numpy(), ref)
+    assert max_abs <= FP32_ATOL and cos >= FP32_COS
+    assert vision_export_spec(model.model.visual, 64, checks=1).check_inputs[0][0].shape == (1, 3, 64, 64)
+
+
 def test_onnx_fp16(model, exported):
     h, w = SIZES[1]
     enc = VisionEncoder(exported[(h, w, "fp16")])

@@ -303,14 +303,15 @@ def _load_layer(model: GGUFModel, cfg: Qwen35Config, i: int) -> LayerWeights:
         }
     if cfg.moe:
         E, F, S = cfg.n_expert, cfg.ff_exp, cfg.ff_shexp
-        shexp_gate = f"blk.{i}.ffn_gate_inp_shexp.weight"
-        gate_shape = model.tensor_shape(shexp_gate) if model.has(shexp_gate) else (h,)
+        # upstream stores the shared-expert gate as [1, hidden] (HF's Linear(hidden, 1)); [hidden] also loads
+        shexp = f"blk.{i}.ffn_gate_inp_shexp.weight"
+        shexp_shape = (1, h) if model.has(shexp) and model.tensor_shape(shexp) == (1, h) else (h,)
         ffn = {
             "router": t("ffn_gate_inp.weight", E, h),
             "gate_exps": t("ffn_gate_exps.weight", E, F, h),
             "up_exps": t("ffn_up_exps.weight", E, F, h),
             "down_exps": t("ffn_down_exps.weight", E, h, F),
-            "shexp_gate": t("ffn_gate_inp_shexp.weight", *(gate_shape if gate_shape in ((h,), (1, h)) else (h,))).reshape(h),
+            "shexp_gate": t("ffn_gate_inp_shexp.weight", *shexp_shape).reshape(h),
             "gate_shexp": t("ffn_gate_shexp.weight", S, h),
             "up_shexp": t("ffn_up_shexp.weight", S, h),
             "down_shexp": t("ffn_down_shexp.weight", h, S),
