@@ -44,7 +44,7 @@ from typing import Callable
 
 import numpy as np
 
-from smt_convert.converters.plugin import TextTensor
+from smt_convert.converters.plugin import EncoderOutput, TextTensor, register
 from smt_convert.converters.validate import ConfigReader, require
 from smt_convert.runtime.errors import SmtError
 
@@ -555,3 +555,349 @@ def write_text_metadata(writer, hp: TextHparams, name: str) -> None:
         writer.add_expert_used_count(hp.num_experts_per_tok)
         writer.add_expert_feed_forward_length(hp.moe_intermediate_size)
         writer.add_expert_shared_feed_forward_length(hp.shared_expert_intermediate_size)
+
+
+# ---- the plugin ---------------------------------------------------------------------------------------
+
+VISION = "model.visual."
+IMAGE_PROMPT = "<|im_start|>user\n<__media__>{prompt}<|im_end|>\n<|im_start|>assistant\n"
+TEXT_PROMPT = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+DEFAULT_IMAGE_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_IMAGE_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass
+class VisionHparams:
+    depth: int
+    hidden_size: int
+    num_heads: int
+    intermediate_size: int
+    patch_size: int
+    temporal_patch_size: int
+    spatial_merge_size: int
+    out_hidden_size: int
+    num_position_embeddings: int
+    image_size: tuple[int, int]                 # (height, width) of the static ONNX input
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    rescale_factor: float
+    preprocessor_source: str                    # file the normalisation came from, or "defaults"
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(rows, columns) of the merged token grid the vision encoder emits."""
+        m = self.patch_size * self.spatial_merge_size
+        return self.image_size[0] // m, self.image_size[1] // m
+
+
+@dataclass
+class Hparams:
+    text: TextHparams
+    vision: VisionHparams | None
+    prefix: str                                 # canonical text prefix in this checkpoint
+    experts: str                                # MoE expert layout on disk
+    hf_class: str
+    image_token_id: int | None = None
+
+    @property
+    def gguf_arch(self) -> str:
+        return self.text.gguf_arch
+
+    @property
+    def rope_sections(self) -> list[int]:
+        return self.text.rope_sections
+
+
+def _read_vision(ckpt, opts, text: TextHparams) -> VisionHparams:
+    from smt_convert.runtime.bundle import read_json
+
+    top = ConfigReader(ckpt.config, ckpt.config_path)
+    v = top.sub("vision_config")
+    patch = v.get("patch_size", int, 16)
+    merge = v.get("spatial_merge_size", int, 2)
+    num_pos = v.get("num_position_embeddings", int, 2304)
+    side = int(round(num_pos ** 0.5))
+    require(side * side == num_pos, ckpt.config_path, v.field("num_position_embeddings"), f"{num_pos} is not a square")
+    out_hidden = v.get("out_hidden_size")
+    require(out_hidden == text.hidden_size, ckpt.config_path, v.field("out_hidden_size"),
+            f"vision output width {out_hidden} must equal the text hidden size {text.hidden_size}")
+    size = opts.image_size if opts is not None and opts.image_size is not None else side * patch
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    m = patch * merge
+    if h <= 0 or w <= 0 or h % m or w % m:
+        raise SmtError(f"--image-size: {h}x{w} must be positive multiples of {m} (patch_size x spatial_merge_size)")
+    pre_path = ckpt.root / "preprocessor_config.json"
+    if pre_path.is_file():
+        pre = ConfigReader(read_json(pre_path), pre_path)
+        mean = tuple(float(x) for x in pre.get("image_mean", list, list(DEFAULT_IMAGE_MEAN)))
+        std = tuple(float(x) for x in pre.get("image_std", list, list(DEFAULT_IMAGE_STD)))
+        rescale = pre.get("rescale_factor", float, 1 / 255)
+        require(len(mean) == 3 and len(std) == 3 and all(s > 0 for s in std), pre_path, "image_mean/image_std",
+                "expected three values each (std positive)")
+        source = pre_path.name
+    else:
+        mean, std, rescale, source = DEFAULT_IMAGE_MEAN, DEFAULT_IMAGE_STD, 1 / 255, "defaults"
+    return VisionHparams(v.get("depth"), v.get("hidden_size"), v.get("num_heads"), v.get("intermediate_size"),
+                         patch, v.get("temporal_patch_size", int, 2), merge, out_hidden, num_pos, (h, w),
+                         mean, std, rescale, source)
+
+
+def _vision_shapes(v: VisionHparams) -> dict[str, tuple[int, ...]]:
+    d, f, merged = v.hidden_size, v.intermediate_size, v.hidden_size * v.spatial_merge_size ** 2
+    shapes = {"patch_embed.proj.weight": (d, 3, v.temporal_patch_size, v.patch_size, v.patch_size),
+              "patch_embed.proj.bias": (d,), "pos_embed.weight": (v.num_position_embeddings, d),
+              "merger.norm.weight": (d,), "merger.norm.bias": (d,),
+              "merger.linear_fc1.weight": (merged, merged), "merger.linear_fc1.bias": (merged,),
+              "merger.linear_fc2.weight": (v.out_hidden_size, merged), "merger.linear_fc2.bias": (v.out_hidden_size,)}
+    block = {"norm1.weight": (d,), "norm1.bias": (d,), "norm2.weight": (d,), "norm2.bias": (d,),
+             "attn.qkv.weight": (3 * d, d), "attn.qkv.bias": (3 * d,), "attn.proj.weight": (d, d),
+             "attn.proj.bias": (d,), "mlp.linear_fc1.weight": (f, d), "mlp.linear_fc1.bias": (f,),
+             "mlp.linear_fc2.weight": (d, f), "mlp.linear_fc2.bias": (d,)}
+    for i in range(v.depth):
+        shapes.update({f"blocks.{i}.{k}": s for k, s in block.items()})
+    return {VISION + k: s for k, s in shapes.items()}
+
+
+def _golden_image(height: int, width: int) -> np.ndarray:
+    """A deterministic picture with structure at several scales (gradients, a disc, stripes, noise)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    r = 127 + 120 * np.sin(x / max(width, 1) * 6.0)
+    g = 255 * y / max(height - 1, 1)
+    disc = ((x - width * 0.6) ** 2 + (y - height * 0.4) ** 2) < (min(height, width) * 0.25) ** 2
+    b = np.where(disc, 230.0, 40.0) + 30 * ((x // 8 + y // 8) % 2)
+    noise = np.random.default_rng(7).normal(0, 6, (height, width, 3))
+    return np.clip(np.stack([r, g, b], -1) + noise, 0, 255).astype(np.uint8)
+
+
+@register
+class Qwen35Plugin:
+    name = "qwen3.5"
+    hf_architectures = ("Qwen3_5ForConditionalGeneration", "Qwen3_5ForCausalLM")
+    summary = "Qwen3.5 dense (0.8B-27B): hybrid Gated-DeltaNet text + vision encoder"
+    text_arch = "qwen35"
+    modality = "image"
+    moe = False
+    produces = [
+        "<stem>-text-<outtype>.gguf (GGUF qwen35 / qwen35moe, tokenizer embedded)",
+        "<stem>-vision-<size>.onnx (raw 0..255 [1,3,H,W] -> [(H/32)*(W/32), hidden]); none for text-only",
+        "config.json, tokenizer files, golden/, manifest.json",
+    ]
+    vocab_pre = VOCAB_PRE
+    eot_token = EOT_TOKEN
+    eos_token = EOS_TOKEN
+    bos_token = BOS_TOKEN
+    chat_template = None  # the checkpoint's own (Qwen3.5's template handles thinking and images)
+
+    @staticmethod
+    def matches(config: dict) -> bool:
+        return str(config.get("model_type", "")).startswith("qwen3_5")
+
+    def default_stem(self, hp: Hparams) -> str:
+        return "Qwen3.5-MoE" if hp.text.moe else "Qwen3.5"
+
+    def modality_of(self, hp: Hparams) -> str:
+        return "image" if hp.vision is not None else "text"
+
+    # ---- checkpoint ---------------------------------------------------------------------------
+
+    def read_hparams(self, ckpt, opts=None) -> Hparams:
+        archs = ckpt.config.get("architectures") or []
+        hf_class = archs[0] if archs else ("Qwen3_5MoeForConditionalGeneration" if self.moe
+                                           else "Qwen3_5ForConditionalGeneration")
+        text = read_text_hparams(ckpt.config, ckpt.config_path)
+        if text.moe != self.moe:
+            other = "qwen3.5-moe" if text.moe else "qwen3.5"
+            raise SmtError(f"{ckpt.config_path}: architectures: this is a {'MoE' if text.moe else 'dense'} "
+                           f"Qwen3.5 checkpoint; use `smt-convert {other}`")
+        text_only = "ForCausalLM" in hf_class or "vision_config" not in ckpt.config
+        if text_only and opts is not None and opts.image_size is not None:
+            raise SmtError(f"--image-size: {ckpt.config_path} is a text-only checkpoint (no vision_config)")
+        prefix = CAUSAL_PREFIX if "ForCausalLM" in hf_class else TEXT_PREFIX
+        vision = None if text_only else _read_vision(ckpt, opts, text)
+        image_token = None
+        if vision is not None:
+            image_token = ConfigReader(ckpt.config, ckpt.config_path).get("image_token_id", int, 248056)
+            require(image_token < text.vocab_size, ckpt.config_path, "image_token_id",
+                    f"{image_token} is outside the vocabulary ({text.vocab_size})")
+        experts = detect_expert_layout(ckpt.tensors, prefix) if text.moe else "fused"
+        return Hparams(text, vision, prefix, experts, hf_class, image_token)
+
+    def canonical_to_checkpoint(self, hp: Hparams):
+        return lambda name: name
+
+    def expected_tensors(self, hp: Hparams) -> dict[str, tuple[int, ...]]:
+        shapes = expected_text_tensors(hp.text, hp.prefix, hp.experts)
+        if hp.vision is not None:
+            shapes.update(_vision_shapes(hp.vision))
+        return shapes
+
+    def ignored_tensors(self, hp: Hparams) -> dict[str, str]:
+        return ignored_text_tensors(hp.text, hp.prefix)
+
+    def check_weights(self, ckpt, hp: Hparams) -> None:
+        embed = ckpt.tensors.get(hp.prefix + "embed_tokens.weight")
+        if embed is not None and embed.shape[0] != hp.text.vocab_size:
+            raise SmtError(f"{ckpt.config_path}: vocab_size: {hp.text.vocab_size} but {embed.name} in "
+                           f"{embed.file.name} has {embed.shape[0]} rows")
+        head = ckpt.tensors.get("lm_head.weight")
+        if hp.text.tie_embeddings and head is not None and embed is not None:
+            import torch
+
+            if not torch.equal(ckpt.load(head.name), ckpt.load(embed.name)):
+                raise SmtError(f"{ckpt.config_path}: tie_word_embeddings: true, but lm_head.weight differs from "
+                               f"{embed.name}; the config is wrong for these weights")
+
+    # ---- text GGUF -----------------------------------------------------------------------------
+
+    def text_tensors(self, hp: Hparams) -> list[TextTensor]:
+        return text_tensors(hp.text, prefix=hp.prefix, experts=hp.experts)
+
+    def text_types(self, tensors: list[TextTensor], outtype: str) -> dict:
+        return text_tensor_types(tensors, outtype)
+
+    def text_metadata(self, writer, hp: Hparams, name: str) -> None:
+        write_text_metadata(writer, hp.text, name)
+
+    # ---- encoder -------------------------------------------------------------------------------
+
+    def vision_file(self, hp: Hparams, stem: str, onnx_dtype: str = "fp32") -> str:
+        h, w = hp.vision.image_size
+        size = f"{h}" if h == w else f"{h}x{w}"
+        return f"{stem}-vision-{size}.onnx"
+
+    def encoder_outputs(self, hp: Hparams, stem: str) -> list[EncoderOutput]:
+        v = hp.vision
+        h, w = v.image_size
+        params = sum(int(np.prod(s)) for s in _vision_shapes(v).values())
+        ny, nx = v.grid
+        return [EncoderOutput("vision", self.vision_file(hp, stem), params,
+                              [{"name": "pixel_values", "shape": [1, 3, h, w], "dtype": "float32"}],
+                              [{"name": "image_embeds", "shape": [ny * nx, v.out_hidden_size], "dtype": "float32"}])]
+
+    def build_torch_model(self, ckpt, hp: Hparams, parts: str = "all"):
+        """The HF model loaded by transformers itself from the checkpoint (the independent reference), or
+        for parts="encoder" just the vision tower with the checkpoint's weights."""
+        import torch
+        import transformers
+
+        if parts == "all":
+            cls = getattr(transformers, hp.hf_class)
+            return cls.from_pretrained(str(ckpt.root), dtype=torch.float32).eval()
+        from transformers import AutoConfig
+        from transformers.initialization import no_init_weights
+        from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5VisionModel
+
+        config = AutoConfig.from_pretrained(str(ckpt.root))
+        with no_init_weights():
+            visual = Qwen3_5VisionModel._from_config(config.vision_config)
+        params = dict(visual.named_parameters())
+        with torch.no_grad():
+            for name in _vision_shapes(hp.vision):
+                params.pop(name[len(VISION):]).copy_(ckpt.load(name).to(torch.float32))
+        if params:
+            raise SmtError(f"{ckpt.root}: tensor {VISION}{next(iter(params))}: needed but not loaded")
+        holder = torch.nn.Module()
+        holder.visual = visual.eval()
+        return holder
+
+    def encoder_specs(self, model, hp: Hparams):
+        from smt_convert.archs.qwen3_5_vision import vision_export_spec
+
+        visual = model.model.visual if hasattr(model, "model") else model.visual
+        v = hp.vision
+        return [vision_export_spec(visual, v.image_size, v.image_mean, v.image_std, v.rescale_factor)]
+
+    # ---- bundle --------------------------------------------------------------------------------
+
+    def board_config(self, hp: Hparams, files: dict[str, str]) -> dict:
+        """config.json for --smt-config-dir. Element 0 of `architectures` selects the board's behaviour: the
+        board knows `Qwen3_5ForConditionalGeneration` (Qwen3-VL family), so MoE bundles list it first and
+        their own class second (the vision side is identical)."""
+        archs = ["Qwen3_5ForConditionalGeneration"]
+        if hp.hf_class not in archs and "ForConditionalGeneration" in hp.hf_class:
+            archs.append(hp.hf_class)
+        config = {"architectures": archs, "text_model": {"hidden_size": hp.text.hidden_size,
+                                                          "model_path": files["text"]}}
+        if hp.vision is not None:
+            h, w = hp.vision.image_size
+            size = {"input_size": h} if h == w else {"input_width": w, "input_height": h}
+            config["vision_model"] = {"model_path": files["vision"], **size}
+        return config
+
+    def prompt_record(self, hp: Hparams) -> dict:
+        record = {"template_fields": {"prompt": "Describe the image." if hp.vision else "Hello"},
+                  "stop_tokens": ["<|im_end|>", "<|endoftext|>"], "positions": "mrope"}
+        if hp.vision is None:
+            return {**record, "template": TEXT_PROMPT}
+        return {**record, "template": IMAGE_PROMPT, "media_marker": "<__media__>",
+                "media_start": "<|vision_start|>", "media_end": "<|vision_end|>",
+                "media_placeholder": "<|image_pad|>", "media_placeholder_id": hp.image_token_id}
+
+    def preprocessing(self, hp: Hparams) -> dict:
+        if hp.vision is None:
+            return {}
+        v = hp.vision
+        ny, nx = v.grid
+        return {"host": "decode RGB, antialiased bilinear resize to exactly HxW, raw 0..255 float32 NCHW",
+                "image_size": list(v.image_size), "grid": [ny, nx],
+                "in_graph_normalisation": {"rescale_factor": v.rescale_factor, "image_mean": list(v.image_mean),
+                                           "image_std": list(v.image_std), "from": v.preprocessor_source}}
+
+    def golden_media(self, hp: Hparams) -> np.ndarray:
+        h, w = hp.vision.image_size
+        return _golden_image(int(h * 1.5), int(w * 1.25))  # not the export size: the host resize is exercised
+
+    def golden_fields(self) -> dict:
+        return {"prompt": "Describe the image."}
+
+    def hparams_record(self, hp: Hparams) -> dict:
+        from dataclasses import asdict
+
+        return asdict(hp)
+
+    # ---- reference -----------------------------------------------------------------------------
+
+    def reference_outputs(self, model, hp: Hparams, image, pixels: np.ndarray | None, placeholder_ids: list[int],
+                          max_new_tokens: int, stop_ids: list[int]) -> dict:
+        """HF's outputs for the same prompt. The image is first resized exactly as the runtime does (so both
+        see the same H x W pixels), then HF's own image processor normalises and patchifies it."""
+        import torch
+
+        ids = torch.tensor([placeholder_ids])
+        kwargs = {}
+        out = {}
+        if hp.vision is not None:
+            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+            v = hp.vision
+            proc = Qwen2VLImageProcessorPil(do_resize=False, image_mean=list(v.image_mean),
+                                            image_std=list(v.image_std), rescale_factor=v.rescale_factor,
+                                            patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
+                                            merge_size=v.spatial_merge_size)
+            resized = np.clip(np.rint(pixels[0].transpose(1, 2, 0)), 0, 255).astype(np.uint8)
+            batch = proc(images=[resized], return_tensors="pt")
+            kwargs = {"pixel_values": batch["pixel_values"], "image_grid_thw": batch["image_grid_thw"],
+                      "mm_token_type_ids": (ids == hp.image_token_id).long()}
+            with torch.no_grad():
+                feats = model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])
+            feats = getattr(feats, "pooler_output", feats)
+            feats = torch.cat(list(feats)) if isinstance(feats, (list, tuple)) else feats
+            out["encoder_same_features"] = feats.float().numpy()
+        with torch.no_grad():
+            out["logits"] = model(input_ids=ids, **kwargs).logits[0].float().numpy()
+            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, eos_token_id=stop_ids, pad_token_id=stop_ids[0], **kwargs)
+        tokens = gen[0, ids.shape[1]:].tolist()
+        while tokens and tokens[-1] in stop_ids:
+            tokens.pop()
+        out["tokens"] = tokens
+        return out
+
+
+@register
+class Qwen35MoePlugin(Qwen35Plugin):
+    name = "qwen3.5-moe"
+    hf_architectures = ("Qwen3_5MoeForConditionalGeneration", "Qwen3_5MoeForCausalLM")
+    summary = "Qwen3.5 MoE (35B-A3B and larger): hybrid Gated-DeltaNet MoE text + vision encoder"
+    text_arch = "qwen35moe"
+    moe = True

@@ -130,7 +130,9 @@ class Qwen3ASRPlugin:
 
     # ---- checkpoint ---------------------------------------------------------------------------------
 
-    def read_hparams(self, ckpt) -> Hparams:
+    def read_hparams(self, ckpt, opts=None) -> Hparams:
+        if opts is not None and opts.image_size is not None:
+            raise SmtError(f"--image-size: {self.name} has no vision encoder")
         top = ConfigReader(ckpt.config, ckpt.config_path)
         layout = "original" if "thinker_config" in ckpt.config else "native"
         root = top.sub("thinker_config") if layout == "original" else top
@@ -360,7 +362,7 @@ class Qwen3ASRPlugin:
 
     def build_torch_model(self, ckpt, hp: Hparams, parts: str = "all"):
         """HF modules with this checkpoint's weights (either layout): the reference model for parts="all",
-        only the audio tower and projector (what ONNX export needs) for parts="audio".
+        only the audio tower and projector (what ONNX export needs) for parts="encoder".
 
         Built without random initialisation (42 s -> 0.2 s at 0.6B); every parameter is then loaded from
         the checkpoint, and a parameter left unloaded is an error, so nothing random survives."""
@@ -371,7 +373,7 @@ class Qwen3ASRPlugin:
 
         config = self.hf_config(hp)
         with no_init_weights():
-            if parts == "audio":
+            if parts == "encoder":
                 model = torch.nn.Module()
                 model.audio_tower = Qwen3ASREncoder(config.audio_config)
                 model.multi_modal_projector = Qwen3ASRMultiModalProjector(config)
@@ -380,12 +382,12 @@ class Qwen3ASRPlugin:
                 model = Qwen3ASRForConditionalGeneration(config)
                 model.tie_weights()  # not done under no_init_weights; ties lm_head when configured
         model.eval()
-        prefix = "model." if parts == "audio" else ""
+        prefix = "model." if parts == "encoder" else ""
         to_ckpt = self.canonical_to_checkpoint(hp)
         params = dict(model.named_parameters())
         with torch.no_grad():
             for canonical in self.expected_tensors(hp):
-                if parts == "audio" and not canonical.startswith((AUDIO, PROJ)):
+                if parts == "encoder" and not canonical.startswith((AUDIO, PROJ)):
                     continue
                 name = canonical[len(prefix):]
                 params.pop(name).copy_(ckpt.load(to_ckpt(canonical)).to(torch.float32))
@@ -449,10 +451,17 @@ class Qwen3ASRPlugin:
             "stop_tokens": ["<|im_end|>", "<|endoftext|>"],
         }
 
-    def audio_features(self, hp: Hparams) -> dict:
+    def preprocessing(self, hp: Hparams) -> dict:
+        """Host feature extraction the board and the runtime apply (stored in the manifest)."""
         return {"num_mel_bins": hp.num_mel_bins, "sample_rate": 16000, "n_fft": 400, "hop_length": 160,
                 "chunk_length": 30, "min_length": 8000, "window": "hann (periodic)", "mel_scale": "slaney",
                 "log": "log10, clamp(max-8), (x+4)/4", "n_window": hp.n_window}
+
+    def golden_media(self, hp: Hparams) -> np.ndarray:
+        return self.golden_audio()
+
+    def golden_fields(self) -> dict:
+        return {}
 
     def golden_audio(self, seconds: float = 2.6, sample_rate: int = 16000) -> np.ndarray:
         """A deterministic, speech-like test signal (gliding harmonics with syllable-rate envelope + noise).

@@ -115,7 +115,7 @@ plugin = get_plugin("qwen3-asr")
 ckpt = Checkpoint.open(ckpt_dir)
 hp = plugin.read_hparams(ckpt)
 t0 = time.perf_counter()
-model = plugin.build_torch_model(ckpt, hp, parts="audio")
+model = plugin.build_torch_model(ckpt, hp, parts="encoder")
 load_s = time.perf_counter() - t0
 rows = []
 for spec, planned in zip(plugin.encoder_specs(model, hp), plugin.encoder_outputs(hp, "bench")):

@@ -97,12 +97,24 @@ def _verbosity_options(f):
                         help="Print only results and errors.")(f)
 
 
+def _parse_image_size(ctx, param, value):
+    if value is None:
+        return None
+    parts = value.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+        raise click.BadParameter(f"expected N or HxW (e.g. 384 or 384x512), got {value!r}")
+    sizes = [int(p) for p in parts]
+    return sizes[0] if len(sizes) == 1 else (sizes[0], sizes[1])
+
+
 def _conversion_options(f):
     options = [
         click.option("--outtype", type=click.Choice(OUTTYPE_CHOICES), default="f16", show_default=True,
                      help="Type of the text GGUF's weight matrices (norms and biases stay f32)."),
         click.option("--onnx-dtype", type=click.Choice(ONNX_DTYPE_CHOICES), default="fp32", show_default=True,
                      help="Encoder weights/compute precision (inputs and outputs stay float32)."),
+        click.option("--image-size", default=None, callback=_parse_image_size,
+                     help="Vision input side N (square) or HxW, multiples of 32 (Qwen3.5); default from the model."),
         click.option("--tokenizer", "tokenizer_dir", default=None,
                      type=click.Path(path_type=Path, exists=True, file_okay=False),
                      help="Directory with the tokenizer files, when the checkpoint lacks them."),
@@ -116,7 +128,7 @@ def _conversion_options(f):
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @_conversion_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def inspect(checkpoint, outtype, onnx_dtype, tokenizer_dir, as_json):
+def inspect(checkpoint, outtype, onnx_dtype, image_size, tokenizer_dir, as_json):
     """Validate CHECKPOINT and print what a conversion would produce (writes nothing)."""
     from smt_convert.converters.checkpoint import Checkpoint
     from smt_convert.converters.convert import ConvertOptions, make_plan
@@ -126,7 +138,7 @@ def inspect(checkpoint, outtype, onnx_dtype, tokenizer_dir, as_json):
     ckpt = Checkpoint.open(checkpoint)
     plugin = detect_plugin(ckpt.config, ckpt.config_path)
     plan, _ = make_plan(plugin, checkpoint, ConvertOptions(outtype=outtype, onnx_dtype=onnx_dtype,
-                                                           tokenizer_dir=tokenizer_dir))
+                                                           tokenizer_dir=tokenizer_dir, image_size=image_size))
     description = describe_plan(plan, ckpt)
     if as_json:
         click.echo(json.dumps(description, indent=1))
@@ -150,7 +162,8 @@ def _convert_command(plugin_name: str | None):
                   help="Greedy tokens compared with Hugging Face generate and stored as goldens.")
     @_verbosity_options
     @click.pass_context
-    def command(ctx, checkpoint, output, outtype, onnx_dtype, tokenizer_dir, stem, force, no_verify, max_new_tokens):
+    def command(ctx, checkpoint, output, outtype, onnx_dtype, image_size, tokenizer_dir, stem, force, no_verify,
+                max_new_tokens):
         from smt_convert.converters.checkpoint import read_json
         from smt_convert.converters.convert import ConvertOptions, convert
         from smt_convert.converters.plugin import detect_plugin, get_plugin
@@ -163,7 +176,7 @@ def _convert_command(plugin_name: str | None):
             plugin = detect_plugin(read_json(Path(checkpoint) / "config.json", "config.json"),
                                    Path(checkpoint) / "config.json")
         opts = ConvertOptions(outtype=outtype, onnx_dtype=onnx_dtype, tokenizer_dir=tokenizer_dir, stem=stem,
-                              force=force, verify=not no_verify, max_new_tokens=max_new_tokens)
+                              force=force, verify=not no_verify, max_new_tokens=max_new_tokens, image_size=image_size)
         manifest = convert(plugin, checkpoint, output, opts, _reporter(ctx))
         rows = [Row(**r) for r in manifest["verification"]["rows"]]
         click.echo(format_table(rows))
@@ -189,6 +202,8 @@ def _register_arch_commands():
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--audio", type=click.Path(path_type=Path), help="Audio file (WAV/FLAC/OGG, any rate and channels).")
+@click.option("--image", type=click.Path(path_type=Path), help="Image file (PNG/JPEG/...), for vision bundles.")
+@click.option("--prompt", default=None, help="The question or instruction (vision and text bundles).")
 @click.option("--language", default=None, help="Force the language, e.g. English or en (ASR models).")
 @click.option("--context", default=None, help="Context or hot words placed in the system prompt (ASR models).")
 @click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1),
@@ -197,16 +212,22 @@ def _register_arch_commands():
 @click.option("--json", "as_json", is_flag=True, help="Print text, tokens and timings as JSON.")
 @_verbosity_options
 @click.pass_context
-def run(ctx, bundle, audio, language, context, max_new_tokens, threads, as_json):
+def run(ctx, bundle, audio, image, prompt, language, context, max_new_tokens, threads, as_json):
     """Run BUNDLE with the minimal runtime (no torch) and print the answer."""
     from smt_convert.runtime.pipeline import BundleRunner
 
     runner = BundleRunner(bundle, threads=threads)
     if not runner.manifest.get("verification", {}).get("passed", False):
         click.echo(f"warning: {bundle}: this bundle failed verification when it was converted", err=True)
-    if runner.modality == "audio" and audio is None:
-        raise SmtError(f"{bundle}: this is an audio bundle; pass --audio FILE")
-    result = runner.run(audio, fields={"context": context}, language=language, max_new_tokens=max_new_tokens)
+    media = {"audio": audio, "image": image}.get(runner.modality)
+    given = {"audio": audio, "image": image}
+    for kind, value in given.items():
+        if value is not None and kind != runner.modality:
+            raise SmtError(f"--{kind}: {bundle} is a {runner.modality} bundle")
+    if runner.modality in given and media is None:
+        raise SmtError(f"{bundle}: this is an {runner.modality} bundle; pass --{runner.modality} FILE")
+    result = runner.run(media, fields={"context": context, "prompt": prompt}, language=language,
+                        max_new_tokens=max_new_tokens)
     if as_json:
         click.echo(json.dumps({"text": result.text, "raw": result.raw_text, "tokens": result.tokens,
                                "timings": result.timings}, indent=1))

@@ -55,10 +55,9 @@ def make_plan(plugin, checkpoint_dir: Path, opts: ConvertOptions) -> tuple[Plan,
         raise SmtError(f"--outtype: '{opts.outtype}' is not one of {', '.join(OUTTYPES)}")
     if opts.onnx_dtype not in ONNX_DTYPES:
         raise SmtError(f"--onnx-dtype: '{opts.onnx_dtype}' is not one of {', '.join(ONNX_DTYPES)}")
-    if opts.image_size is not None and plugin.modality != "image":
-        raise SmtError(f"--image-size: {plugin.name} has no vision encoder")
+
     ckpt = Checkpoint.open(checkpoint_dir)
-    hp = plugin.read_hparams(ckpt)
+    hp = plugin.read_hparams(ckpt, opts)
     to_ckpt = plugin.canonical_to_checkpoint(hp)
     expected = {to_ckpt(name): shape for name, shape in plugin.expected_tensors(hp).items()}
     plugin.check_weights(ckpt, hp)
@@ -71,13 +70,17 @@ def make_plan(plugin, checkpoint_dir: Path, opts: ConvertOptions) -> tuple[Plan,
     tokenizer = find_tokenizer(ckpt.root, opts.tokenizer_dir)
     stem = opts.stem or plugin.default_stem(hp)
     tensors = plugin.text_tensors(hp)
-    types = choose_types(tensors, opts.outtype)
+    types = plugin.text_types(tensors, opts.outtype) if hasattr(plugin, "text_types") else \
+        choose_types(tensors, opts.outtype)
+    modality = plugin.modality_of(hp) if hasattr(plugin, "modality_of") else plugin.modality
     text_bytes = sum(tensor_nbytes(t.shape, types[t.name]) for t in tensors)
-    encoders = plugin.encoder_outputs(hp, stem)
+    encoders = plugin.encoder_outputs(hp, stem) if modality != "text" else []
     text_params = sum(int(np.prod(t.shape)) for t in tensors)
     params = {"text": text_params, **{e.role: e.params for e in encoders}}
     plan = Plan(plugin=plugin, hparams=hp, stem=stem, outtype=opts.outtype, onnx_dtype=opts.onnx_dtype,
-                text_file=f"{stem}-text-{opts.outtype.replace('_', '')}.gguf", text_arch=plugin.text_arch,
+                text_file=f"{stem}-text-{opts.outtype.replace('_', '')}.gguf",
+                text_arch=getattr(hp, "gguf_arch", None) or plugin.text_arch, modality=modality,
+                golden_file=GOLDEN_FILES.get(modality),
                 text_tensors=tensors, text_types={k: v.name for k, v in types.items()}, text_bytes=text_bytes,
                 encoders=encoders, dropped=found.dropped, tokenizer=tokenizer, params=params)
     return plan, ckpt
@@ -162,7 +165,9 @@ def _write_bundle(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions,
     t0 = time.perf_counter()
     _quiet_library_logs()
     report.step("loading the encoder" + (" and the Hugging Face reference" if opts.verify else "") + " from the checkpoint")
-    model = plan.plugin.build_torch_model(ckpt, plan.hparams, parts="all" if opts.verify else "audio")
+    model = None
+    if opts.verify or plan.encoders:
+        model = plan.plugin.build_torch_model(ckpt, plan.hparams, parts="all" if opts.verify else "encoder")
     encoder_reports = _export_encoders(plan, model, tmp, report)
     timings["onnx_s"] = round(time.perf_counter() - t0, 2)
 
@@ -224,6 +229,8 @@ def _export_encoders(plan: Plan, model, tmp: Path, report: Reporter) -> list[dic
     from smt_convert.converters.onnx_export import export_onnx
 
     records = []
+    if not plan.encoders:
+        return []
     for planned, spec in zip(plan.encoders, plan.plugin.encoder_specs(model, plan.hparams)):
         report.step(f"exporting {planned.file} ({plan.onnx_dtype})")
         rep = export_onnx(spec, tmp / planned.file, dtype=plan.onnx_dtype, log=report.detail)
@@ -247,30 +254,27 @@ def _write_side_files(plan: Plan, files: dict[str, str], tmp: Path) -> list[str]
 def _verify_and_store_goldens(plan: Plan, model, tmp: Path, opts: ConvertOptions, report: Reporter) -> list:
     """Run the bundle on the plugin's golden input, store what it produced, compare with HF (if a model is
     given), then re-check the stored goldens through the same path `smt-convert verify` uses."""
-    import soundfile
-
     from smt_convert.runtime.pipeline import BundleRunner
 
     plugin, hp = plan.plugin, plan.hparams
     runner = BundleRunner(tmp, require_complete=False)
-    if opts.golden_input is not None:
-        from smt_convert.runtime.audio import load_audio
-
-        wave = load_audio(opts.golden_input)
-    else:
-        wave = plugin.golden_audio()
-    result = runner.run(wave, fields=opts.fields, language=opts.language, max_new_tokens=opts.max_new_tokens)
     golden = tmp / GOLDEN_DIR
     golden.mkdir()
-    soundfile.write(golden / "input.wav", wave, 16000, subtype="FLOAT")
-    np.save(golden / "encoder.npy", result.media_embeds.astype(np.float32))
+    media = None
+    if plan.golden_file:
+        media = load_media(opts.golden_input, plan.modality) if opts.golden_input else plugin.golden_media(hp)
+        save_media(media, plan.modality, golden / plan.golden_file)
+    fields = opts.fields or plugin.golden_fields()
+    result = runner.run(media, fields=fields, language=opts.language, max_new_tokens=opts.max_new_tokens)
+    if media is not None:
+        np.save(golden / "encoder.npy", result.media_embeds.astype(np.float32))
     top = np.argsort(-result.first_logits)[:10]
-    expected = {"tokens": result.tokens, "fields": opts.fields, "language": opts.language, "text": result.text,
+    expected = {"tokens": result.tokens, "fields": fields, "language": opts.language, "text": result.text,
                 "top_logits": {"ids": top.tolist(), "values": result.first_logits[top].astype(float).tolist()}}
     rows = []
     if model is not None:
         rows, expected["reference_tokens"] = compare_with_reference(
-            plugin, hp, model, runner, wave, result, plan.outtype, opts.onnx_dtype, opts.max_new_tokens,
+            plugin, hp, model, runner, media, result, plan.outtype, opts.onnx_dtype, opts.max_new_tokens,
             opts.thresholds)
     (golden / "expected.json").write_text(json.dumps(expected, indent=1))
     rows += V.golden_rows(runner)
@@ -287,7 +291,7 @@ def _manifest_skeleton(plan: Plan, ckpt: Checkpoint, records, encoder_reports, t
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "architecture": plugin.name,
         "hf_architectures": list(plugin.hf_architectures),
-        "modality": plugin.modality,
+        "modality": plan.modality,
         "source": {**ckpt.source_record(), "layout": hp.layout, "tokenizer": {
             "kind": plan.tokenizer.kind, "files": [str(p) for p in plan.tokenizer.files]}},
         "hparams": plugin.hparams_record(hp),
@@ -298,12 +302,37 @@ def _manifest_skeleton(plan: Plan, ckpt: Checkpoint, records, encoder_reports, t
         "dropped_tensors": plan.dropped,
         "encoders": encoder_reports,
         "onnx_dtype": plan.onnx_dtype,
-        "preprocessing": plugin.audio_features(hp),
+        "preprocessing": plugin.preprocessing(hp),
         "prompt": plugin.prompt_record(hp),
         "tokenizer_files": tokenizer_files,
-        "golden": {"directory": GOLDEN_DIR, "input": "input.wav", "files": ["input.wav", "encoder.npy", "expected.json"]},
+        "golden": {"directory": GOLDEN_DIR, "input": plan.golden_file,
+                   "files": ([plan.golden_file, "encoder.npy"] if plan.golden_file else []) + ["expected.json"]},
         "notes": plan.notes,
     }
+
+
+GOLDEN_FILES = {"audio": "input.wav", "image": "input.png"}
+
+
+def load_media(path: Path, modality: str):
+    if modality == "audio":
+        from smt_convert.runtime.audio import load_audio
+
+        return load_audio(path)
+    from smt_convert.runtime.image import load_image
+
+    return load_image(path)
+
+
+def save_media(media, modality: str, path: Path) -> None:
+    if modality == "audio":
+        import soundfile
+
+        soundfile.write(path, media, 16000, subtype="FLOAT")
+    else:
+        from PIL import Image
+
+        Image.fromarray(np.asarray(media, dtype=np.uint8)).save(path)
 
 
 def _write_manifest(root: Path, manifest: dict, complete: bool) -> None:

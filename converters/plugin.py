@@ -28,7 +28,7 @@ def register(cls: type) -> type:
 
 def _load_builtin_plugins() -> None:
     # Importing the package modules runs their @register decorators.
-    from smt_convert.archs import qwen3_asr  # noqa: F401  (registers itself)
+    from smt_convert.archs import qwen3_5, qwen3_asr  # noqa: F401  (they register themselves)
 
 
 def get_plugin(name: str):
@@ -101,6 +101,8 @@ class Plan:
     onnx_dtype: str
     text_file: str
     text_arch: str
+    modality: str                              # "audio", "image" or "text" (no encoder)
+    golden_file: str | None                    # golden input file name inside golden/ (None: text only)
     text_tensors: list[TextTensor]
     text_types: dict[str, str]                 # GGUF name -> ggml type name chosen for it
     text_bytes: int                            # planned GGUF tensor data size

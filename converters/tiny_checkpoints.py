@@ -1,5 +1,8 @@
 """Tiny, randomly initialised checkpoints written from the real transformers classes, in every layout we
-accept. Used by the tests, the `tiny:` recipe sources and examples/make_tiny_example.py (no download)."""
+accept. Used by the tests, the `tiny:` recipe sources and examples/make_tiny_example.py (no download).
+
+Builders (recipe `source.tiny = "<name>"`): "qwen3-asr", "qwen3.5", "qwen3.5-moe", "qwen3.5-text".
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from smt_convert.converters.tiny_tokenizers import build_qwen_bpe_tokenizer
+from smt_convert.converters.tiny_tokenizers import CHATML_TEMPLATE, build_qwen_bpe_tokenizer
 
 TINY_VOCAB = 512
 TINY_BUILDERS = {}  # recipe source "tiny:<name>" -> builder(out_dir); filled below
@@ -97,3 +100,174 @@ def make_tiny_qwen3_asr(out_dir: Path, layout: str = "native", dtype=torch.float
     _write_safetensors(out_dir, state, shards)
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
     return {"config": config, "ids": ids, "model": model}
+
+
+# ---- Qwen3.5 (dense / MoE, multimodal / text-only) -------------------------------------------------
+
+# Special tokens of the real Qwen3.5 tokenizer we need, in its order (real ids: <|endoftext|> 248044,
+# <|im_start|> 248045, <|im_end|> 248046, <|vision_start|> 248053, <|vision_end|> 248054, <|vision_pad|> 248055,
+# <|image_pad|> 248056 = config.image_token_id, <|video_pad|> 248057 = config.video_token_id).
+QWEN3_5_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+# Added as single tokens but NOT special (as in Qwen3 / Qwen3.5: `"special": false`, ids 248068/248069), so
+# decoding with skip_special_tokens keeps them.
+QWEN3_5_USER_DEFINED = ["<think>", "</think>"]
+
+# The config fields that name a token, and the token string.
+QWEN3_5_TOKEN_FIELDS = {
+    "image_token_id": "<|image_pad|>",
+    "video_token_id": "<|video_pad|>",
+    "vision_start_token_id": "<|vision_start|>",
+    "vision_end_token_id": "<|vision_end|>",
+}
+
+# Real Qwen3.5 ships the Qwen3-VL preprocessor_config.json (the Qwen2-VL image processor, patch 16, mean/std 0.5).
+QWEN3_5_PREPROCESSOR = {
+    "size": {"longest_edge": 16777216, "shortest_edge": 65536},
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "do_convert_rgb": True,
+    "processor_class": "Qwen3VLProcessor",
+    "image_processor_type": "Qwen2VLImageProcessorFast",
+}
+
+TINY_QWEN3_5_HIDDEN = 64
+TINY_QWEN3_5_LAYER_TYPES = ["linear_attention", "linear_attention", "linear_attention", "full_attention"]
+
+
+def tiny_qwen3_5_text_config(moe: bool = False, tie: bool = True) -> dict:
+    """Text config kwargs: both layer kinds (full attention every 4th layer), more linear value heads than key
+    heads (exercises the value-head reorder), partial rotary with M-RoPE sections llama.cpp can express."""
+    text = dict(
+        vocab_size=TINY_VOCAB, hidden_size=TINY_QWEN3_5_HIDDEN, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, linear_conv_kernel_dim=4, linear_key_head_dim=16,
+        linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,
+        layer_types=list(TINY_QWEN3_5_LAYER_TYPES), full_attention_interval=4, max_position_embeddings=4096,
+        rms_norm_eps=1e-6, tie_word_embeddings=tie,
+        # 32 * 0.25 = 8 rotated dims = 4 pairs; [2, 1, 1] gives them t, h, w, t (as HF does)
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25,
+                         "mrope_section": [2, 1, 1], "mrope_interleaved": True},
+    )
+    if moe:
+        text.update(moe_intermediate_size=32, shared_expert_intermediate_size=48, num_experts=4,
+                    num_experts_per_tok=2)
+    else:
+        text.update(intermediate_size=128)
+    return text
+
+
+def tiny_qwen3_5_vision_config(out_hidden: int = TINY_QWEN3_5_HIDDEN) -> dict:
+    """8x8 learned position grid with patch 16: the default image is 128x128."""
+    return dict(depth=2, hidden_size=32, num_heads=2, intermediate_size=64, patch_size=16, spatial_merge_size=2,
+                temporal_patch_size=2, out_hidden_size=out_hidden, num_position_embeddings=64)
+
+
+def tiny_qwen3_5_config(ids: dict, moe: bool = False, text_only: bool = False, tie: bool = True,
+                        vision_out_hidden: int | None = None):
+    import transformers
+
+    text = tiny_qwen3_5_text_config(moe, tie)
+    text.update(eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    if text_only:
+        cls = transformers.Qwen3_5MoeTextConfig if moe else transformers.Qwen3_5TextConfig
+        return cls(**text)
+    cls = transformers.Qwen3_5MoeConfig if moe else transformers.Qwen3_5Config
+    vision = tiny_qwen3_5_vision_config(TINY_QWEN3_5_HIDDEN if vision_out_hidden is None else vision_out_hidden)
+    return cls(text_config=text, vision_config=vision, tie_word_embeddings=tie,
+               **{field: ids[token] for field, token in QWEN3_5_TOKEN_FIELDS.items()})
+
+
+def qwen3_5_model_class(moe: bool, text_only: bool):
+    import transformers
+
+    name = {(False, False): "Qwen3_5ForConditionalGeneration", (True, False): "Qwen3_5MoeForConditionalGeneration",
+            (False, True): "Qwen3_5ForCausalLM", (True, True): "Qwen3_5MoeForCausalLM"}[(moe, text_only)]
+    return getattr(transformers, name)
+
+
+@torch.no_grad()
+def scale_qwen3_5_weights(model, seed: int = 0) -> None:
+    """Redraw every parameter larger than HF's init (deterministically) so logits and image features are far
+    from flat: text as tests/test_qwen3_5_text.py, vision as tests/test_qwen3_5_vision.py."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(p):
+        return torch.randn(p.shape, generator=gen)
+
+    for name, p in model.named_parameters():
+        if ".visual." in f".{name}":
+            if "norm" in name:
+                p.copy_(1.0 + 0.1 * randn(p) if name.endswith("weight") else 0.1 * randn(p))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * randn(p))
+            elif "pos_embed" in name:
+                p.copy_(randn(p))
+            else:
+                p.copy_(randn(p) * 1.5 / p[0].numel() ** 0.5)
+        elif name.endswith("A_log"):
+            p.copy_(torch.log(0.5 + 3.5 * torch.rand(p.shape, generator=gen)))  # A in [0.5, 4]
+        elif name.endswith("dt_bias"):
+            p.copy_(0.5 * randn(p))
+        elif p.ndim == 1:  # zero-centred norms (HF applies 1 + w) and the gated norm: 0.2 spread
+            p.copy_(0.2 * randn(p))
+        else:
+            p.copy_(0.15 * randn(p))
+
+
+@tiny_builder("qwen3.5")
+def make_tiny_qwen3_5(out_dir: Path, moe: bool = False, text_only: bool = False, dtype=torch.float32,
+                      tie: bool = True, seed: int = 0, with_preprocessor: bool = True,
+                      vision_out_hidden: int | None = None) -> dict:
+    """Write a tiny Qwen3.5 checkpoint with transformers' own `save_pretrained` (config.json with
+    `architectures`, model.safetensors, generation_config.json; MoE experts come out per expert), plus the
+    tokenizer files and, for the multimodal models, a preprocessor_config.json like the real one.
+
+    text: hidden 64, 4 layers [linear x3, full], linear key heads 2 / value heads 4, vocab 512 (MoE: 4 experts,
+    top-2, expert ffn 32, shared expert 48); vision: depth 2, hidden 32, heads 2, patch 16, merge 2, 8x8
+    position table (default image 128x128), out_hidden_size = text hidden unless `vision_out_hidden`.
+    Returns {"config", "ids" (added token -> id), "model" (float32, eval)}.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ids = build_qwen_bpe_tokenizer(out_dir, specials=QWEN3_5_SPECIALS, user_defined=QWEN3_5_USER_DEFINED,
+                                   chat_template=CHATML_TEMPLATE)
+    config = tiny_qwen3_5_config(ids, moe=moe, text_only=text_only, tie=tie, vision_out_hidden=vision_out_hidden)
+    cls = qwen3_5_model_class(moe, text_only)
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    scale_qwen3_5_weights(model, seed)
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    if dtype == torch.float32:
+        model.save_pretrained(out_dir)
+    else:
+        import copy
+
+        copy.deepcopy(model).to(dtype).save_pretrained(out_dir)
+    if not text_only and with_preprocessor:
+        (out_dir / "preprocessor_config.json").write_text(json.dumps(QWEN3_5_PREPROCESSOR, indent=2) + "\n")
+    return {"config": config, "ids": ids, "model": model}
+
+
+@tiny_builder("qwen3.5-moe")
+def make_tiny_qwen3_5_moe(out_dir: Path, **kwargs) -> dict:
+    return make_tiny_qwen3_5(out_dir, moe=True, **kwargs)
+
+
+@tiny_builder("qwen3.5-text")
+def make_tiny_qwen3_5_text(out_dir: Path, **kwargs) -> dict:
+    return make_tiny_qwen3_5(out_dir, text_only=True, **kwargs)

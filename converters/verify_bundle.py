@@ -7,7 +7,7 @@ from pathlib import Path
 from smt_convert.converters.checkpoint import Checkpoint
 from smt_convert.converters.plugin import get_plugin
 from smt_convert.converters.reference import compare_with_reference
-from smt_convert.runtime.bundle import GOLDEN_DIR
+from smt_convert.runtime.bundle import GOLDEN_DIR, read_json
 from smt_convert.runtime.errors import SmtError
 
 
@@ -25,11 +25,15 @@ def reference_rows_for_bundle(runner, reference_dir: Path, max_new_tokens: int, 
                        f"{recorded[k]!r}; --reference must be the checkpoint the bundle came from")
     report.step(f"loading the Hugging Face reference from {reference_dir}")
     model = plugin.build_torch_model(ckpt, hp)
-    media = runner.bundle.root / GOLDEN_DIR / manifest["golden"]["input"]
-    from smt_convert.runtime.audio import load_audio
+    from smt_convert.converters.convert import load_media
 
-    wave = load_audio(media)
-    result = runner.run(wave, max_new_tokens=max_new_tokens)
-    rows, _ = compare_with_reference(plugin, hp, model, runner, wave, result, manifest["text"]["outtype"],
+    golden = manifest["golden"]
+    media = None
+    if golden.get("input"):
+        media = load_media(runner.bundle.root / GOLDEN_DIR / golden["input"], manifest["modality"])
+    expected = read_json(runner.bundle.root / GOLDEN_DIR / "expected.json")
+    result = runner.run(media, fields=expected.get("fields"), language=expected.get("language"),
+                        max_new_tokens=max_new_tokens)
+    rows, _ = compare_with_reference(plugin, hp, model, runner, media, result, manifest["text"]["outtype"],
                                      manifest["onnx_dtype"], max_new_tokens)
     return rows

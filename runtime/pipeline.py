@@ -1,22 +1,24 @@
 """Run a bundle end to end the way the board does: preprocess, encode, splice embeddings, decode.
 
-Everything model-specific comes from the bundle (manifest prompt record, board config, GGUF), so this
-file is shared by every architecture: the prompt template is split at the media marker, the boundary
-tokens are decoded around the encoder rows, and positions follow the manifest's position rule.
+Everything model-specific comes from the bundle (manifest prompt and preprocessing records, board config,
+GGUF), so this file serves every architecture: the prompt template is split at the media marker, the
+boundary tokens are decoded around the encoder rows, and positions follow the manifest's rule
+("1d" for text and audio, "mrope" for images: see runtime/positions.py).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from smt_convert.runtime.bundle import Bundle
+from smt_convert.runtime.decoders import load_decoder
 from smt_convert.runtime.errors import SmtError
 from smt_convert.runtime.generate import greedy_generate
 from smt_convert.runtime.gguf_model import GGUFModel
-from smt_convert.runtime.decoders import load_decoder
 from smt_convert.runtime.tokenizer import RuntimeTokenizer
 
 
@@ -37,17 +39,15 @@ class RunResult:
     raw_text: str
     tokens: list[int]
     prompt: Prompt
-    media_embeds: np.ndarray
+    media_embeds: np.ndarray | None
     first_logits: np.ndarray
     timings: dict = field(default_factory=dict)
 
 
 class BundleRunner:
-    """Loads a bundle once; `run()` answers one media item + prompt."""
+    """Loads a bundle once; `run()` answers one prompt with at most one media item."""
 
     def __init__(self, bundle_dir: str | Path, threads: int | None = None, require_complete: bool = True):
-        import time
-
         t0 = time.perf_counter()
         self.bundle = Bundle.open(bundle_dir, require_complete)
         self.manifest = self.bundle.manifest
@@ -58,74 +58,111 @@ class BundleRunner:
         self._encoder = None
         self.load_seconds = time.perf_counter() - t0
 
-    # ---- media ----------------------------------------------------------------------------------
-
     @property
     def modality(self) -> str:
         return self.manifest["modality"]
 
+    # ---- media ----------------------------------------------------------------------------------
+
+    def _unsupported(self):
+        return SmtError(f"{self.bundle.root / 'manifest.json'}: modality: '{self.modality}' has no encoder here")
+
     def encoder(self):
         if self._encoder is None:
+            config = self.bundle.config
             if self.modality == "audio":
                 from smt_convert.runtime.audio_encoder import SplitAudioEncoder
 
-                audio = self.bundle.config["audio_model"]
+                audio = config["audio_model"]
                 self._encoder = SplitAudioEncoder(self.bundle.path(audio["frontend_model_path"]),
                                                   self.bundle.path(audio["backend_model_path"]),
                                                   intra_op_num_threads=self.threads)
+            elif self.modality == "image":
+                from smt_convert.runtime.vision_encoder import VisionEncoder
+
+                self._encoder = VisionEncoder(self.bundle.path(config["vision_model"]["model_path"]),
+                                              intra_op_num_threads=self.threads)
             else:
-                raise SmtError(f"{self.bundle.root}: modality '{self.modality}' is not supported by this runtime")
+                raise self._unsupported()
         return self._encoder
 
     def features(self, media) -> np.ndarray:
-        """Host preprocessing for one media item (audio: waveform -> log-mel)."""
+        """Host preprocessing for one media item: audio -> log-mel; image -> resized [1,3,H,W] pixels
+        (raw 0..255, or normalised when the board config has a vision_preprocess block)."""
         if self.modality == "audio":
             from smt_convert.runtime.audio import MelParams, load_audio, log_mel
 
             params = MelParams.from_dict(self.manifest["preprocessing"])
             wave = load_audio(media, params.sample_rate) if isinstance(media, (str, Path)) else media
             return log_mel(np.asarray(wave, dtype=np.float32), params)
-        raise SmtError(f"{self.bundle.root}: modality '{self.modality}' is not supported by this runtime")
+        if self.modality == "image":
+            from smt_convert.runtime.image import load_image, normalize, resize_rgb
+
+            image = load_image(media) if isinstance(media, (str, Path)) else media
+            height, width = self.encoder().input_size
+            pixels = resize_rgb(image, width, height)
+            host = self.bundle.config.get("vision_preprocess")
+            if host:
+                pixels = normalize(pixels, host.get("rescale_factor", 1.0), host["image_mean"], host["image_std"])
+            return pixels
+        raise self._unsupported()
 
     def encode(self, features: np.ndarray) -> np.ndarray:
         return self.encoder().encode(features)
 
     # ---- prompt ---------------------------------------------------------------------------------
 
-    def build_prompt(self, media_embeds: np.ndarray, fields: dict | None = None,
+    def build_prompt(self, media_embeds: np.ndarray | None, fields: dict | None = None,
                      assistant_prefix: str = "") -> Prompt:
         rule = self.prompt_rule
+        marker = rule.get("media_marker")
         values = dict(rule.get("template_fields", {}))
         values.update({k: v for k, v in (fields or {}).items() if v is not None})
         for key, value in values.items():
-            if rule["media_marker"] in str(value):
-                raise SmtError(f"--{key}: must not contain the media marker {rule['media_marker']}")
+            if marker and marker in str(value):
+                raise SmtError(f"--{key}: must not contain the media marker {marker}")
         text = rule["template"].format(**values) + assistant_prefix
-        before, marker, after = text.partition(rule["media_marker"])
-        if not marker:
+        if media_embeds is None:
+            text = text.replace(marker, "") if marker else text
+            ids = self.tokenizer.encode(text)
+            return Prompt(self.decoder.embed(np.asarray(ids)), self._text_positions(0, len(ids)), ids, (0, 0))
+        before, found, after = text.partition(marker)
+        if not found:
             raise SmtError(f"{self.bundle.root / 'manifest.json'}: prompt.template: no media marker")
-        start = self.tokenizer.token_id(rule["media_start"])
-        end = self.tokenizer.token_id(rule["media_end"])
-        ids_before = self.tokenizer.encode(before) + [start]
-        ids_after = [end] + self.tokenizer.encode(after)
+        ids_before = self.tokenizer.encode(before) + [self.tokenizer.token_id(rule["media_start"])]
+        ids_after = [self.tokenizer.token_id(rule["media_end"])] + self.tokenizer.encode(after)
         n_media = media_embeds.shape[0]
-        placeholder = rule["media_placeholder_id"]
-        ids = ids_before + [placeholder] * n_media + ids_after
-        embeds = np.concatenate([
-            self.decoder.embed(np.asarray(ids_before)),
-            media_embeds.astype(np.float32),
-            self.decoder.embed(np.asarray(ids_after)),
-        ])
-        if rule["positions"] != "1d":
+        ids = ids_before + [rule["media_placeholder_id"]] * n_media + ids_after
+        embeds = np.concatenate([self.decoder.embed(np.asarray(ids_before)), media_embeds.astype(np.float32),
+                                 self.decoder.embed(np.asarray(ids_after))])
+        start = len(ids_before)
+        if rule["positions"] == "1d":
+            positions = np.arange(len(ids), dtype=np.int64)
+        elif rule["positions"] == "mrope":
+            from smt_convert.runtime.positions import mrope_positions, text_positions
+
+            grid = self.manifest["preprocessing"].get("grid")
+            media_pos, next_pos = mrope_positions(start, n_media, tuple(grid) if grid else None)
+            positions = np.concatenate([text_positions(0, start), media_pos,
+                                        text_positions(next_pos, len(ids_after))])
+        else:
             raise SmtError(f"{self.bundle.root / 'manifest.json'}: prompt.positions: '{rule['positions']}' "
                            "is not supported by this runtime")
-        positions = np.arange(len(ids), dtype=np.int64)
-        return Prompt(embeds, positions, ids, (len(ids_before), len(ids_before) + n_media))
+        return Prompt(embeds, positions, ids, (start, start + n_media))
+
+    def _text_positions(self, start: int, n: int) -> np.ndarray:
+        if self.prompt_rule["positions"] == "mrope":
+            from smt_convert.runtime.positions import text_positions
+
+            return text_positions(start, n)
+        return np.arange(start, start + n, dtype=np.int64)
 
     def assistant_prefix(self, language: str | None) -> str:
         if not language:
             return ""
         rule = self.prompt_rule
+        if "assistant_prefix_with_language" not in rule:
+            raise SmtError(f"--language: {self.manifest['architecture']} has no language option")
         languages = rule.get("languages", {})
         names = set(languages.values())
         name = languages.get(language.lower(), language if language in names else None)
@@ -138,17 +175,17 @@ class BundleRunner:
 
     # ---- run ------------------------------------------------------------------------------------
 
-    def run(self, media, fields: dict | None = None, language: str | None = None,
+    def run(self, media=None, fields: dict | None = None, language: str | None = None,
             max_new_tokens: int = 256) -> RunResult:
-        import time
-
         timings = {}
-        t0 = time.perf_counter()
-        features = self.features(media)
-        timings["preprocess_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        media_embeds = self.encode(features)
-        timings["encode_s"] = time.perf_counter() - t0
+        media_embeds = None
+        if media is not None:
+            t0 = time.perf_counter()
+            features = self.features(media)
+            timings["preprocess_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            media_embeds = self.encode(features)
+            timings["encode_s"] = time.perf_counter() - t0
         prefix = self.assistant_prefix(language)
         prompt = self.build_prompt(media_embeds, fields, prefix)
         t0 = time.perf_counter()
