@@ -366,6 +366,7 @@ def _quiet_library_logs() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
     except ImportError:
         pass
 

@@ -39,7 +39,8 @@ def compare_with_reference(plugin, hp, model, runner, media, result, outtype: st
         c = V.cosine(result.media_embeds, ref["encoder_processor_path"])
         rows.append(Row("encoder vs HF processor", "cosine (last chunk padding)", c, f">= {PROCESSOR_PATH_COSINE}",
                         c >= PROCESSOR_PATH_COSINE))
-    rows += V.text_rows(prompt_logits(runner, result.prompt), ref["logits"], outtype, onnx_dtype, overrides=thresholds)
+    rows += V.text_rows(prompt_logits(runner, result.prompt), ref["logits"], outtype, onnx_dtype, overrides=thresholds,
+                        nmse_scale=getattr(plugin, "lossy_nmse_scale", 1.0))
     exact = outtype == "f32" and onnx_dtype == "fp32"
     rows += V.e2e_rows(result.tokens, ref["tokens"], exact)
     return rows, ref["tokens"]
