@@ -858,6 +858,15 @@ class Qwen35Plugin:
     def golden_fields(self) -> dict:
         return {"prompt": "Describe the image."}
 
+    def plan_notes(self, hp: Hparams) -> list[str]:
+        notes = []
+        if hp.vision is not None and hp.vision.preprocessor_source == "defaults":
+            notes.append("preprocessor_config.json not found: the vision graph normalises with Qwen3.5's "
+                         "defaults (rescale 1/255, mean 0.5, std 0.5)")
+        if hp.text.mtp_layers:
+            notes.append(f"{hp.text.mtp_layers} MTP layer(s) not converted (speculative decoding only)")
+        return notes
+
     def hparams_record(self, hp: Hparams) -> dict:
         from dataclasses import asdict
 

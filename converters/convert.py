@@ -82,7 +82,8 @@ def make_plan(plugin, checkpoint_dir: Path, opts: ConvertOptions) -> tuple[Plan,
                 text_arch=getattr(hp, "gguf_arch", None) or plugin.text_arch, modality=modality,
                 golden_file=GOLDEN_FILES.get(modality),
                 text_tensors=tensors, text_types={k: v.name for k, v in types.items()}, text_bytes=text_bytes,
-                encoders=encoders, dropped=found.dropped, tokenizer=tokenizer, params=params)
+                encoders=encoders, dropped=found.dropped, tokenizer=tokenizer, params=params,
+                notes=plugin.plan_notes(hp) if hasattr(plugin, "plan_notes") else [])
     return plan, ckpt
 
 
@@ -140,6 +141,8 @@ def convert(plugin, checkpoint_dir: Path, out_dir: Path, opts: ConvertOptions, r
     plan, ckpt = make_plan(plugin, checkpoint_dir, opts)
     report.step(f"{plugin.name}: {plan.params['text'] / 1e6:.1f}M text parameters, layout {plan.hparams.layout}, "
                 f"tokenizer from {plan.tokenizer.kind}")
+    for note in plan.notes:
+        report.step(f"note: {note}")
     tmp = prepare_output(out_dir, opts.force)
     try:
         manifest = _write_bundle(plan, ckpt, tmp, opts, report)
