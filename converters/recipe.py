@@ -226,7 +226,8 @@ def _worst(manifest: dict) -> str:
     rows = {(r["check"], r["metric"]): r["value"] for r in manifest["verification"]["rows"]}
     parts = []
     if ("text logits", "nmse") in rows:
-        parts.append(f"nmse {rows[('text logits', 'nmse')]:.2g} top1 {rows[('text logits', 'top-1 agreement')]:.3f}")
+        top1 = rows.get(("text logits", "top-1 (3-sigma ties)"), rows.get(("text logits", "top-1 agreement")))
+        parts.append(f"nmse {rows[('text logits', 'nmse')]:.2g} top1 {top1:.3f}")
     if ("encoder", "cosine") in rows:
         parts.append(f"enc cos {rows[('encoder', 'cosine')]:.5f}")
     return ", ".join(parts) or "goldens only"

@@ -53,6 +53,19 @@ def _original_name(name: str) -> str:
     return "thinker." + name
 
 
+def _quiet_save(model, out_dir: Path) -> None:
+    """save_pretrained without its progress bar (recipes run these under --quiet)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out_dir)
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _write_safetensors(out_dir: Path, tensors: dict, shards: int) -> None:
     names = sorted(tensors)
     if shards <= 1:
@@ -253,11 +266,11 @@ def make_tiny_qwen3_5(out_dir: Path, moe: bool = False, text_only: bool = False,
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     if dtype == torch.float32:
-        model.save_pretrained(out_dir)
+        _quiet_save(model, out_dir)
     else:
         import copy
 
-        copy.deepcopy(model).to(dtype).save_pretrained(out_dir)
+        _quiet_save(copy.deepcopy(model).to(dtype), out_dir)
     if not text_only and with_preprocessor:
         (out_dir / "preprocessor_config.json").write_text(json.dumps(QWEN3_5_PREPROCESSOR, indent=2) + "\n")
     return {"config": config, "ids": ids, "model": model}
