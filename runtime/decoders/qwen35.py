@@ -28,6 +28,8 @@ import numpy as np
 
 from smt_convert.runtime.decoders.qwen3vl import (
     _load_tensor,
+    embed_rows,
+    load_token_io,
     apply_rope,
     causal_mask,
     rms_norm,
@@ -335,19 +337,11 @@ class Qwen35Decoder:
         if model.arch not in ("qwen35", "qwen35moe"):
             raise SmtError(f"{where(model.path, 'general.architecture')}: '{model.arch}' is not qwen35/qwen35moe")
         self.config = cfg = Qwen35Config.from_gguf(model)
-        self.token_embd = _load_tensor(model, "token_embd.weight", (cfg.vocab, cfg.hidden))
+        self.token_embd, self.output_norm, self.output = load_token_io(model, cfg.vocab, cfg.hidden)
         self.layers = [_load_layer(model, cfg, i) for i in range(cfg.n_layer)]
-        self.output_norm = _load_tensor(model, "output_norm.weight", (cfg.hidden,))
-        if model.has("output.weight"):
-            self.output = _load_tensor(model, "output.weight", (cfg.vocab, cfg.hidden))
-        else:
-            self.output = self.token_embd
 
     def embed(self, token_ids) -> np.ndarray:
-        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab):
-            raise SmtError(f"token_ids: id out of range [0, {self.config.vocab})")
-        return np.asarray(self.token_embd[ids], dtype=np.float32)
+        return embed_rows(self.token_embd, token_ids)
 
     def new_cache(self) -> HybridCache:
         return HybridCache.empty(self.config)

@@ -207,6 +207,22 @@ def _load_tensor(model: GGUFModel, name: str, shape: tuple[int, ...]) -> np.ndar
     return model.tensor(name)
 
 
+def load_token_io(model: GGUFModel, vocab: int, hidden: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(token_embd, output_norm, output): the embedding table and the head; no output.weight means tied."""
+    token_embd = _load_tensor(model, "token_embd.weight", (vocab, hidden))
+    output_norm = _load_tensor(model, "output_norm.weight", (hidden,))
+    output = _load_tensor(model, "output.weight", (vocab, hidden)) if model.has("output.weight") else token_embd
+    return token_embd, output_norm, output
+
+
+def embed_rows(table: np.ndarray, token_ids) -> np.ndarray:
+    """Rows of the embedding table for token ids (what the board's host looks up for text tokens)."""
+    ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+        raise SmtError(f"token_ids: id out of range [0, {table.shape[0]})")
+    return np.asarray(table[ids], dtype=np.float32)
+
+
 def _load_layer(model: GGUFModel, cfg: Qwen3VLConfig, i: int) -> LayerWeights:
     h, q, kv, d = cfg.hidden, cfg.n_head * cfg.head_dim, cfg.n_kv * cfg.head_dim, cfg.head_dim
 
@@ -236,20 +252,11 @@ class Qwen3VLDecoder:
 
     def __init__(self, model: GGUFModel):
         self.config = cfg = Qwen3VLConfig.from_gguf(model)
-        self.token_embd = _load_tensor(model, "token_embd.weight", (cfg.vocab, cfg.hidden))
+        self.token_embd, self.output_norm, self.output = load_token_io(model, cfg.vocab, cfg.hidden)
         self.layers = [_load_layer(model, cfg, i) for i in range(cfg.n_layer)]
-        self.output_norm = _load_tensor(model, "output_norm.weight", (cfg.hidden,))
-        # No output.weight means tied embeddings.
-        if model.has("output.weight"):
-            self.output = _load_tensor(model, "output.weight", (cfg.vocab, cfg.hidden))
-        else:
-            self.output = self.token_embd
 
     def embed(self, token_ids) -> np.ndarray:
-        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab):
-            raise SmtError(f"token_ids: id out of range [0, {self.config.vocab})")
-        return np.asarray(self.token_embd[ids], dtype=np.float32)
+        return embed_rows(self.token_embd, token_ids)
 
     def new_cache(self) -> KVCache:
         return KVCache.empty(self.config)
