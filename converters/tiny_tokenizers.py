@@ -141,3 +141,184 @@ def build_qwen_bpe_tokenizer(
     config = tokenizer_config(ids, special, chat_template)
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
     return ids
+
+
+# ---------------------------------------------------------------- SentencePiece (ERNIE-4.5 / PaddleOCR-VL style)
+
+# Specials of a PaddleOCR-VL checkpoint (besides <unk>/<s>/</s>, the SentencePiece meta pieces 0/1/2; pad is
+# <unk>). The sentence markers are control symbols inside the SentencePiece model; the image tokens are added
+# after it, like the real checkpoint (image_token_id 100295 = first id past its 100295 pieces).
+PADDLEOCR_SPECIALS = [
+    "<|begin_of_sentence|>",
+    "<|end_of_sentence|>",
+    "<|IMAGE_PLACEHOLDER|>",
+    "<|IMAGE_START|>",
+    "<|IMAGE_END|>",
+]
+SPM_IN_MODEL_SPECIALS = ("<|begin_of_sentence|>", "<|end_of_sentence|>")
+SPM_META = ("<unk>", "<s>", "</s>")
+PADDLEOCR_IMAGE_TOKEN = "<|IMAGE_PLACEHOLDER|>"
+
+# Shaped like PaddleOCR-VL's chat template (cls token first, "User: " turns with the image span before
+# the text, "Assistant:\n" turns closed by </s>), written for this project.
+PADDLEOCR_CHAT_TEMPLATE = (
+    "{%- if add_generation_prompt is not defined -%}{%- set add_generation_prompt = true -%}{%- endif -%}"
+    "{{- '<|begin_of_sentence|>' -}}"
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}"
+    "{%- set parts = [{'type': 'text', 'text': message['content']}] -%}"
+    "{%- else -%}{%- set parts = message['content'] -%}{%- endif -%}"
+    "{%- if message['role'] == 'system' -%}"
+    "{%- for part in parts -%}{%- if part['type'] == 'text' -%}{{- part['text'] + '\\n' -}}{%- endif -%}{%- endfor -%}"
+    "{%- elif message['role'] == 'user' -%}"
+    "{{- 'User: ' -}}"
+    "{%- for part in parts -%}{%- if part['type'] == 'image' -%}"
+    "{{- '<|IMAGE_START|><|IMAGE_PLACEHOLDER|><|IMAGE_END|>' -}}{%- endif -%}{%- endfor -%}"
+    "{%- for part in parts -%}{%- if part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}{%- endfor -%}"
+    "{{- '\\n' -}}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{- 'Assistant:\\n' -}}"
+    "{%- for part in parts -%}{%- if part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}{%- endfor -%}"
+    "{{- '</s>' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'Assistant:\\n' -}}{%- endif -%}"
+)
+
+SPM_TRAINING_TEXT = [
+    *TRAINING_TEXT,
+    "User: OCR:\nAssistant:\nTable Recognition: | a | b |\nFormula Recognition: x^2 + y^2 = z^2\nChart Recognition:",
+    "文档解析：表格、公式、图表。发票号码 No. 00123456，金额 ¥1,234.50 元。",
+]
+
+
+def train_spm(
+    vocab_size: int = 600,
+    control_symbols: tuple[str, ...] = SPM_IN_MODEL_SPECIALS,
+    user_defined: tuple[str, ...] = (),
+    add_dummy_prefix: bool = False,
+) -> bytes:
+    """Train a tiny SentencePiece BPE model (byte fallback, identity normalization) in memory; returns the proto."""
+    import io
+
+    import sentencepiece as spm
+
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(SPM_TRAINING_TEXT * 4),
+        model_writer=out,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        byte_fallback=True,
+        character_coverage=1.0,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=add_dummy_prefix,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        control_symbols=list(control_symbols),
+        user_defined_symbols=list(user_defined),
+        num_threads=1,
+        minloglevel=2,
+    )
+    return out.getvalue()
+
+
+def spm_tokenizer_json(proto_bytes: bytes, added: list[tuple[str, bool]], add_prefix_space: bool,
+                       add_bos: bool) -> Tokenizer:
+    """The tokenizer.json a checkpoint ships for a SentencePiece BPE model: BPE with byte fallback, merges ranked
+    by piece score, Metaspace, byte-fallback decoder; `added` are (content, special) tokens past the pieces."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(proto_bytes)
+    vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
+    normal = {p.piece: (p.score, i) for i, p in enumerate(proto.pieces) if p.type == 1}
+    ranked = sorted(
+        (-score, i, piece[:k], piece[k:])
+        for piece, (score, i) in normal.items()
+        for k in range(1, len(piece))
+        if piece[:k] in normal and piece[k:] in normal
+    )
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[(a, b) for _, _, a, b in ranked], unk_token="<unk>",
+                               fuse_unk=True, byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first" if add_prefix_space
+                                                 else "never", split=False)
+    steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    tok.decoder = decoders.Sequence([*steps, *([decoders.Strip(" ", 1, 0)] if add_prefix_space else [])])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A" if add_bos else "$A", pair="<s> $A <s> $B" if add_bos else "$A $B",
+        special_tokens=[("<s>", 1)] if add_bos else [],
+    )
+    in_model = [(p.piece, p.type) for p in proto.pieces if p.type in (3, 4)]  # control, user-defined
+    tok.add_special_tokens([AddedToken(p, special=True, normalized=False) for p, t in in_model if t == 3])
+    tok.add_tokens([AddedToken(p, special=False, normalized=False) for p, t in in_model if t == 4])
+    tok.add_special_tokens([AddedToken("<unk>", special=True, normalized=False)])
+    for content, special in added:
+        token = AddedToken(content, special=special, normalized=False)
+        (tok.add_special_tokens if special else tok.add_tokens)([token])
+    return tok
+
+
+def build_spm_tokenizer(
+    out_dir: Path,
+    specials: list[str] = PADDLEOCR_SPECIALS,
+    layout: str = "tokenizer.model",
+    vocab_size: int = 600,
+    user_defined: list[str] = (),
+    chat_template: str | None = PADDLEOCR_CHAT_TEMPLATE,
+    add_prefix_space: bool = False,
+    add_bos_token: bool = False,
+) -> dict[str, int]:
+    """Write a tiny PaddleOCR-VL-like SentencePiece tokenizer in `layout`
+    ("tokenizer.model" | "tokenizer.json" | "both") plus tokenizer_config.json.
+
+    Meta pieces <unk>/<s>/</s> are ids 0/1/2 and pad is <unk>, as in ERNIE-4.5. Specials listed in
+    SPM_IN_MODEL_SPECIALS become control symbols inside the model, `user_defined` become its user-defined
+    symbols, the other specials are added after the pieces in the order given. tokenizer_class is
+    LlamaTokenizer (what loads offline in transformers 5; PaddleOCR-VL checkpoints use it too, with
+    model_type paddleocr_vl in config.json transformers uses its generic TokenizersBackend instead).
+    ERNIE settings: add_bos_token false, add_prefix_space false, legacy false.
+    Returns {token: id} for every entry of added_tokens_decoder.
+    """
+    if layout not in ("tokenizer.model", "tokenizer.json", "both"):
+        raise ValueError(f"unknown layout {layout!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    in_model = tuple(s for s in specials if s in SPM_IN_MODEL_SPECIALS)
+    after = [s for s in specials if s not in SPM_IN_MODEL_SPECIALS]
+    proto = train_spm(vocab_size, in_model, tuple(user_defined), add_dummy_prefix=add_prefix_space)
+    if layout in ("tokenizer.model", "both"):
+        (out_dir / "tokenizer.model").write_bytes(proto)
+    tok = spm_tokenizer_json(proto, [(s, True) for s in after], add_prefix_space, add_bos_token)
+    base = tok.get_vocab_size(with_added_tokens=False)
+    ids = {s: tok.token_to_id(s) for s in [*SPM_META, *in_model, *user_defined, *after]}
+    assert [ids[s] for s in after] == list(range(base, base + len(after))), ids
+    if layout in ("tokenizer.json", "both"):
+        tok.save(str(out_dir / "tokenizer.json"))
+    special = {s: s not in user_defined for s in ids}
+    config = tokenizer_config(ids, special, chat_template)
+    config.update({
+        "add_bos_token": add_bos_token,
+        "add_eos_token": False,
+        "add_prefix_space": add_prefix_space,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": "<unk>",
+        "cls_token": "<|begin_of_sentence|>" if "<|begin_of_sentence|>" in ids else None,
+        "sep_token": "<|end_of_sentence|>" if "<|end_of_sentence|>" in ids else None,
+        "legacy": False,
+        "model_max_length": 131072,
+        "tokenizer_class": "LlamaTokenizer",
+    })
+    if PADDLEOCR_IMAGE_TOKEN in ids:
+        config["extra_special_tokens"] = {"image_token": PADDLEOCR_IMAGE_TOKEN}
+    del config["errors"]
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+    return ids

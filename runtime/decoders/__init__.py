@@ -1,5 +1,6 @@
 """One numpy decoder per GGUF architecture."""
 
+from smt_convert.runtime.decoders.paddleocr import PaddleOCRDecoder
 from smt_convert.runtime.decoders.qwen35 import Qwen35Decoder
 from smt_convert.runtime.decoders.qwen3vl import Qwen3VLDecoder
 from smt_convert.runtime.errors import SmtError, where
@@ -9,6 +10,7 @@ DECODERS = {
     "qwen3vl": Qwen3VLDecoder,
     "qwen35": Qwen35Decoder,
     "qwen35moe": Qwen35Decoder,
+    "paddleocr": PaddleOCRDecoder,
 }
 
 

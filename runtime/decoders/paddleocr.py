@@ -1,0 +1,235 @@
+"""Numpy ERNIE-4.5 decoder for llama.cpp architecture `paddleocr` (the LLM half of PaddleOCR-VL).
+
+Exactly llama.cpp's graph (src/models/paddleocr.cpp, qwen2vl's graph with optional biases):
+RMSNorm -> q/k/v projections (separate `attn_q/k/v` or fused `attn_qkv`, optional biases) -> M-RoPE ->
+GQA attention (scale 1/sqrt(head_dim)) -> `attn_output` (optional bias) -> residual; RMSNorm -> SwiGLU
+(`ffn_gate`, `ffn_up`, `ffn_down`, no biases) -> residual; `output_norm` -> `output` (or the tied
+`token_embd`).
+
+Rope: llama.cpp's rope type for this arch is MROPE (not qwen3vl's interleaved IMROPE): sections are
+contiguous ranges of rotary pairs, pair i reading stream t for sector < s0, h for < s0+s1, w for
+< s0+s1+s2, else e (sector = i mod sum(sections)), with NeoX pairing (x[i], x[i + n_rot/2]).
+
+Weights are dequantised once to float32 at load, as in the qwen3vl decoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from smt_convert.runtime.decoders.qwen3vl import (
+    KVCache,
+    _load_tensor,
+    apply_rope,
+    as_mrope_positions,
+    causal_mask,
+    embed_rows,
+    load_token_io,
+    rms_norm,
+    silu,
+    softmax,
+)
+from smt_convert.runtime.errors import SmtError, where
+from smt_convert.runtime.gguf_model import GGUFModel
+
+# ---- config -------------------------------------------------------------------------------
+
+
+@dataclass
+class PaddleOCRConfig:
+    n_layer: int
+    hidden: int
+    n_head: int
+    n_kv: int
+    head_dim: int
+    ff: int
+    eps: float
+    rope_base: float
+    sections: list[int]  # M-RoPE pairs per stream (t, h, w, e)
+    vocab: int
+    n_rot: int
+    context_length: int = 0
+
+    @classmethod
+    def from_gguf(cls, model: GGUFModel) -> "PaddleOCRConfig":
+        hidden = int(model.meta("{arch}.embedding_length"))
+        n_head = int(model.meta("{arch}.attention.head_count"))
+        head_dim = int(model.meta("{arch}.attention.key_length", hidden // n_head))
+        sections = [int(s) for s in model.meta("{arch}.rope.dimension_sections", [0, 0, 0, 0])]
+        cfg = cls(
+            n_layer=int(model.meta("{arch}.block_count")),
+            hidden=hidden,
+            n_head=n_head,
+            n_kv=int(model.meta("{arch}.attention.head_count_kv", n_head)),
+            head_dim=head_dim,
+            ff=int(model.meta("{arch}.feed_forward_length")),
+            eps=float(model.meta("{arch}.attention.layer_norm_rms_epsilon")),
+            rope_base=float(model.meta("{arch}.rope.freq_base", 10000.0)),
+            sections=(sections + [0, 0, 0, 0])[:4],
+            vocab=int(model.tensor_shape("token_embd.weight")[0]),
+            n_rot=int(model.meta("{arch}.rope.dimension_count", head_dim)),
+            context_length=int(model.meta("{arch}.context_length", 0)),
+        )
+        cfg.check(model)
+        return cfg
+
+    def check(self, model: GGUFModel) -> None:
+        """Reject what llama.cpp's graph would reject (or what the math below cannot do), naming the key."""
+        def bad(key, why):
+            raise SmtError(f"{where(model.path, key.format(arch=model.arch))}: {why}")
+
+        if self.n_kv <= 0 or self.n_head % self.n_kv:
+            bad("{arch}.attention.head_count_kv", f"{self.n_kv} does not divide head_count {self.n_head}")
+        vdim = int(model.meta("{arch}.attention.value_length", self.head_dim))
+        if vdim != self.head_dim:
+            bad("{arch}.attention.value_length", f"{vdim} != key_length {self.head_dim} (llama.cpp asserts equal)")
+        if self.n_rot != self.head_dim:
+            bad("{arch}.rope.dimension_count", f"{self.n_rot} != key_length {self.head_dim} (llama.cpp asserts equal)")
+        if self.n_rot % 2:
+            bad("{arch}.rope.dimension_count", f"{self.n_rot} must be even")
+        if sum(self.sections[:3]) <= 0:
+            bad("{arch}.rope.dimension_sections", f"{self.sections}: M-RoPE needs t/h/w sections")
+        if sum(self.sections) > self.n_rot:
+            bad("{arch}.rope.dimension_sections", f"{self.sections} sum exceeds head size {self.n_rot}")
+
+
+# ---- M-RoPE (contiguous sections) -------------------------------------------------------------
+
+
+def mrope_streams(n_pairs: int, sections: list[int]) -> np.ndarray:
+    """Position stream (0=t, 1=h, 2=w, 3=e) of each rotary pair, as ggml's MROPE (non-interleaved) picks it."""
+    total = sum(sections)
+    s0, s1, s2 = sections[0], sections[0] + sections[1], sections[0] + sections[1] + sections[2]
+    streams = np.empty(n_pairs, dtype=np.int64)
+    for i in range(n_pairs):
+        sector = i % total
+        streams[i] = 0 if sector < s0 else 1 if sector < s1 else 2 if sector < s2 else 3
+    return streams
+
+
+def rope_angles(positions: np.ndarray, cfg: PaddleOCRConfig) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin [n, n_rot/2]: pair i turns by pos[stream_i] * base^(-2i/n_rot)."""
+    n_pairs = cfg.n_rot // 2
+    inv_freq = cfg.rope_base ** (-2.0 * np.arange(n_pairs, dtype=np.float64) / cfg.n_rot)
+    pos = as_mrope_positions(positions)[:, mrope_streams(n_pairs, cfg.sections)]  # [n, n_pairs]
+    theta = pos.astype(np.float64) * inv_freq
+    return np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
+
+
+# ---- weights ------------------------------------------------------------------------------
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: np.ndarray
+    wq: np.ndarray  # [n_head*head_dim, hidden]
+    wk: np.ndarray  # [n_kv*head_dim, hidden]
+    wv: np.ndarray
+    wo: np.ndarray  # [hidden, n_head*head_dim]
+    bq: np.ndarray | None
+    bk: np.ndarray | None
+    bv: np.ndarray | None
+    bo: np.ndarray | None
+    ffn_norm: np.ndarray
+    w_gate: np.ndarray  # [ff, hidden]
+    w_up: np.ndarray
+    w_down: np.ndarray  # [hidden, ff]
+
+
+def _load_layer(model: GGUFModel, cfg: PaddleOCRConfig, i: int) -> LayerWeights:
+    h, q, kv = cfg.hidden, cfg.n_head * cfg.head_dim, cfg.n_kv * cfg.head_dim
+
+    def t(name, *shape):
+        return _load_tensor(model, f"blk.{i}.{name}", shape)
+
+    def opt(name, *shape):
+        return t(name, *shape) if model.has(f"blk.{i}.{name}") else None
+
+    # llama.cpp's create_tensor_qkv: a fused attn_qkv (rows [q; k; v]) wins over separate q/k/v; a fused
+    # bias, or separate biases on either form, are optional.
+    if model.has(f"blk.{i}.attn_qkv.weight"):
+        w = t("attn_qkv.weight", q + 2 * kv, h)
+        wq, wk, wv = w[:q], w[q:q + kv], w[q + kv:]
+        b = opt("attn_qkv.bias", q + 2 * kv)
+        bq, bk, bv = (b[:q], b[q:q + kv], b[q + kv:]) if b is not None else (None, None, None)
+    else:
+        wq, wk, wv = t("attn_q.weight", q, h), t("attn_k.weight", kv, h), t("attn_v.weight", kv, h)
+        bq = bk = bv = None
+    if bq is None:
+        bq, bk, bv = opt("attn_q.bias", q), opt("attn_k.bias", kv), opt("attn_v.bias", kv)
+    return LayerWeights(
+        attn_norm=t("attn_norm.weight", h),
+        wq=wq, wk=wk, wv=wv,
+        wo=t("attn_output.weight", h, q),
+        bq=bq, bk=bk, bv=bv,
+        bo=opt("attn_output.bias", h),
+        ffn_norm=t("ffn_norm.weight", h),
+        w_gate=t("ffn_gate.weight", cfg.ff, h),
+        w_up=t("ffn_up.weight", cfg.ff, h),
+        w_down=t("ffn_down.weight", h, cfg.ff),
+    )
+
+
+def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    y = x @ w.T
+    return y if b is None else y + b
+
+
+# ---- decoder ------------------------------------------------------------------------------
+
+
+class PaddleOCRDecoder:
+    """ERNIE-4.5 decoder over a GGUF. `forward` takes embeddings (not ids) so vision rows can be spliced in;
+    positions are [n] (text: (p, p, p, 0) as llama.cpp) or [n, 4] M-RoPE (t, h, w, e)."""
+
+    def __init__(self, model: GGUFModel):
+        self.config = cfg = PaddleOCRConfig.from_gguf(model)
+        self.token_embd, self.output_norm, self.output = load_token_io(model, cfg.vocab, cfg.hidden)
+        self.layers = [_load_layer(model, cfg, i) for i in range(cfg.n_layer)]
+
+    def embed(self, token_ids) -> np.ndarray:
+        return embed_rows(self.token_embd, token_ids)
+
+    def new_cache(self) -> KVCache:
+        return KVCache.empty(self.config)
+
+    def forward(self, embeds: np.ndarray, positions: np.ndarray, cache: KVCache, logits: str = "all") -> np.ndarray:
+        """Run new tokens after those in `cache` (appending to it); return logits [n or 1, vocab] float32."""
+        cfg = self.config
+        if logits not in ("all", "last"):
+            raise SmtError(f"logits: expected 'all' or 'last', got {logits!r}")
+        x = np.asarray(embeds, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != cfg.hidden:
+            raise SmtError(f"embeds: expected shape [n, {cfg.hidden}], got {list(x.shape)}")
+        if len(positions) != x.shape[0]:
+            raise SmtError(f"positions: {len(positions)} positions for {x.shape[0]} embeddings")
+        cos, sin = rope_angles(positions, cfg)
+        mask = causal_mask(x.shape[0], cache.length)
+        for i, layer in enumerate(self.layers):
+            x = x + self._attention(rms_norm(x, layer.attn_norm, cfg.eps), layer, cos, sin, mask, cache, i)
+            x = x + self._mlp(rms_norm(x, layer.ffn_norm, cfg.eps), layer)
+        cache.length += x.shape[0]
+        if logits == "last":
+            x = x[-1:]
+        return rms_norm(x, self.output_norm, cfg.eps) @ self.output.T
+
+    def _attention(self, x, w: LayerWeights, cos, sin, mask, cache: KVCache, layer: int) -> np.ndarray:
+        cfg = self.config
+        n, d = x.shape[0], cfg.head_dim
+        q = _linear(x, w.wq, w.bq).reshape(n, cfg.n_head, d)
+        k = _linear(x, w.wk, w.bk).reshape(n, cfg.n_kv, d)
+        v = _linear(x, w.wv, w.bv).reshape(n, cfg.n_kv, d)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        keys, values = cache.extend(layer, k.transpose(1, 0, 2), v.transpose(1, 0, 2))  # [n_kv, T, d]
+        group = cfg.n_head // cfg.n_kv
+        qg = q.transpose(1, 0, 2).reshape(cfg.n_kv, group, n, d)
+        scores = (qg @ keys[:, None].transpose(0, 1, 3, 2)) * np.float32(1.0 / np.sqrt(d))  # [n_kv, g, n, T]
+        probs = softmax(scores + mask)
+        out = probs @ values[:, None]  # [n_kv, g, n, d]
+        out = out.reshape(cfg.n_head, n, d).transpose(1, 0, 2).reshape(n, cfg.n_head * d)
+        return _linear(out, w.wo, w.bo)
+
+    def _mlp(self, x, w: LayerWeights) -> np.ndarray:
+        return (silu(x @ w.w_gate.T) * (x @ w.w_up.T)) @ w.w_down.T
