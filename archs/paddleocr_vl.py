@@ -8,13 +8,19 @@ rotary pair i turns by the t stream for i < s0, h for i < s0+s1, w for i < s0+s1
 `PaddleOCRRotaryEmbedding.recomposition_frequencies` when s0+s1+s2 = head_dim/2.
 
 Checkpoint layouts (`TextLayout`, `detect_text_layout`):
-- "native" (transformers 5 `PaddleOCRVLForConditionalGeneration.save_pretrained`): `model.language_model.*`,
-  `lm_head.weight`; config with `text_config` / `vision_config`;
+- "native" (the parameter names of transformers 5's `PaddleOCRVLForConditionalGeneration`):
+  `model.language_model.*`, `lm_head.weight`;
 - "original" (the PaddlePaddle/PaddleOCR-VL release): `model.*`, `lm_head.weight` at the top (vision under
   `visual.*`, projector `mlp_AR.*`); a flat config.json (text fields at the top level plus `vision_config`).
   ERNIE checkpoints written by Paddle may fuse `self_attn.qkv_proj` ([q; k; v] rows) and `mlp.up_gate_proj`
   ([gate; up] rows, gate first despite the name); both are split as upstream's converter does
   (conversion/ernie.py, `Ernie4_5Model.modify_tensors`).
+
+The tensor layout and the config layout are independent: transformers 5.24's `save_pretrained` reverses its
+conversion mapping and writes the ORIGINAL tensor names next to a nested (`text_config`) config.json. So
+`config_layout(config)` reads the config, `detect_text_layout(tensor names)` picks the tensor names, and
+`resolve_tie` settles the LM head from the checkpoint (see there: transformers misreads the released config's
+tie flag).
 
 Canonical names are the native ones; `expected_text_tensors` / `text_tensors` take the layout and return
 checkpoint names of that layout. The GGUF keeps q/k/v and gate/up separate, as upstream writes them.
@@ -211,6 +217,28 @@ def expected_text_tensors(hp: TextHparams, layout: TextLayout = NATIVE_LAYOUT) -
     if not hp.tie_embeddings:
         shapes[LM_HEAD] = (hp.vocab_size, H)
     return shapes
+
+
+def resolve_tie(hp: TextHparams, names: Iterable[str], load: Callable[[str], np.ndarray]) -> TextHparams:
+    """The tie setting transformers really loads, from the checkpoint: a config that says tied but a
+    checkpoint whose `lm_head.weight` differs from the embedding is untied (transformers 5 then keeps both and
+    only warns; upstream llama.cpp writes every tensor present, so `output.weight` too). This is the common
+    case: transformers 5.24 reads the released flat config (tie_word_embeddings false) as tied (its BC rule
+    copies text_config's default true) and `save_pretrained` writes tie true with the distinct lm_head.
+    A config that says untied stays untied (a missing lm_head is then a missing-tensor error)."""
+    from dataclasses import replace
+
+    names = set(names)
+    if not hp.tie_embeddings or LM_HEAD not in names:
+        return hp
+    embed = None
+    for prefix in (TEXT_PREFIX, ORIGINAL_PREFIX):
+        if prefix + "embed_tokens.weight" in names:
+            embed = load(prefix + "embed_tokens.weight")
+            break
+    if embed is not None and np.array_equal(load(LM_HEAD), embed):
+        return hp
+    return replace(hp, tie_embeddings=False)
 
 
 def ignored_text_tensors(hp: TextHparams, layout: TextLayout = NATIVE_LAYOUT) -> dict[str, str]:

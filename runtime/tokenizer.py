@@ -24,11 +24,12 @@ class RuntimeTokenizer:
         self.special_tokens: set[str] = {t.content for t in added.values() if t.special}
 
     def encode(self, text: str, add_special: bool = True) -> list[int]:
-        """Special-token strings in `text` become their single ids; the post-processor decides BOS (none for Qwen)."""
+        """Special-token strings in `text` become their single ids; the tokenizer.json post-processor decides BOS
+        (none for Qwen, none for ERNIE-4.5 / PaddleOCR-VL, whose chat template writes <|begin_of_sentence|>)."""
         return self._tok.encode(text, add_special_tokens=add_special).ids
 
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
-        """Byte-level decode; special tokens are dropped unless skip_special is False."""
+        """Decode (byte-level BPE or SentencePiece byte fallback); special tokens are dropped unless skip_special is False."""
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special)
 
     def token_id(self, text: str) -> int:
