@@ -36,7 +36,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from smt_convert.converters.plugin import TextTensor
+from smt_convert.converters.plugin import EncoderOutput, TextTensor, register
 from smt_convert.converters.validate import ConfigReader, require
 from smt_convert.runtime.errors import SmtError
 
@@ -331,3 +331,334 @@ def write_text_metadata(writer, hp: TextHparams, name: str) -> None:
     writer.add_rope_freq_base(hp.rope_theta)
     writer.add_rope_dimension_sections(hp.rope_sections)
     writer.add_layer_norm_rms_eps(hp.rms_norm_eps)
+
+
+# ---- the plugin ---------------------------------------------------------------------------------------
+
+VISION = "model.visual.vision_model."
+PROJECTOR = "model.projector."
+PROMPT = "<|begin_of_sentence|>User: <__media__>{prompt}\nAssistant:\n"
+# Canonical (GGUF) name patterns -> the HF parameter they come from, for loading the torch reference.
+GGUF_TO_HF = {
+    "token_embd.weight": TEXT_PREFIX + "embed_tokens.weight", "output_norm.weight": TEXT_PREFIX + "norm.weight",
+    "output.weight": LM_HEAD, "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+UNUSED_VISION = {
+    "*packing_position_embedding*": "position table of Paddle's packed (multi-image) training path; unused here",
+    "*vision_model.head.*": "SigLIP pooling head; PaddleOCR-VL feeds the patch rows to the projector instead",
+}
+
+
+def hf_name(gguf_name: str) -> str:
+    """HF parameter name of a GGUF text tensor (for loading the torch reference from the same TextTensors)."""
+    if gguf_name in GGUF_TO_HF:
+        return GGUF_TO_HF[gguf_name]
+    _, layer, part, _ = gguf_name.split(".")
+    return f"{TEXT_PREFIX}layers.{layer}.{GGUF_TO_HF[part]}.weight"
+
+
+@dataclass
+class VisionHparams:
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    patch_size: int
+    merge_size: int
+    table_side: int                   # the learned position table is table_side x table_side patches
+    image_size: tuple[int, int]       # (height, width) of the static ONNX input
+    preprocess: dict                  # the board's vision_preprocess block
+    preprocessor_source: str
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        m = self.patch_size * self.merge_size
+        return self.image_size[0] // m, self.image_size[1] // m
+
+
+@dataclass
+class Hparams:
+    text: TextHparams
+    vision: VisionHparams
+    layout: str
+    text_layout: TextLayout
+    image_token_id: int
+
+    @property
+    def vocab_size(self) -> int:
+        return self.text.vocab_size
+
+    @property
+    def rope_sections(self) -> list[int]:
+        return self.text.rope_sections
+
+
+def _vision_shapes(v: VisionHparams, text_hidden: int) -> dict[str, tuple[int, ...]]:
+    d, f, merged = v.hidden_size, v.intermediate_size, v.hidden_size * v.merge_size ** 2
+    shapes = {VISION + "embeddings.patch_embedding.weight": (d, 3, v.patch_size, v.patch_size),
+              VISION + "embeddings.patch_embedding.bias": (d,),
+              VISION + "embeddings.position_embedding.weight": (v.table_side ** 2, d),
+              VISION + "post_layernorm.weight": (d,), VISION + "post_layernorm.bias": (d,),
+              PROJECTOR + "pre_norm.weight": (d,), PROJECTOR + "pre_norm.bias": (d,),
+              PROJECTOR + "linear_1.weight": (merged, merged), PROJECTOR + "linear_1.bias": (merged,),
+              PROJECTOR + "linear_2.weight": (text_hidden, merged), PROJECTOR + "linear_2.bias": (text_hidden,)}
+    layer = {"layer_norm1.weight": (d,), "layer_norm1.bias": (d,), "layer_norm2.weight": (d,),
+             "layer_norm2.bias": (d,), "mlp.fc1.weight": (f, d), "mlp.fc1.bias": (f,), "mlp.fc2.weight": (d, f),
+             "mlp.fc2.bias": (d,)}
+    for proj in ("q", "k", "v", "out"):
+        layer.update({f"self_attn.{proj}_proj.weight": (d, d), f"self_attn.{proj}_proj.bias": (d,)})
+    for i in range(v.num_layers):
+        shapes.update({f"{VISION}encoder.layers.{i}.{k}": s for k, s in layer.items()})
+    return shapes
+
+
+def _vision_to_ckpt(layout: str):
+    """Canonical vision/projector name -> the checkpoint's (original: visual.*, mlp_AR.*)."""
+    if layout == NATIVE:
+        return lambda name: name
+
+    def original(name: str) -> str:
+        if name.startswith(PROJECTOR):
+            return "mlp_AR." + name[len(PROJECTOR):]
+        return name[len("model."):]
+
+    return original
+
+
+@register
+class PaddleOCRVLPlugin:
+    name = "paddleocr-vl"
+    hf_architectures = HF_ARCHITECTURES
+    summary = "PaddleOCR-VL (0.9B): ERNIE-4.5 text + SigLIP-style vision encoder with the mlp_AR projector"
+    text_arch = GGUF_ARCH
+    modality = "image"
+    produces = [
+        "<stem>-text-<outtype>.gguf (GGUF paddleocr, SentencePiece vocabulary embedded)",
+        "<stem>-vision-<size>.onnx (host-normalised [1,3,H,W] -> [(H/28)*(W/28), hidden])",
+        "config.json (with vision_preprocess), tokenizer files, golden/, manifest.json",
+    ]
+    vocab_pre = None                 # SentencePiece: tokenizer model "llama", no pre-tokenizer
+    eot_token = None
+    eos_token = "</s>"
+    bos_token = None
+    chat_template = None
+
+    @staticmethod
+    def matches(config: dict) -> bool:
+        return "paddleocr" in str(config.get("model_type", "")).lower()
+
+    def default_stem(self, hp: Hparams) -> str:
+        return "PaddleOCR-VL"
+
+    # ---- checkpoint ---------------------------------------------------------------------------
+
+    def read_hparams(self, ckpt, opts=None) -> Hparams:
+        from smt_convert.runtime.bundle import read_json
+
+        path = ckpt.config_path
+        text = read_text_hparams(ckpt.config, path)
+        text = resolve_tie(text, ckpt.tensors, lambda n: ckpt.load(n).float().numpy())
+        layout = config_layout(ckpt.config)
+        top = ConfigReader(ckpt.config, path)
+        v = top.sub("vision_config")
+        patch = v.get("patch_size", int, 14)
+        merge = v.get("spatial_merge_size", int, 2)
+        pre_path = ckpt.root / "preprocessor_config.json"
+        pre = read_json(pre_path) if pre_path.is_file() else {}
+        source = pre_path.name if pre else "transformers defaults"
+        vcfg = type("VisionConfig", (), {"patch_size": patch, "spatial_merge_size": merge})()
+        from smt_convert.archs.paddleocr_vl_vision import check_image_size, default_image_size, vision_preprocess
+
+        size = opts.image_size if opts is not None and opts.image_size is not None else default_image_size(pre, vcfg)
+        h, w = check_image_size(size, vcfg)
+        vision = VisionHparams(v.get("hidden_size"), v.get("intermediate_size"), v.get("num_hidden_layers"),
+                               v.get("num_attention_heads"), patch, merge,
+                               v.get("image_size", int, 384) // patch, (h, w), vision_preprocess(pre), source)
+        image_token = top.get("image_token_id", int, 100295)
+        require(image_token < text.vocab_size, path, "image_token_id",
+                f"{image_token} is outside the vocabulary ({text.vocab_size})")
+        hp = Hparams(text, vision, layout, detect_text_layout(ckpt.tensors), image_token)
+        proj_out = ckpt.tensors.get(_vision_to_ckpt(layout)(PROJECTOR + "linear_2.weight"))
+        if proj_out is not None and proj_out.shape[0] != text.hidden_size:
+            raise SmtError(f"{proj_out.file}: tensor {proj_out.name}: projector output width {proj_out.shape[0]} "
+                           f"must equal the text hidden size {text.hidden_size} ({path.name}: hidden_size)")
+        return hp
+
+    def canonical_to_checkpoint(self, hp: Hparams):
+        vision = _vision_to_ckpt(hp.layout)
+        return lambda name: vision(name) if name.startswith(("model.visual.", PROJECTOR)) else name
+
+    def expected_tensors(self, hp: Hparams) -> dict[str, tuple[int, ...]]:
+        # text names are already in the checkpoint's layout; vision ones are canonical (mapped by convert)
+        shapes = {}
+        for name, shape in expected_text_tensors(hp.text, hp.text_layout).items():
+            shapes[name] = shape
+        shapes.update(_vision_shapes(hp.vision, hp.text.hidden_size))
+        return shapes
+
+    def ignored_tensors(self, hp: Hparams) -> dict[str, str]:
+        return {**ignored_text_tensors(hp.text, hp.text_layout), **UNUSED_VISION}
+
+    def check_weights(self, ckpt, hp: Hparams) -> None:
+        """Tie and projector width are settled in read_hparams; vocabulary rows are checked by shape."""
+
+    # ---- text GGUF -----------------------------------------------------------------------------
+
+    def text_tensors(self, hp: Hparams) -> list[TextTensor]:
+        return text_tensors(hp.text, hp.text_layout)
+
+    def text_types(self, tensors, outtype: str) -> dict:
+        return text_tensor_types(tensors, outtype)
+
+    def text_metadata(self, writer, hp: Hparams, name: str) -> None:
+        write_text_metadata(writer, hp.text, name)
+
+    # ---- encoder -------------------------------------------------------------------------------
+
+    def encoder_outputs(self, hp: Hparams, stem: str) -> list[EncoderOutput]:
+        v = hp.vision
+        h, w = v.image_size
+        ny, nx = v.grid
+        size = f"{h}" if h == w else f"{h}x{w}"
+        params = sum(int(np.prod(s)) for s in _vision_shapes(v, hp.text.hidden_size).values())
+        return [EncoderOutput("vision", f"{stem}-vision-{size}.onnx", params,
+                              [{"name": "pixel_values", "shape": [1, 3, h, w], "dtype": "float32"}],
+                              [{"name": "image_embeds", "shape": [ny * nx, hp.text.hidden_size], "dtype": "float32"}])]
+
+    def hf_config(self, hp: Hparams):
+        from transformers import PaddleOCRVLConfig
+
+        t, v = hp.text, hp.vision
+        text = dict(vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+                    num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
+                    head_dim=t.head_dim, rms_norm_eps=t.rms_norm_eps, max_position_embeddings=t.max_position_embeddings,
+                    use_bias=False, hidden_act="silu", tie_word_embeddings=t.tie_embeddings,
+                    rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta,
+                                     "mrope_section": list(t.mrope_section)})
+        vision = dict(hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, num_hidden_layers=v.num_layers,
+                      num_attention_heads=v.num_heads, patch_size=v.patch_size, spatial_merge_size=v.merge_size,
+                      image_size=v.table_side * v.patch_size)
+        return PaddleOCRVLConfig(text_config=text, vision_config=vision, tie_word_embeddings=t.tie_embeddings,
+                                 image_token_id=hp.image_token_id)
+
+    def build_torch_model(self, ckpt, hp: Hparams, parts: str = "all"):
+        """PaddleOCRVLForConditionalGeneration with this checkpoint's weights (either layout, fused or split
+        text tensors: the text weights come through the same TextTensors as the GGUF, so fused tensors are
+        split once). Every parameter must be loaded; nothing random survives."""
+        import torch
+        from transformers import PaddleOCRVLForConditionalGeneration
+        from transformers.initialization import no_init_weights
+
+        with no_init_weights():
+            model = PaddleOCRVLForConditionalGeneration(self.hf_config(hp))
+        model.tie_weights()
+        model.eval()
+        params = dict(model.named_parameters())
+        load = lambda name: ckpt.load(name).to(torch.float32).numpy()  # noqa: E731
+        with torch.no_grad():
+            for t in self.text_tensors(hp):
+                params.pop(hf_name(t.name)).copy_(torch.from_numpy(np.ascontiguousarray(t.build(load))))
+            to_ckpt = _vision_to_ckpt(hp.layout)
+            for name in _vision_shapes(hp.vision, hp.text.hidden_size):
+                params.pop(name).copy_(ckpt.load(to_ckpt(name)).to(torch.float32))
+        if params:
+            raise SmtError(f"{ckpt.root}: tensor {next(iter(params))}: the model needs it but it was not loaded")
+        return model
+
+    def encoder_specs(self, model, hp: Hparams):
+        from smt_convert.archs.paddleocr_vl_vision import vision_export_spec
+
+        p = hp.vision.preprocess
+        return [vision_export_spec(model.model.visual, model.model.projector, hp.vision.image_size,
+                                   p["rescale_factor"], p["image_mean"], p["image_std"])]
+
+    # ---- bundle --------------------------------------------------------------------------------
+
+    def board_config(self, hp: Hparams, files: dict[str, str]) -> dict:
+        h, w = hp.vision.image_size
+        size = {"input_size": h} if h == w else {"input_width": w, "input_height": h}
+        return {"architectures": ["PaddleOCRVLForConditionalGeneration"],
+                "vision_model": {"model_path": files["vision"], **size},
+                "vision_preprocess": dict(hp.vision.preprocess),
+                "text_model": {"hidden_size": hp.text.hidden_size, "model_path": files["text"]}}
+
+    def prompt_record(self, hp: Hparams) -> dict:
+        return {"template": PROMPT, "template_fields": {"prompt": "OCR:"}, "media_marker": "<__media__>",
+                "media_start": "<|IMAGE_START|>", "media_end": "<|IMAGE_END|>",
+                "media_placeholder": "<|IMAGE_PLACEHOLDER|>", "media_placeholder_id": hp.image_token_id,
+                "positions": "mrope", "stop_tokens": ["</s>", "<|end_of_sentence|>"]}
+
+    def preprocessing(self, hp: Hparams) -> dict:
+        v = hp.vision
+        ny, nx = v.grid
+        board_guess = _closest_square(ny * nx)
+        return {"host": "decode RGB, antialiased bilinear resize to exactly HxW, x*rescale_factor, (x-mean)/std",
+                "image_size": list(v.image_size), "grid": [ny, nx], "vision_preprocess": dict(v.preprocess),
+                "from": v.preprocessor_source, "board_grid_guess": list(board_guess),
+                "board_guess_matches": list(board_guess) == [ny, nx]}
+
+    def plan_notes(self, hp: Hparams) -> list[str]:
+        ny, nx = hp.vision.grid
+        notes = []
+        if _closest_square(ny * nx) != (ny, nx):
+            notes.append(f"image grid {ny}x{nx}: the board guesses {_closest_square(ny * nx)} from the token count, "
+                         "so its M-RoPE positions will differ from HF's; the runtime uses the real grid")
+        if hp.vision.preprocessor_source != "preprocessor_config.json":
+            notes.append("preprocessor_config.json not found: vision_preprocess uses transformers' defaults")
+        return notes
+
+    def golden_media(self, hp: Hparams) -> np.ndarray:
+        from smt_convert.archs.paddleocr_vl_vision import raw_check_images
+
+        h, w = hp.vision.image_size
+        return raw_check_images(int(h * 1.25), int(w * 1.1))["document"]
+
+    def golden_fields(self) -> dict:
+        return {"prompt": "OCR:"}
+
+    def hparams_record(self, hp: Hparams) -> dict:
+        from dataclasses import asdict
+
+        return asdict(hp)
+
+    # ---- reference -----------------------------------------------------------------------------
+
+    def reference_outputs(self, model, hp: Hparams, image, pixels, placeholder_ids, max_new_tokens, stop_ids) -> dict:
+        """HF on the same prompt: the image resized exactly as the runtime does (uint8 H x W), then HF's own
+        PIL image processor (resize off) normalises and patchifies it."""
+        import torch
+        from transformers.models.paddleocr_vl.image_processing_pil_paddleocr_vl import PaddleOCRVLImageProcessorPil
+
+        from smt_convert.runtime.image import resize_rgb
+
+        h, w = hp.vision.image_size
+        resized = resize_rgb(image, w, h)[0].transpose(1, 2, 0).astype(np.uint8)
+        p = hp.vision.preprocess
+        proc = PaddleOCRVLImageProcessorPil(do_resize=False, rescale_factor=p["rescale_factor"],
+                                            image_mean=p["image_mean"], image_std=p["image_std"])
+        batch = proc(images=[resized], return_tensors="pt")
+        ids = torch.tensor([placeholder_ids])
+        kwargs = {"pixel_values": batch["pixel_values"], "image_grid_thw": batch["image_grid_thw"]}
+        with torch.no_grad():
+            feats = model.model.get_image_features(**kwargs)
+        kwargs["mm_token_type_ids"] = (ids == hp.image_token_id).long()
+        with torch.no_grad():
+            feats = getattr(feats, "pooler_output", feats)
+            feats = torch.cat(list(feats)) if isinstance(feats, (list, tuple)) else feats
+            logits = model(input_ids=ids, **kwargs).logits[0].float().numpy()
+            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, eos_token_id=stop_ids, pad_token_id=stop_ids[0], **kwargs)
+        tokens = gen[0, ids.shape[1]:].tolist()
+        while tokens and tokens[-1] in stop_ids:
+            tokens.pop()
+        return {"encoder_same_features": feats.float().numpy(), "logits": logits, "tokens": tokens}
+
+
+def _closest_square(n: int) -> tuple[int, int]:
+    ny = int(np.sqrt(n))
+    while n % ny:
+        ny -= 1
+    return ny, n // ny

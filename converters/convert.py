@@ -23,7 +23,7 @@ from smt_convert.converters.plugin import Plan
 from smt_convert.converters.reference import compare_with_reference
 from smt_convert.converters.report import Reporter
 from smt_convert.converters.text_gguf import OUTTYPES, choose_types, tensor_nbytes, write_text_gguf
-from smt_convert.converters.tokenizer import build_bpe_vocab, export_runtime_tokenizer, find_tokenizer, write_vocab
+from smt_convert.converters.tokenizer import build_vocab, export_runtime_tokenizer, find_tokenizer, write_vocab
 from smt_convert.converters.validate import check_tensors
 from smt_convert.runtime import verify as V
 from smt_convert.runtime.bundle import BOARD_CONFIG, GOLDEN_DIR, MANIFEST, MANIFEST_FORMAT, sha256_file
@@ -196,8 +196,8 @@ def _write_text(plan: Plan, ckpt: Checkpoint, tmp: Path, report: Reporter):
     import torch
 
     plugin, hp = plan.plugin, plan.hparams
-    vocab = build_bpe_vocab(plan.tokenizer, hp.vocab_size, plugin.vocab_pre, eot_token=plugin.eot_token,
-                            eos_token=plugin.eos_token)
+    vocab = build_vocab(plan.tokenizer, hp.vocab_size, plugin.vocab_pre, eot_token=plugin.eot_token,
+                        eos_token=plugin.eos_token)
     if plugin.bos_token:
         vocab.special_ids["bos"] = vocab.special_ids.get("eos") if plugin.bos_token == plugin.eos_token \
             else _token_index(vocab, plugin.bos_token, plan)

@@ -28,7 +28,7 @@ def register(cls: type) -> type:
 
 def _load_builtin_plugins() -> None:
     # Importing the package modules runs their @register decorators.
-    from smt_convert.archs import qwen3_5, qwen3_asr  # noqa: F401  (they register themselves)
+    from smt_convert.archs import paddleocr_vl, qwen3_5, qwen3_asr  # noqa: F401  (they register themselves)
 
 
 def get_plugin(name: str):

@@ -284,3 +284,82 @@ def make_tiny_qwen3_5_moe(out_dir: Path, **kwargs) -> dict:
 @tiny_builder("qwen3.5-text")
 def make_tiny_qwen3_5_text(out_dir: Path, **kwargs) -> dict:
     return make_tiny_qwen3_5(out_dir, text_only=True, **kwargs)
+
+
+# ---- PaddleOCR-VL ------------------------------------------------------------------------------------
+
+PADDLEOCR_PREPROCESSOR = {
+    "image_processor_type": "PaddleOCRVLImageProcessor", "do_resize": True, "do_rescale": True,
+    "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+    "min_pixels": 147384, "max_pixels": 2822400, "patch_size": 14, "temporal_patch_size": 1, "merge_size": 2,
+}
+
+
+def _paddleocr_original_name(name: str) -> str:
+    """Native (in-memory transformers) name -> the original release's name."""
+    if name.startswith("model.language_model."):
+        return "model." + name[len("model.language_model."):]
+    if name.startswith("model.visual."):
+        return name[len("model."):]
+    if name.startswith("model.projector."):
+        return "mlp_AR." + name[len("model.projector."):]
+    return name
+
+
+@tiny_builder("paddleocr-vl")
+def make_tiny_paddleocr_vl(out_dir: Path, layout: str = "native", tokenizer_layout: str = "both",
+                           seed: int = 0, text_overrides: dict | None = None, auto_map: bool = False) -> dict:
+    """A tiny PaddleOCR-VL (ERNIE-4.5 text with M-RoPE, SigLIP-style vision, mlp_AR projector) with a
+    SentencePiece tokenizer trained in-process. layout: "native" (transformers names, nested config) or
+    "original" (the release: flat config, model.* / visual.* / mlp_AR.* names; `auto_map` like the release's
+    custom-code entries, which must never run)."""
+    from transformers import PaddleOCRVLConfig, PaddleOCRVLForConditionalGeneration
+
+    from smt_convert.converters.tiny_tokenizers import build_spm_tokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ids = build_spm_tokenizer(out_dir, layout=tokenizer_layout)
+    vocab = max(ids.values()) + 1 + 16
+    text = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=32, max_position_embeddings=4096, rms_norm_eps=1e-5,
+                use_bias=False, hidden_act="silu", tie_word_embeddings=False,
+                rope_parameters={"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [6, 5, 5]},
+                **(text_overrides or {}))
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56,
+                  patch_size=14, spatial_merge_size=2)
+    tokens = dict(image_token_id=ids["<|IMAGE_PLACEHOLDER|>"], vision_start_token_id=ids["<|IMAGE_START|>"],
+                  vision_end_token_id=ids["<|IMAGE_END|>"], video_token_id=ids["<|IMAGE_PLACEHOLDER|>"])
+    config = PaddleOCRVLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **tokens)
+    torch.manual_seed(seed)
+    model = PaddleOCRVLForConditionalGeneration(config).eval()
+    with torch.no_grad():  # scaled so logits and image features are far from flat
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p)) if "norm" in name else p.normal_(0.0, 0.05)
+            elif "embed_tokens" in name:
+                p.normal_(0.0, 1.0)
+            else:
+                p.normal_(0.0, 0.15)
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    if layout == "original":
+        state = {_paddleocr_original_name(k): v for k, v in state.items()}
+        rope = text.pop("rope_parameters")
+        cfg = {"architectures": ["PaddleOCRVLForConditionalGeneration"], "model_type": "paddleocr_vl", **text,
+               "rope_scaling": {"mrope_section": rope["mrope_section"], "rope_type": "default", "type": "default"},
+               "rope_theta": rope["rope_theta"], "torch_dtype": "float32",
+               "vision_config": {**vision, "model_type": "paddleocr_vl", "architectures": ["PaddleOCRVisionModel"]},
+               **tokens}
+        if auto_map:
+            cfg["auto_map"] = {"AutoConfig": "configuration_paddleocr_vl.PaddleOCRVLConfig",
+                               "AutoModelForCausalLM": "modeling_paddleocr_vl.PaddleOCRVLForConditionalGeneration"}
+            (out_dir / "modeling_paddleocr_vl.py").write_text("raise SystemExit('checkpoint code must never run')\n")
+    elif layout == "native":
+        cfg = config.to_dict()
+        cfg["architectures"] = ["PaddleOCRVLForConditionalGeneration"]
+    else:
+        raise ValueError(layout)
+    _write_safetensors(out_dir, state, 1)
+    (out_dir / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(PADDLEOCR_PREPROCESSOR, indent=2) + "\n")
+    return {"config": config, "ids": ids, "model": model}
