@@ -37,7 +37,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from smt_convert.converters.plugin import EncoderOutput, TextTensor, register
-from smt_convert.converters.validate import ConfigReader, require
+from smt_convert.converters.validate import ConfigReader, read_tie, require
 from smt_convert.runtime.errors import SmtError
 
 GGUF_ARCH = "paddleocr"
@@ -133,18 +133,9 @@ def read_text_hparams(config: dict, path: Path) -> TextHparams:
 
 
 def _read_tie(top: ConfigReader, text: ConfigReader) -> bool:
-    """tie_word_embeddings at the top or in text_config; levels that disagree are refused. Absent means
-    tied (PaddleOCRVLConfig's default). The released model says false (its lm_head is its own tensor)."""
-    levels = {r.field("tie_word_embeddings"): r.data["tie_word_embeddings"]
-              for r in ((top, text) if top is not text else (top,))
-              if "tie_word_embeddings" in r.data}
-    for key, value in levels.items():
-        if not isinstance(value, bool):
-            raise SmtError(f"{top.path}: {key}: expected true/false, found {value!r}")
-    if len(set(levels.values())) > 1:
-        shown = ", ".join(f"{k}={str(v).lower()}" for k, v in levels.items())
-        raise SmtError(f"{top.path}: tie_word_embeddings: the config levels disagree ({shown})")
-    return next(iter(levels.values()), True)
+    """At the top or in text_config; absent means tied (PaddleOCRVLConfig's default). The released model says
+    false (its lm_head is its own tensor)."""
+    return read_tie([top, text] if top is not text else [top], default=True)
 
 
 def _check(hp: TextHparams, text: ConfigReader, rope: ConfigReader, path: Path) -> None:

@@ -45,7 +45,7 @@ from typing import Callable
 import numpy as np
 
 from smt_convert.converters.plugin import EncoderOutput, TextTensor, register
-from smt_convert.converters.validate import ConfigReader, require
+from smt_convert.converters.validate import ConfigReader, image_size_hw, read_tie, require
 from smt_convert.runtime.errors import SmtError
 
 TEXT_PREFIX = "model.language_model."  # Qwen3_5(Moe)ForConditionalGeneration
@@ -217,14 +217,8 @@ def read_text_hparams(config: dict, path: Path, moe: bool | None = None) -> Text
 
 
 def _read_tie(top: ConfigReader, text: ConfigReader) -> bool:
-    """tie_word_embeddings at the top or in text_config (transformers follows the outermost); levels that
-    disagree are refused. Qwen3.5's default is untied."""
-    levels = {r.field("tie_word_embeddings"): r.data["tie_word_embeddings"]
-              for r in (top, text) if isinstance(r.data.get("tie_word_embeddings"), bool)}
-    if len(set(levels.values())) > 1:
-        shown = ", ".join(f"{k}={str(v).lower()}" for k, v in levels.items())
-        raise SmtError(f"{top.path}: tie_word_embeddings: the config levels disagree ({shown})")
-    return next(iter(levels.values()), False)
+    """At the top or in text_config; Qwen3.5's default is untied."""
+    return read_tie([top, text] if top is not text else [top], default=False)
 
 
 def _check(hp: TextHparams, text: ConfigReader, rope: ConfigReader, path: Path) -> None:
@@ -630,10 +624,7 @@ def _read_vision(ckpt, opts, text: TextHparams) -> VisionHparams:
     require(out_hidden == text.hidden_size, ckpt.config_path, v.field("out_hidden_size"),
             f"vision output width {out_hidden} must equal the text hidden size {text.hidden_size}")
     size = opts.image_size if opts is not None and opts.image_size is not None else side * patch
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    m = patch * merge
-    if h <= 0 or w <= 0 or h % m or w % m:
-        raise SmtError(f"--image-size: {h}x{w} must be positive multiples of {m} (patch_size x spatial_merge_size)")
+    h, w = image_size_hw(size, patch * merge)
     pre_path = ckpt.root / "preprocessor_config.json"
     if pre_path.is_file():
         pre = ConfigReader(read_json(pre_path), pre_path)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smt_convert.converters.onnx_export import OnnxSpec
+from smt_convert.converters.validate import image_size_hw
 from smt_convert.runtime.errors import SmtError
 
 QWEN3_5_IMAGE_MEAN = (0.5, 0.5, 0.5)
@@ -67,20 +68,8 @@ def default_image_size(vision_config) -> int:
 
 
 def check_image_size(image_size, vision_config) -> tuple[int, int]:
-    """(height, width) from an int (square) or a (height, width) pair; sides must be multiples of 32."""
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    try:
-        h, w = (int(v) for v in image_size)
-    except (TypeError, ValueError):
-        raise SmtError(f"--image-size: expected N or (height, width), got {image_size!r}") from None
-    m = image_multiple(vision_config)
-    if h <= 0 or w <= 0 or h % m or w % m:
-        raise SmtError(
-            f"--image-size: {h}x{w} (height x width): both sides must be positive multiples of {m} "
-            f"(patch_size * spatial_merge_size)"
-        )
-    return h, w
+    """(height, width) from N or (height, width); sides must be multiples of 32 (patch x spatial merge)."""
+    return image_size_hw(image_size, image_multiple(vision_config))
 
 
 def merge_order(grid_h: int, grid_w: int, merge: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from smt_convert.converters.plugin import EncoderOutput, TextTensor, register
-from smt_convert.converters.validate import ConfigReader, require
+from smt_convert.converters.validate import ConfigReader, read_tie, require
 from smt_convert.runtime.errors import SmtError
 
 # Full language names the model was trained with ("language <NAME><asr_text>"); codes are accepted too.
@@ -190,14 +190,8 @@ class Qwen3ASRPlugin:
 
     @staticmethod
     def _read_tie(top: ConfigReader, root: ConfigReader, text: ConfigReader) -> bool:
-        """tie_word_embeddings may sit at the top, in thinker_config or in text_config; transformers follows the
-        outermost. Levels that disagree are refused rather than guessed, since guessing wrong drops lm_head."""
-        levels = {r.field("tie_word_embeddings"): r.data["tie_word_embeddings"]
-                  for r in (top, root, text) if isinstance(r.data.get("tie_word_embeddings"), bool)}
-        if len(set(levels.values())) > 1:
-            shown = ", ".join(f"{k}={str(v).lower()}" for k, v in levels.items())
-            raise SmtError(f"{top.path}: tie_word_embeddings: the config levels disagree ({shown})")
-        return next(iter(levels.values()), True)
+        """At the top, in thinker_config or in text_config; absent means tied (both released sizes are)."""
+        return read_tie([top, root, text] if root is not top else [top, text], default=True)
 
     def canonical_to_checkpoint(self, hp: Hparams) -> callable:
         """Map a native (canonical) tensor name to the name used in this checkpoint's layout."""

@@ -108,3 +108,34 @@ def check_tensors(
             f"refusing to drop weights silently"
         )
     return result
+
+
+def read_tie(readers: list[ConfigReader], default: bool) -> bool:
+    """`tie_word_embeddings` may sit at several config levels (top, thinker_config, text_config); transformers
+    follows the outermost. Levels that disagree are refused rather than guessed: a wrong guess drops lm_head."""
+    levels = {}
+    for r in readers:
+        if "tie_word_embeddings" in r.data:
+            value = r.data["tie_word_embeddings"]
+            if not isinstance(value, bool):
+                raise SmtError(f"{r.path}: {r.field('tie_word_embeddings')}: expected true/false, found {value!r}")
+            levels[r.field("tie_word_embeddings")] = value
+    if len(set(levels.values())) > 1:
+        shown = ", ".join(f"{k}={str(v).lower()}" for k, v in levels.items())
+        raise SmtError(f"{readers[0].path}: tie_word_embeddings: the config levels disagree ({shown})")
+    return next(iter(levels.values()), default)
+
+
+def image_size_hw(image_size, multiple: int) -> tuple[int, int]:
+    """(height, width) from N (square) or (height, width); both sides positive multiples of `multiple`
+    (patch size x spatial merge: the vision encoder's token grid must be whole)."""
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    try:
+        h, w = (int(v) for v in image_size)
+    except (TypeError, ValueError):
+        raise SmtError(f"--image-size: expected N or (height, width), got {image_size!r}") from None
+    if h <= 0 or w <= 0 or h % multiple or w % multiple:
+        raise SmtError(f"--image-size: {h}x{w} (height x width): both sides must be positive multiples of "
+                       f"{multiple} (patch_size * spatial_merge_size)")
+    return h, w

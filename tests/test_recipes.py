@@ -24,7 +24,7 @@ def write(tmp_path: Path, text: str, name: str = "r.toml") -> Path:
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_recipes_load(path):
     recipe = load_recipe(path)
-    assert recipe.variants and recipe.architecture in ("qwen3-asr", "qwen3.5", "qwen3.5-moe")
+    assert recipe.variants and recipe.architecture in ("qwen3-asr", "qwen3.5", "qwen3.5-moe", "paddleocr-vl")
 
 
 @pytest.mark.parametrize("text,mentions", [

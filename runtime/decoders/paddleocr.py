@@ -25,11 +25,12 @@ from smt_convert.runtime.decoders.qwen3vl import (
     apply_rope,
     as_mrope_positions,
     causal_mask,
+    check_inputs,
     embed_rows,
+    grouped_attention,
     load_token_io,
     rms_norm,
     silu,
-    softmax,
 )
 from smt_convert.runtime.errors import SmtError, where
 from smt_convert.runtime.gguf_model import GGUFModel
@@ -198,13 +199,7 @@ class PaddleOCRDecoder:
     def forward(self, embeds: np.ndarray, positions: np.ndarray, cache: KVCache, logits: str = "all") -> np.ndarray:
         """Run new tokens after those in `cache` (appending to it); return logits [n or 1, vocab] float32."""
         cfg = self.config
-        if logits not in ("all", "last"):
-            raise SmtError(f"logits: expected 'all' or 'last', got {logits!r}")
-        x = np.asarray(embeds, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != cfg.hidden:
-            raise SmtError(f"embeds: expected shape [n, {cfg.hidden}], got {list(x.shape)}")
-        if len(positions) != x.shape[0]:
-            raise SmtError(f"positions: {len(positions)} positions for {x.shape[0]} embeddings")
+        x = check_inputs(embeds, positions, cfg.hidden, logits)
         cos, sin = rope_angles(positions, cfg)
         mask = causal_mask(x.shape[0], cache.length)
         for i, layer in enumerate(self.layers):
@@ -223,13 +218,7 @@ class PaddleOCRDecoder:
         v = _linear(x, w.wv, w.bv).reshape(n, cfg.n_kv, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys, values = cache.extend(layer, k.transpose(1, 0, 2), v.transpose(1, 0, 2))  # [n_kv, T, d]
-        group = cfg.n_head // cfg.n_kv
-        qg = q.transpose(1, 0, 2).reshape(cfg.n_kv, group, n, d)
-        scores = (qg @ keys[:, None].transpose(0, 1, 3, 2)) * np.float32(1.0 / np.sqrt(d))  # [n_kv, g, n, T]
-        probs = softmax(scores + mask)
-        out = probs @ values[:, None]  # [n_kv, g, n, d]
-        out = out.reshape(cfg.n_head, n, d).transpose(1, 0, 2).reshape(n, cfg.n_head * d)
-        return _linear(out, w.wo, w.bo)
+        return _linear(grouped_attention(q, keys, values, mask), w.wo, w.bo)
 
     def _mlp(self, x, w: LayerWeights) -> np.ndarray:
         return (silu(x @ w.w_gate.T) * (x @ w.w_up.T)) @ w.w_down.T

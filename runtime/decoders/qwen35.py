@@ -28,6 +28,8 @@ import numpy as np
 
 from smt_convert.runtime.decoders.qwen3vl import (
     _load_tensor,
+    check_inputs,
+    grouped_attention,
     embed_rows,
     load_token_io,
     apply_rope,
@@ -350,13 +352,7 @@ class Qwen35Decoder:
         """Run new tokens after those in `cache` (updating it); return logits [n or 1, vocab] float32.
         positions: [n] (text, expanded to (p, p, p, 0)) or [n, 4] M-RoPE streams (t, h, w, e)."""
         cfg = self.config
-        if logits not in ("all", "last"):
-            raise SmtError(f"logits: expected 'all' or 'last', got {logits!r}")
-        x = np.asarray(embeds, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != cfg.hidden:
-            raise SmtError(f"embeds: expected shape [n, {cfg.hidden}], got {list(x.shape)}")
-        if len(positions) != x.shape[0]:
-            raise SmtError(f"positions: {len(positions)} positions for {x.shape[0]} embeddings")
+        x = check_inputs(embeds, positions, cfg.hidden, logits)
         cos, sin = rope_angles(positions, cfg)
         mask = causal_mask(x.shape[0], cache.length)
         for i, layer in enumerate(self.layers):
@@ -384,12 +380,7 @@ class Qwen35Decoder:
         v = (x @ w["v"].T).reshape(n, cfg.n_kv, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys, values = cache.extend(layer, k.transpose(1, 0, 2), v.transpose(1, 0, 2))
-        group = cfg.n_head // cfg.n_kv
-        qh = q.transpose(1, 0, 2).reshape(cfg.n_kv, group, n, d)
-        scores = (qh @ keys[:, None].transpose(0, 1, 3, 2)) * np.float32(1.0 / np.sqrt(d))
-        out = softmax(scores + mask) @ values[:, None]
-        out = out.reshape(cfg.n_head, n, d).transpose(1, 0, 2).reshape(n, cfg.n_head * d)
-        return (out * sigmoid(gate)) @ w["o"].T
+        return (grouped_attention(q, keys, values, mask) * sigmoid(gate)) @ w["o"].T
 
     def _linear_attention(self, x, w, cache: HybridCache, layer: int) -> np.ndarray:
         cfg = self.config

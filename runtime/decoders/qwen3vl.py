@@ -264,13 +264,7 @@ class Qwen3VLDecoder:
     def forward(self, embeds: np.ndarray, positions: np.ndarray, cache: KVCache, logits: str = "all") -> np.ndarray:
         """Run new tokens after those in `cache` (appending to it); return logits [n or 1, vocab] float32."""
         cfg = self.config
-        if logits not in ("all", "last"):
-            raise SmtError(f"logits: expected 'all' or 'last', got {logits!r}")
-        x = np.asarray(embeds, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != cfg.hidden:
-            raise SmtError(f"embeds: expected shape [n, {cfg.hidden}], got {list(x.shape)}")
-        if len(positions) != x.shape[0]:
-            raise SmtError(f"positions: {len(positions)} positions for {x.shape[0]} embeddings")
+        x = check_inputs(embeds, positions, cfg.hidden, logits)
         cos, sin = rope_angles(positions, cfg)
         mask = causal_mask(x.shape[0], cache.length)
         for i, layer in enumerate(self.layers):
@@ -289,17 +283,33 @@ class Qwen3VLDecoder:
         v = (x @ w.wv.T).reshape(n, cfg.n_kv, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys, values = cache.extend(layer, k.transpose(1, 0, 2), v.transpose(1, 0, 2))  # [n_kv, T, d]
-        # GQA: query heads h*group .. h*group+group-1 share kv head h (same grouping as repeat_kv).
-        group = cfg.n_head // cfg.n_kv
-        qg = q.transpose(1, 0, 2).reshape(cfg.n_kv, group, n, d)
-        scores = (qg @ keys[:, None].transpose(0, 1, 3, 2)) * np.float32(1.0 / np.sqrt(d))  # [n_kv, g, n, T]
-        probs = softmax(scores + mask)
-        out = probs @ values[:, None]  # [n_kv, g, n, d]
-        out = out.reshape(cfg.n_head, n, d).transpose(1, 0, 2).reshape(n, cfg.n_head * d)
-        return out @ w.wo.T
+        return grouped_attention(q, keys, values, mask) @ w.wo.T
 
     def _mlp(self, x, w: LayerWeights) -> np.ndarray:
         return (silu(x @ w.w_gate.T) * (x @ w.w_up.T)) @ w.w_down.T
+
+
+def check_inputs(embeds: np.ndarray, positions: np.ndarray, hidden: int, logits: str) -> np.ndarray:
+    """Validate one forward call's inputs (shared by every decoder) and return the embeddings as float32."""
+    if logits not in ("all", "last"):
+        raise SmtError(f"logits: expected 'all' or 'last', got {logits!r}")
+    x = np.asarray(embeds, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != hidden:
+        raise SmtError(f"embeds: expected shape [n, {hidden}], got {list(x.shape)}")
+    if len(positions) != x.shape[0]:
+        raise SmtError(f"positions: {len(positions)} positions for {x.shape[0]} embeddings")
+    return x
+
+
+def grouped_attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Causal GQA over the cache: q [n, n_head, d], keys/values [n_kv, T, d] -> [n, n_head * d].
+    Query heads h*group .. h*group+group-1 share kv head h (the grouping of HF's repeat_kv)."""
+    n, n_head, d = q.shape
+    n_kv = keys.shape[0]
+    qg = q.transpose(1, 0, 2).reshape(n_kv, n_head // n_kv, n, d)
+    scores = (qg @ keys[:, None].transpose(0, 1, 3, 2)) * np.float32(1.0 / np.sqrt(d))  # [n_kv, g, n, T]
+    out = softmax(scores + mask) @ values[:, None]  # [n_kv, g, n, d]
+    return out.reshape(n_head, n, d).transpose(1, 0, 2).reshape(n, n_head * d)
 
 
 def causal_mask(n: int, past: int) -> np.ndarray:

@@ -1,12 +1,14 @@
-"""Benchmark: convert a random-weight Qwen3.5 checkpoint built from a config.json (real hyperparameters).
+"""Benchmark: convert a random-weight vision-language checkpoint built from a config.json.
 
-Give it the model's real `config.json` (a few KB, no weights needed) with --config; without one it uses
-APPROX_0_8B below, whose text sizes come from public model notes on Qwen3.5-0.8B (24 layers, hidden
-1024, 8 heads / 2 KV heads, full attention every 4th layer, vocab 248320) and whose other sizes are
-assumptions (marked). Reports time, peak RSS (VmHWM, each phase in a fresh process) and throughput for
-the text GGUF and the vision ONNX, and the numpy runtime's prefill speed.
+Presets: `paddleocr-vl-0.9b` (transformers' PaddleOCRVLConfig defaults, documented there as the
+PaddlePaddle/PaddleOCR-VL checkpoint's: the real 0.9B hyperparameters) and `qwen3.5-0.8b-approx`
+(APPROX_0_8B below: text depth/width/heads/vocab from public model notes on Qwen3.5-0.8B, the other sizes
+assumed and marked). Or give a real `config.json` (a few KB, no weights needed) with --config.
+Reports time, peak RSS (VmHWM, each phase in a fresh process) and throughput for the text GGUF and the
+vision ONNX, and the numpy runtime's prefill speed.
 
-    python benchmarks/bench_qwen3_5.py --workdir /tmp/bench35 [--config config.json] [--image-size 384]
+    python benchmarks/bench_vision.py --preset paddleocr-vl-0.9b --workdir /tmp/bench-pv
+    python benchmarks/bench_vision.py --preset qwen3.5-0.8b-approx --image-size 384 --workdir /tmp/bench35
 """
 
 from __future__ import annotations
@@ -42,20 +44,36 @@ APPROX_0_8B = {
 }
 
 
+def paddleocr_config() -> dict:
+    from transformers import PaddleOCRVLConfig
+
+    config = PaddleOCRVLConfig().to_dict()
+    config["architectures"] = ["PaddleOCRVLForConditionalGeneration"]
+    return config
+
+
+PRESETS = {"qwen3.5-0.8b-approx": lambda: APPROX_0_8B, "paddleocr-vl-0.9b": paddleocr_config}
+
+
 def make_checkpoint(config: dict, out: Path) -> None:
-    """Random bf16 weights for every tensor the plugin expects, in two shards, plus a tiny tokenizer."""
+    """Random bf16 weights for every tensor the plugin expects, in two shards, plus a tiny tokenizer of the
+    model's kind (its vocabulary is padded to the real size in the GGUF)."""
     import torch
     from safetensors.torch import save_file
 
     from smt_convert.converters.checkpoint import Checkpoint
     from smt_convert.converters.plugin import detect_plugin
-    from smt_convert.converters.tiny_checkpoints import QWEN3_5_SPECIALS
-    from smt_convert.converters.tiny_tokenizers import build_qwen_bpe_tokenizer
+    from smt_convert.converters.tiny_checkpoints import PADDLEOCR_PREPROCESSOR, QWEN3_5_SPECIALS
+    from smt_convert.converters.tiny_tokenizers import build_qwen_bpe_tokenizer, build_spm_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
-    build_qwen_bpe_tokenizer(out, specials=QWEN3_5_SPECIALS)
-    (out / "config.json").write_text(json.dumps(config, indent=1))
+    (out / "config.json").write_text(json.dumps(config, indent=1, default=str))
     plugin = detect_plugin(config, out / "config.json")
+    if plugin.name == "paddleocr-vl":
+        build_spm_tokenizer(out)
+        (out / "preprocessor_config.json").write_text(json.dumps(PADDLEOCR_PREPROCESSOR))
+    else:
+        build_qwen_bpe_tokenizer(out, specials=QWEN3_5_SPECIALS)
     hp = plugin.read_hparams(Checkpoint(out, config, {}, []))
     shapes = plugin.expected_tensors(hp)
     names = sorted(shapes)
@@ -79,12 +97,12 @@ import gguf, torch
 from smt_convert.converters.convert import ConvertOptions, make_plan
 from smt_convert.converters.plugin import detect_plugin
 from smt_convert.converters.text_gguf import OUTTYPES, write_text_gguf
-from smt_convert.converters.tokenizer import build_bpe_vocab, write_vocab
+from smt_convert.converters.tokenizer import build_vocab, write_vocab
 ckpt_dir, out, outtype = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 plugin = detect_plugin(json.loads((ckpt_dir / "config.json").read_text()), ckpt_dir / "config.json")
 plan, ckpt = make_plan(plugin, ckpt_dir, ConvertOptions(outtype=outtype))
 base = hwm()
-vocab = build_bpe_vocab(plan.tokenizer, plan.hparams.vocab_size, plugin.vocab_pre, eot_token=plugin.eot_token)
+vocab = build_vocab(plan.tokenizer, plan.hparams.vocab_size, plugin.vocab_pre, eot_token=plugin.eot_token)
 def meta(w):
     plugin.text_metadata(w, plan.hparams, plan.stem); w.add_file_type(OUTTYPES[outtype][1]); write_vocab(w, vocab)
 types = {k: gguf.GGMLQuantizationType[v] for k, v in plan.text_types.items()}
@@ -106,7 +124,8 @@ from smt_convert.converters.checkpoint import Checkpoint
 from smt_convert.converters.convert import ConvertOptions
 from smt_convert.converters.onnx_export import export_onnx
 from smt_convert.converters.plugin import detect_plugin
-ckpt_dir, workdir, dtype, size = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+ckpt_dir, workdir, dtype = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+size = int(sys.argv[4]) or None
 ckpt = Checkpoint.open(ckpt_dir)
 plugin = detect_plugin(ckpt.config, ckpt.config_path)
 hp = plugin.read_hparams(ckpt, ConvertOptions(image_size=size))
@@ -118,7 +137,8 @@ spec.check_inputs = spec.check_inputs[:1]
 planned = plugin.encoder_outputs(hp, "bench")[0]
 t0 = time.perf_counter()
 rep = export_onnx(spec, workdir / planned.file, dtype=dtype, log=lambda m: None)
-print(json.dumps({"phase": f"onnx vision {size}x{size} ({dtype})", "seconds": round(time.perf_counter() - t0, 1),
+h, w = hp.vision.image_size
+print(json.dumps({"phase": f"onnx vision {h}x{w} ({dtype})", "seconds": round(time.perf_counter() - t0, 1),
                   "model_load_s": round(load_s, 1), "params_m": round(planned.params / 1e6, 1),
                   "output_mb": round((workdir / planned.file).stat().st_size / 2**20),
                   "worst_check": rep.worst(), "peak_rss_mb": round(hwm())}))
@@ -154,13 +174,14 @@ def run_phase(code: str, *args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/smt-bench-qwen3.5"))
-    ap.add_argument("--config", type=Path, help="a real Qwen3.5 config.json (default: APPROX_0_8B)")
-    ap.add_argument("--image-size", type=int, default=384)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/smt-bench-vision"))
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="paddleocr-vl-0.9b")
+    ap.add_argument("--config", type=Path, help="a real config.json (overrides --preset)")
+    ap.add_argument("--image-size", type=int, default=0, help="vision input side (default: the plugin's)")
     ap.add_argument("--onnx-dtype", default="fp16", choices=["fp32", "fp16", "int8"])
     ap.add_argument("--prefill", type=int, default=512, help="tokens for the numpy prefill timing")
     args = ap.parse_args()
-    config = json.loads(args.config.read_text()) if args.config else APPROX_0_8B
+    config = json.loads(args.config.read_text()) if args.config else PRESETS[args.preset]()
     ckpt = args.workdir / "checkpoint"
     if not (ckpt / "config.json").is_file():
         t0 = time.perf_counter()
