@@ -21,16 +21,11 @@ import numpy as np
 
 from smt_convert.runtime.decoders.qwen3vl import (
     KVCache,
+    Qwen3VLDecoder,
     _load_tensor,
     apply_rope,
     as_mrope_positions,
-    causal_mask,
-    check_inputs,
-    embed_rows,
     grouped_attention,
-    load_token_io,
-    rms_norm,
-    silu,
 )
 from smt_convert.runtime.errors import SmtError, where
 from smt_convert.runtime.gguf_model import GGUFModel
@@ -181,34 +176,16 @@ def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
 # ---- decoder ------------------------------------------------------------------------------
 
 
-class PaddleOCRDecoder:
-    """ERNIE-4.5 decoder over a GGUF. `forward` takes embeddings (not ids) so vision rows can be spliced in;
-    positions are [n] (text: (p, p, p, 0) as llama.cpp) or [n, 4] M-RoPE (t, h, w, e)."""
+class PaddleOCRDecoder(Qwen3VLDecoder):
+    """ERNIE-4.5 decoder over a GGUF: Qwen3VLDecoder's loop and API with ERNIE's layers (no q/k norm,
+    optional biases) and llama.cpp's contiguous-section M-RoPE. Positions are [n] (text: (p, p, p, 0) as
+    llama.cpp) or [n, 4] (t, h, w, e)."""
 
-    def __init__(self, model: GGUFModel):
-        self.config = cfg = PaddleOCRConfig.from_gguf(model)
-        self.token_embd, self.output_norm, self.output = load_token_io(model, cfg.vocab, cfg.hidden)
-        self.layers = [_load_layer(model, cfg, i) for i in range(cfg.n_layer)]
+    config_type = PaddleOCRConfig
+    _load_layer = staticmethod(_load_layer)
 
-    def embed(self, token_ids) -> np.ndarray:
-        return embed_rows(self.token_embd, token_ids)
-
-    def new_cache(self) -> KVCache:
-        return KVCache.empty(self.config)
-
-    def forward(self, embeds: np.ndarray, positions: np.ndarray, cache: KVCache, logits: str = "all") -> np.ndarray:
-        """Run new tokens after those in `cache` (appending to it); return logits [n or 1, vocab] float32."""
-        cfg = self.config
-        x = check_inputs(embeds, positions, cfg.hidden, logits)
-        cos, sin = rope_angles(positions, cfg)
-        mask = causal_mask(x.shape[0], cache.length)
-        for i, layer in enumerate(self.layers):
-            x = x + self._attention(rms_norm(x, layer.attn_norm, cfg.eps), layer, cos, sin, mask, cache, i)
-            x = x + self._mlp(rms_norm(x, layer.ffn_norm, cfg.eps), layer)
-        cache.length += x.shape[0]
-        if logits == "last":
-            x = x[-1:]
-        return rms_norm(x, self.output_norm, cfg.eps) @ self.output.T
+    def _rope(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return rope_angles(positions, self.config)
 
     def _attention(self, x, w: LayerWeights, cos, sin, mask, cache: KVCache, layer: int) -> np.ndarray:
         cfg = self.config
@@ -219,6 +196,3 @@ class PaddleOCRDecoder:
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys, values = cache.extend(layer, k.transpose(1, 0, 2), v.transpose(1, 0, 2))  # [n_kv, T, d]
         return _linear(grouped_attention(q, keys, values, mask), w.wo, w.bo)
-
-    def _mlp(self, x, w: LayerWeights) -> np.ndarray:
-        return (silu(x @ w.w_gate.T) * (x @ w.w_up.T)) @ w.w_down.T

@@ -250,10 +250,17 @@ def _load_layer(model: GGUFModel, cfg: Qwen3VLConfig, i: int) -> LayerWeights:
 class Qwen3VLDecoder:
     """Qwen3 decoder over a GGUF. `forward` takes embeddings (not ids) so audio/vision rows can be spliced in."""
 
+    config_type = Qwen3VLConfig
+
     def __init__(self, model: GGUFModel):
-        self.config = cfg = Qwen3VLConfig.from_gguf(model)
+        self.config = cfg = self.config_type.from_gguf(model)
         self.token_embd, self.output_norm, self.output = load_token_io(model, cfg.vocab, cfg.hidden)
-        self.layers = [_load_layer(model, cfg, i) for i in range(cfg.n_layer)]
+        self.layers = [self._load_layer(model, cfg, i) for i in range(cfg.n_layer)]
+
+    _load_layer = staticmethod(_load_layer)
+
+    def _rope(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return rope_angles(positions, self.config)
 
     def embed(self, token_ids) -> np.ndarray:
         return embed_rows(self.token_embd, token_ids)
@@ -265,7 +272,7 @@ class Qwen3VLDecoder:
         """Run new tokens after those in `cache` (appending to it); return logits [n or 1, vocab] float32."""
         cfg = self.config
         x = check_inputs(embeds, positions, cfg.hidden, logits)
-        cos, sin = rope_angles(positions, cfg)
+        cos, sin = self._rope(positions)
         mask = causal_mask(x.shape[0], cache.length)
         for i, layer in enumerate(self.layers):
             x = x + self._attention(rms_norm(x, layer.attn_norm, cfg.eps), layer, cos, sin, mask, cache, i)
