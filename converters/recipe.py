@@ -16,9 +16,10 @@
     [verify]                             # optional
     enabled = true
     max_new_tokens = 16
-    input = "clip.wav"                   # golden/verification input (default: the plugin's own)
-    language = "English"
-    context = "hot words"
+    input = "clip.wav"                   # golden/verification input: audio or image (default: the plugin's own)
+    prompt = "OCR:"                      # prompt options used for the golden run (vision/text models)
+    language = "English"                 # (ASR models)
+    context = "hot words"                # (ASR models)
 
     [thresholds]                         # optional overrides of the built-in per-type thresholds
     text_nmse = 0.01
@@ -66,6 +67,7 @@ class Recipe:
     verify_input: Path | None = None
     language: str | None = None
     context: str | None = None
+    prompt: str | None = None
     thresholds: dict = field(default_factory=dict)
 
 
@@ -122,7 +124,7 @@ def load_recipe(path: Path) -> Recipe:
         recipe.variants.append(Variant(v.get("outtype", "f16", tuple(OUTTYPES)), v.get("onnx_dtype", "fp32", ONNX_DTYPES),
                                        v.get("image_size")))
     verify = _Table(top.get("verify", {}), path, "verify.", {"enabled": bool, "max_new_tokens": int, "input": str,
-                                                            "language": str, "context": str})
+                                                            "language": str, "context": str, "prompt": str})
     recipe.verify = verify.get("enabled", True)
     recipe.max_new_tokens = verify.get("max_new_tokens", 16)
     if recipe.max_new_tokens < 1:
@@ -130,6 +132,7 @@ def load_recipe(path: Path) -> Recipe:
     if verify.get("input"):
         recipe.verify_input = (path.parent / verify.get("input")).resolve()
     recipe.language, recipe.context = verify.get("language"), verify.get("context")
+    recipe.prompt = verify.get("prompt")
     th = _Table(top.get("thresholds", {}), path, "thresholds.", {k: float for k in THRESHOLD_KEYS})
     recipe.thresholds = {k: th.get(k) for k in THRESHOLD_KEYS if th.get(k) is not None}
     return recipe
@@ -197,7 +200,7 @@ def run_recipe(recipe: Recipe, out_root: Path, scratch: Path, report) -> list[Re
         opts = ConvertOptions(outtype=variant.outtype, onnx_dtype=variant.onnx_dtype, stem=recipe.stem, force=True,
                               verify=recipe.verify, max_new_tokens=recipe.max_new_tokens,
                               thresholds=recipe.thresholds, golden_input=recipe.verify_input,
-                              language=recipe.language, fields={"context": recipe.context} if recipe.context else None,
+                              language=recipe.language, fields=_fields(recipe),
                               image_size=variant.image_size)
         report.step(f"recipe {recipe.name}: {variant.name}")
         t0 = time.perf_counter()
@@ -212,6 +215,11 @@ def run_recipe(recipe: Recipe, out_root: Path, scratch: Path, report) -> list[Re
                               output=out, sizes=_sizes(manifest), worst=_worst(manifest),
                               message="; ".join(f"{r['check']} {r['metric']} {r['value']}" for r in failing)))
     return results
+
+
+def _fields(recipe: Recipe) -> dict | None:
+    fields = {k: v for k, v in (("context", recipe.context), ("prompt", recipe.prompt)) if v is not None}
+    return fields or None
 
 
 def _sizes(manifest: dict) -> dict:
