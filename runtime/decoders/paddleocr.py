@@ -21,6 +21,7 @@ import numpy as np
 
 from smt_convert.runtime.decoders.qwen3vl import (
     KVCache,
+    Qwen3VLConfig,
     Qwen3VLDecoder,
     _load_tensor,
     apply_rope,
@@ -33,62 +34,14 @@ from smt_convert.runtime.gguf_model import GGUFModel
 # ---- config -------------------------------------------------------------------------------
 
 
-@dataclass
-class PaddleOCRConfig:
-    n_layer: int
-    hidden: int
-    n_head: int
-    n_kv: int
-    head_dim: int
-    ff: int
-    eps: float
-    rope_base: float
-    sections: list[int]  # M-RoPE pairs per stream (t, h, w, e)
-    vocab: int
-    n_rot: int
-    context_length: int = 0
-
-    @classmethod
-    def from_gguf(cls, model: GGUFModel) -> "PaddleOCRConfig":
-        hidden = int(model.meta("{arch}.embedding_length"))
-        n_head = int(model.meta("{arch}.attention.head_count"))
-        head_dim = int(model.meta("{arch}.attention.key_length", hidden // n_head))
-        sections = [int(s) for s in model.meta("{arch}.rope.dimension_sections", [0, 0, 0, 0])]
-        cfg = cls(
-            n_layer=int(model.meta("{arch}.block_count")),
-            hidden=hidden,
-            n_head=n_head,
-            n_kv=int(model.meta("{arch}.attention.head_count_kv", n_head)),
-            head_dim=head_dim,
-            ff=int(model.meta("{arch}.feed_forward_length")),
-            eps=float(model.meta("{arch}.attention.layer_norm_rms_epsilon")),
-            rope_base=float(model.meta("{arch}.rope.freq_base", 10000.0)),
-            sections=(sections + [0, 0, 0, 0])[:4],
-            vocab=int(model.tensor_shape("token_embd.weight")[0]),
-            n_rot=int(model.meta("{arch}.rope.dimension_count", head_dim)),
-            context_length=int(model.meta("{arch}.context_length", 0)),
-        )
-        cfg.check(model)
-        return cfg
+class PaddleOCRConfig(Qwen3VLConfig):
+    """The same hyperparameters as Qwen3-VL's decoder; llama.cpp's paddleocr graph rotates whole heads."""
 
     def check(self, model: GGUFModel) -> None:
-        """Reject what llama.cpp's graph would reject (or what the math below cannot do), naming the key."""
-        def bad(key, why):
-            raise SmtError(f"{where(model.path, key.format(arch=model.arch))}: {why}")
-
-        if self.n_kv <= 0 or self.n_head % self.n_kv:
-            bad("{arch}.attention.head_count_kv", f"{self.n_kv} does not divide head_count {self.n_head}")
-        vdim = int(model.meta("{arch}.attention.value_length", self.head_dim))
-        if vdim != self.head_dim:
-            bad("{arch}.attention.value_length", f"{vdim} != key_length {self.head_dim} (llama.cpp asserts equal)")
+        super().check(model)
         if self.n_rot != self.head_dim:
-            bad("{arch}.rope.dimension_count", f"{self.n_rot} != key_length {self.head_dim} (llama.cpp asserts equal)")
-        if self.n_rot % 2:
-            bad("{arch}.rope.dimension_count", f"{self.n_rot} must be even")
-        if sum(self.sections[:3]) <= 0:
-            bad("{arch}.rope.dimension_sections", f"{self.sections}: M-RoPE needs t/h/w sections")
-        if sum(self.sections) > self.n_rot:
-            bad("{arch}.rope.dimension_sections", f"{self.sections} sum exceeds head size {self.n_rot}")
+            raise SmtError(f"{where(model.path, model.arch + '.rope.dimension_count')}: {self.n_rot} != key_length "
+                           f"{self.head_dim} (llama.cpp asserts equal)")
 
 
 # ---- M-RoPE (contiguous sections) -------------------------------------------------------------

@@ -38,19 +38,21 @@ class Qwen3VLConfig:
 
     @classmethod
     def from_gguf(cls, model: GGUFModel) -> "Qwen3VLConfig":
-        head_dim = int(model.meta("{arch}.attention.key_length"))
+        """Read the keys upstream writes, with llama.cpp's own defaults for the optional ones."""
+        hidden = int(model.meta("{arch}.embedding_length"))
+        n_head = int(model.meta("{arch}.attention.head_count"))
+        head_dim = int(model.meta("{arch}.attention.key_length", hidden // n_head))
         sections = [int(s) for s in model.meta("{arch}.rope.dimension_sections")]
-        sections = (sections + [0, 0, 0, 0])[:4]
         cfg = cls(
             n_layer=int(model.meta("{arch}.block_count")),
-            hidden=int(model.meta("{arch}.embedding_length")),
-            n_head=int(model.meta("{arch}.attention.head_count")),
-            n_kv=int(model.meta("{arch}.attention.head_count_kv")),
+            hidden=hidden,
+            n_head=n_head,
+            n_kv=int(model.meta("{arch}.attention.head_count_kv", n_head)),
             head_dim=head_dim,
             ff=int(model.meta("{arch}.feed_forward_length")),
             eps=float(model.meta("{arch}.attention.layer_norm_rms_epsilon")),
-            rope_base=float(model.meta("{arch}.rope.freq_base")),
-            sections=sections,
+            rope_base=float(model.meta("{arch}.rope.freq_base", 10000.0)),
+            sections=(sections + [0, 0, 0, 0])[:4],
             vocab=int(model.tensor_shape("token_embd.weight")[0]),
             n_rot=int(model.meta("{arch}.rope.dimension_count", head_dim)),
             context_length=int(model.meta("{arch}.context_length", 0)),
