@@ -310,18 +310,9 @@ def write_text_metadata(writer, hp: TextHparams, name: str) -> None:
     key/value_length are always written: ERNIE-4.5-0.3B's head_dim (128) is not hidden/heads (64).
     No `rope.dimension_count`: upstream writes none and llama.cpp defaults n_rot to key_length, which its
     graph asserts anyway. Tied embeddings need no key: a missing `output.weight` means tied."""
-    writer.add_name(name)
-    writer.add_context_length(hp.max_position_embeddings)
-    writer.add_embedding_length(hp.hidden_size)
-    writer.add_block_count(hp.num_layers)
-    writer.add_feed_forward_length(hp.intermediate_size)
-    writer.add_head_count(hp.num_heads)
-    writer.add_head_count_kv(hp.num_kv_heads)
-    writer.add_key_length(hp.head_dim)
-    writer.add_value_length(hp.head_dim)
-    writer.add_rope_freq_base(hp.rope_theta)
-    writer.add_rope_dimension_sections(hp.rope_sections)
-    writer.add_layer_norm_rms_eps(hp.rms_norm_eps)
+    from smt_convert.converters.text_gguf import write_decoder_metadata
+
+    write_decoder_metadata(writer, hp, name)
 
 
 # ---- the plugin ---------------------------------------------------------------------------------------

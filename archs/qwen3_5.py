@@ -521,20 +521,10 @@ def text_tensor_types(tensors: list[TextTensor], outtype: str) -> dict:
 def write_text_metadata(writer, hp: TextHparams, name: str) -> None:
     """The qwen35 / qwen35moe keys llama.cpp's loader reads (src/models/qwen35*.cpp, llama-model.cpp), with
     the values upstream's converter writes. No `nextn_predict_layers`: MTP is not converted."""
-    writer.add_name(name)
-    writer.add_context_length(hp.max_position_embeddings)
-    writer.add_embedding_length(hp.hidden_size)
-    writer.add_block_count(hp.num_layers)
-    if not hp.moe:
-        writer.add_feed_forward_length(hp.intermediate_size)
-    writer.add_head_count(hp.num_heads)
-    writer.add_head_count_kv(hp.num_kv_heads)
-    writer.add_key_length(hp.head_dim)
-    writer.add_value_length(hp.head_dim)
-    writer.add_rope_freq_base(hp.rope_theta)
+    from smt_convert.converters.text_gguf import write_decoder_metadata
+
+    write_decoder_metadata(writer, hp, name, feed_forward=not hp.moe)  # MoE configs have no dense FFN width
     writer.add_rope_dimension_count(hp.rope_dim)
-    writer.add_rope_dimension_sections(hp.rope_sections)
-    writer.add_layer_norm_rms_eps(hp.rms_norm_eps)
     # Gated DeltaNet: conv kernel, head size (k == v), key heads (groups), value heads, value width.
     writer.add_ssm_conv_kernel(hp.linear_conv_kernel)
     writer.add_ssm_state_size(hp.linear_key_head_dim)

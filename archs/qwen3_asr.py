@@ -295,18 +295,9 @@ class Qwen3ASRPlugin:
 
     def text_metadata(self, writer, hp: Hparams, name: str) -> None:
         """The qwen3vl keys upstream llama.cpp reads (no deepstack layers for an audio model)."""
-        writer.add_name(name)
-        writer.add_context_length(hp.max_position_embeddings)
-        writer.add_embedding_length(hp.hidden_size)
-        writer.add_block_count(hp.num_layers)
-        writer.add_feed_forward_length(hp.intermediate_size)
-        writer.add_head_count(hp.num_heads)
-        writer.add_head_count_kv(hp.num_kv_heads)
-        writer.add_key_length(hp.head_dim)
-        writer.add_value_length(hp.head_dim)
-        writer.add_rope_freq_base(hp.rope_theta)
-        writer.add_rope_dimension_sections(hp.rope_sections)
-        writer.add_layer_norm_rms_eps(hp.rms_norm_eps)
+        from smt_convert.converters.text_gguf import write_decoder_metadata
+
+        write_decoder_metadata(writer, hp, name)
         writer.add_num_deepstack_layers(0)
 
     # Tokenizer as upstream writes Qwen3-ASR: qwen2 pre-tokenizer, <|im_end|> as eos/eot (and as the

@@ -110,3 +110,23 @@ def write_text_gguf(
     finally:
         writer.close()
     return records
+
+
+def write_decoder_metadata(writer: gguf.GGUFWriter, hp, name: str, feed_forward: bool = True) -> None:
+    """The keys every llama.cpp decoder here reads (TextModel.set_gguf_parameters upstream), from a plugin's
+    text hparams (attributes: max_position_embeddings, hidden_size, num_layers, intermediate_size, num_heads,
+    num_kv_heads, head_dim, rope_theta, rope_sections, rms_norm_eps). key/value_length are always written:
+    these models' head_dim is not hidden/heads."""
+    writer.add_name(name)
+    writer.add_context_length(hp.max_position_embeddings)
+    writer.add_embedding_length(hp.hidden_size)
+    writer.add_block_count(hp.num_layers)
+    if feed_forward:
+        writer.add_feed_forward_length(hp.intermediate_size)
+    writer.add_head_count(hp.num_heads)
+    writer.add_head_count_kv(hp.num_kv_heads)
+    writer.add_key_length(hp.head_dim)
+    writer.add_value_length(hp.head_dim)
+    writer.add_rope_freq_base(hp.rope_theta)
+    writer.add_rope_dimension_sections(hp.rope_sections)
+    writer.add_layer_norm_rms_eps(hp.rms_norm_eps)
