@@ -37,7 +37,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from smt_convert.converters.plugin import EncoderOutput, TextTensor, register
-from smt_convert.converters.validate import ConfigReader, read_tie, require
+from smt_convert.converters.validate import ConfigReader, board_grid_notes, read_tie, require
+from smt_convert.runtime.positions import guess_grid
 from smt_convert.runtime.errors import SmtError
 
 GGUF_ARCH = "paddleocr"
@@ -576,7 +577,7 @@ class PaddleOCRVLPlugin:
     def preprocessing(self, hp: Hparams) -> dict:
         v = hp.vision
         ny, nx = v.grid
-        board_guess = _closest_square(ny * nx)
+        board_guess = guess_grid(ny * nx)
         return {"host": "decode RGB, antialiased bilinear resize to exactly HxW, x*rescale_factor, (x-mean)/std",
                 "image_size": list(v.image_size), "grid": [ny, nx], "vision_preprocess": dict(v.preprocess),
                 "from": v.preprocessor_source, "board_grid_guess": list(board_guess),
@@ -585,9 +586,7 @@ class PaddleOCRVLPlugin:
     def plan_notes(self, hp: Hparams) -> list[str]:
         ny, nx = hp.vision.grid
         notes = []
-        if _closest_square(ny * nx) != (ny, nx):
-            notes.append(f"image grid {ny}x{nx}: the board guesses {_closest_square(ny * nx)} from the token count, "
-                         "so its M-RoPE positions will differ from HF's; the runtime uses the real grid")
+        notes += board_grid_notes(ny, nx)
         if hp.vision.preprocessor_source != "preprocessor_config.json":
             notes.append("preprocessor_config.json not found: vision_preprocess uses transformers' defaults")
         return notes
@@ -638,9 +637,3 @@ class PaddleOCRVLPlugin:
             tokens.pop()
         return {"encoder_same_features": feats.float().numpy(), "logits": logits, "tokens": tokens}
 
-
-def _closest_square(n: int) -> tuple[int, int]:
-    ny = int(np.sqrt(n))
-    while n % ny:
-        ny -= 1
-    return ny, n // ny

@@ -45,7 +45,8 @@ from typing import Callable
 import numpy as np
 
 from smt_convert.converters.plugin import EncoderOutput, TextTensor, register
-from smt_convert.converters.validate import ConfigReader, image_size_hw, read_tie, require
+from smt_convert.converters.validate import ConfigReader, board_grid_notes, image_size_hw, read_tie, require
+from smt_convert.runtime.positions import guess_grid
 from smt_convert.runtime.errors import SmtError
 
 TEXT_PREFIX = "model.language_model."  # Qwen3_5(Moe)ForConditionalGeneration
@@ -827,8 +828,10 @@ class Qwen35Plugin:
             return {}
         v = hp.vision
         ny, nx = v.grid
+        guess = guess_grid(ny * nx)
         return {"host": "decode RGB, antialiased bilinear resize to exactly HxW, raw 0..255 float32 NCHW",
-                "image_size": list(v.image_size), "grid": [ny, nx],
+                "image_size": list(v.image_size), "grid": [ny, nx], "board_grid_guess": list(guess),
+                "board_guess_matches": list(guess) == [ny, nx],
                 "in_graph_normalisation": {"rescale_factor": v.rescale_factor, "image_mean": list(v.image_mean),
                                            "image_std": list(v.image_std), "from": v.preprocessor_source}}
 
@@ -840,7 +843,7 @@ class Qwen35Plugin:
         return {"prompt": "Describe the image."}
 
     def plan_notes(self, hp: Hparams) -> list[str]:
-        notes = []
+        notes = board_grid_notes(*hp.vision.grid) if hp.vision is not None else []
         if hp.vision is not None and hp.vision.preprocessor_source == "defaults":
             notes.append("preprocessor_config.json not found: the vision graph normalises with Qwen3.5's "
                          "defaults (rescale 1/255, mean 0.5, std 0.5)")

@@ -223,9 +223,11 @@ def run(ctx, bundle, audio, image, prompt, language, context, max_new_tokens, th
     given = {"audio": audio, "image": image}
     for kind, value in given.items():
         if value is not None and kind != runner.modality:
-            raise SmtError(f"--{kind}: {bundle} is a {runner.modality} bundle")
+            article = "an" if runner.modality[0] in "aeiou" else "a"
+            raise SmtError(f"--{kind}: {bundle} is {article} {runner.modality} bundle")
     if runner.modality in given and media is None:
-        raise SmtError(f"{bundle}: this is an {runner.modality} bundle; pass --{runner.modality} FILE")
+        article = "an" if runner.modality[0] in "aeiou" else "a"
+        raise SmtError(f"{bundle}: this is {article} {runner.modality} bundle; pass --{runner.modality} FILE")
     result = runner.run(media, fields={"context": context, "prompt": prompt}, language=language,
                         max_new_tokens=max_new_tokens)
     if as_json:

@@ -133,9 +133,25 @@ def load_recipe(path: Path) -> Recipe:
         recipe.verify_input = (path.parent / verify.get("input")).resolve()
     recipe.language, recipe.context = verify.get("language"), verify.get("context")
     recipe.prompt = verify.get("prompt")
+    _check_modality(recipe, {p.name: p for p in all_plugins()}[recipe.architecture])
     th = _Table(top.get("thresholds", {}), path, "thresholds.", {k: float for k in THRESHOLD_KEYS})
     recipe.thresholds = {k: th.get(k) for k in THRESHOLD_KEYS if th.get(k) is not None}
     return recipe
+
+
+def _check_modality(recipe: Recipe, plugin) -> None:
+    """Options that the architecture cannot use are errors here, before any conversion starts."""
+    where = recipe.path
+    if recipe.verify_input is not None and not recipe.verify_input.is_file():
+        raise SmtError(f"{where}: verify.input: {recipe.verify_input} not found")
+    audio = plugin.modality == "audio"
+    for key, value, ok in (("verify.language", recipe.language, audio), ("verify.context", recipe.context, audio),
+                           ("verify.prompt", recipe.prompt, not audio)):
+        if value is not None and not ok:
+            raise SmtError(f"{where}: {key}: {recipe.architecture} has no such prompt option")
+    for i, v in enumerate(recipe.variants):
+        if v.image_size is not None and plugin.modality != "image":
+            raise SmtError(f"{where}: variants[{i}].image_size: {recipe.architecture} has no vision encoder")
 
 
 def _source(data: dict, path: Path) -> dict:

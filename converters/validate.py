@@ -126,6 +126,18 @@ def read_tie(readers: list[ConfigReader], default: bool) -> bool:
     return next(iter(levels.values()), default)
 
 
+def board_grid_notes(ny: int, nx: int) -> list[str]:
+    """The board lays an image's tokens out as the closest-to-square factor pair; say so when that is not the
+    real grid (its M-RoPE positions then differ from HF's; our runtime uses the real grid)."""
+    from smt_convert.runtime.positions import guess_grid
+
+    guess = guess_grid(ny * nx)
+    if guess == (ny, nx):
+        return []
+    return [f"image grid {ny}x{nx}: the board guesses {guess} from the token count, so its M-RoPE positions "
+            "will differ from HF's; the runtime uses the real grid"]
+
+
 def image_size_hw(image_size, multiple: int) -> tuple[int, int]:
     """(height, width) from N (square) or (height, width); both sides positive multiples of `multiple`
     (patch size x spatial merge: the vision encoder's token grid must be whole)."""

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 from smt_convert.converters.checkpoint import Checkpoint
-from smt_convert.converters.plugin import get_plugin
+from smt_convert.converters.convert import ConvertOptions, _json_default
+from smt_convert.converters.plugin import detect_plugin, get_plugin
 from smt_convert.converters.reference import compare_with_reference
 from smt_convert.runtime.bundle import GOLDEN_DIR, read_json
 from smt_convert.runtime.errors import SmtError
@@ -15,9 +18,16 @@ def reference_rows_for_bundle(runner, reference_dir: Path, max_new_tokens: int, 
     manifest = runner.manifest
     plugin = get_plugin(manifest["architecture"])
     ckpt = Checkpoint.open(reference_dir)
-    hp = plugin.read_hparams(ckpt)
+    detected = detect_plugin(ckpt.config, ckpt.config_path)
+    if detected.name != plugin.name:
+        raise SmtError(f"{ckpt.config_path}: --reference is a {detected.name} checkpoint, the bundle is "
+                       f"{plugin.name}")
+    size = manifest.get("preprocessing", {}).get("image_size")
+    hp = plugin.read_hparams(ckpt, ConvertOptions(image_size=tuple(size) if size else None))
+    # compare as JSON sees them (the manifest stores tuples as lists)
     recorded = {k: v for k, v in manifest["hparams"].items() if k != "layout"}
-    found = {k: v for k, v in plugin.hparams_record(hp).items() if k != "layout"}
+    found = json.loads(json.dumps({k: v for k, v in plugin.hparams_record(hp).items() if k != "layout"},
+                                  default=_json_default))
     differ = [k for k in recorded if recorded[k] != found.get(k)]
     if differ:
         k = differ[0]

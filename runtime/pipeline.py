@@ -116,12 +116,7 @@ class BundleRunner:
                      assistant_prefix: str = "") -> Prompt:
         rule = self.prompt_rule
         marker = rule.get("media_marker")
-        values = dict(rule.get("template_fields", {}))
-        values.update({k: v for k, v in (fields or {}).items() if v is not None})
-        for key, value in values.items():
-            if marker and marker in str(value):
-                raise SmtError(f"--{key}: must not contain the media marker {marker}")
-        text = rule["template"].format(**values) + assistant_prefix
+        text = rule["template"].format(**self.template_values(fields)) + assistant_prefix
         if media_embeds is None:
             text = text.replace(marker, "") if marker else text
             ids = self.tokenizer.encode(text)
@@ -149,6 +144,23 @@ class BundleRunner:
             raise SmtError(f"{self.bundle.root / 'manifest.json'}: prompt.positions: '{rule['positions']}' "
                            "is not supported by this runtime")
         return Prompt(embeds, positions, ids, (start, start + n_media))
+
+    def template_values(self, fields: dict | None) -> dict:
+        """The prompt template's fields: the manifest's defaults overridden by the caller's; a field this
+        model's prompt does not take (e.g. --context for a vision model) is an error, not silently dropped."""
+        rule = self.prompt_rule
+        marker = rule.get("media_marker")
+        values = dict(rule.get("template_fields", {}))
+        for key, value in (fields or {}).items():
+            if value is None:
+                continue
+            if key not in values:
+                raise SmtError(f"--{key}: {self.manifest['architecture']} has no {key} option "
+                               f"(its prompt takes: {', '.join(sorted(values)) or 'nothing'})")
+            if marker and marker in str(value):
+                raise SmtError(f"--{key}: must not contain the media marker {marker}")
+            values[key] = value
+        return values
 
     def _text_positions(self, start: int, n: int) -> np.ndarray:
         if self.prompt_rule["positions"] == "mrope":
@@ -179,6 +191,8 @@ class BundleRunner:
             max_new_tokens: int = 256) -> RunResult:
         timings = {}
         media_embeds = None
+        prefix = self.assistant_prefix(language)  # option errors before any heavy work
+        self.template_values(fields)
         if media is not None:
             t0 = time.perf_counter()
             features = self.features(media)
@@ -186,7 +200,6 @@ class BundleRunner:
             t0 = time.perf_counter()
             media_embeds = self.encode(features)
             timings["encode_s"] = time.perf_counter() - t0
-        prefix = self.assistant_prefix(language)
         prompt = self.build_prompt(media_embeds, fields, prefix)
         t0 = time.perf_counter()
         gen = greedy_generate(self.decoder, prompt.embeds, prompt.positions, max_new_tokens, set(self.stop_ids()))

@@ -159,3 +159,9 @@ def test_run_ocr_from_the_cli(native_bundle, tmp_path):
                     "--max-new-tokens", "4", "--json")
     assert result.exit_code == 0, result.output + result.stderr
     assert json.loads(result.output)["tokens"]
+
+
+def test_verify_with_reference_after_a_custom_size(ckpts, native_bundle):
+    ok = invoke("verify", native_bundle, "--reference", ckpts[0] / "native")
+    assert ok.exit_code == 0, ok.output + ok.stderr
+    assert "text logits" in ok.output and "FAIL" not in ok.output

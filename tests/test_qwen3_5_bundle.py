@@ -162,3 +162,19 @@ def test_missing_preprocessor_config_falls_back_and_says_so(ckpts, tmp_path):
     norm = manifest_of(out)["preprocessing"]["in_graph_normalisation"]
     assert norm["from"] == "defaults" and norm["image_mean"] == [0.5, 0.5, 0.5]
     assert any("preprocessor_config.json not found" in n for n in manifest_of(out)["notes"])
+
+
+def test_verify_with_reference_and_board_grid_note(ckpts, dense_bundle, tmp_path):
+    """verify --reference on a vision bundle; a grid the board would guess wrong is converted with a note."""
+    ok = invoke("verify", dense_bundle, "--reference", ckpts / "dense")
+    assert ok.exit_code == 0, ok.output + ok.stderr
+    assert "encoder" in ok.output and "FAIL" not in ok.output
+    wrong = invoke("verify", dense_bundle, "--reference", ckpts / "moe")
+    assert wrong.exit_code == 2 and "--reference" in wrong.stderr
+    out = tmp_path / "tall"
+    result = invoke("qwen3.5", ckpts / "dense", out, "--image-size", "160x96", "--no-verify")
+    assert result.exit_code == 0, result.stderr
+    assert "the board guesses (3, 5)" in result.stderr
+    assert manifest_of(out)["preprocessing"]["board_guess_matches"] is False
+    context = invoke("run", dense_bundle, "--image", out / "golden" / "input.png", "--context", "hot words")
+    assert context.exit_code == 2 and "--context: qwen3.5 has no context option" in context.stderr

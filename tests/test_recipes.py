@@ -83,3 +83,15 @@ def test_recipe_run_summary_junit_and_failure_isolation(tmp_path, monkeypatch):
     assert suite.get("tests") == "3" and suite.get("failures") == "1" and suite.get("errors") == "1"
     failure = suite.find("testcase[@classname='strict']/failure")
     assert failure is not None and "nmse" in failure.get("message")
+
+
+@pytest.mark.parametrize("extra,mentions", [
+    ('[[variants]]\nouttype = "f16"\nimage_size = 112\n', "variants[1].image_size"),
+    ('[verify]\nprompt = "OCR:"\n', "verify.prompt"),
+    ('[verify]\ninput = "missing.wav"\n', "verify.input"),
+])
+def test_options_the_architecture_cannot_use(tmp_path, extra, mentions):
+    path = write(tmp_path, 'architecture = "qwen3-asr"\n[source]\ntiny = "qwen3-asr"\n[[variants]]\n' + extra)
+    with pytest.raises(SmtError) as err:
+        load_recipe(path)
+    assert mentions in str(err.value) and str(path) in str(err.value)
