@@ -170,11 +170,19 @@ def _convert_command(plugin_name: str | None):
         from smt_convert.runtime.errors import VerificationFailed
         from smt_convert.runtime.verify import Row, format_table
 
+        config_path = Path(checkpoint) / "config.json"
+        config = read_json(config_path, "config.json")
         if plugin_name:
             plugin = get_plugin(plugin_name)
+            try:
+                detected = detect_plugin(config, config_path)
+            except SmtError:  # an unlabelled or unknown config: let the chosen plugin say what is wrong
+                detected = plugin
+            if detected.name != plugin.name:
+                raise SmtError(f"{config_path}: architectures: this is a {detected.name} checkpoint; "
+                               f"use `smt-convert {detected.name}`")
         else:
-            plugin = detect_plugin(read_json(Path(checkpoint) / "config.json", "config.json"),
-                                   Path(checkpoint) / "config.json")
+            plugin = detect_plugin(config, config_path)
         opts = ConvertOptions(outtype=outtype, onnx_dtype=onnx_dtype, tokenizer_dir=tokenizer_dir, stem=stem,
                               force=force, verify=not no_verify, max_new_tokens=max_new_tokens, image_size=image_size)
         manifest = convert(plugin, checkpoint, output, opts, _reporter(ctx))
