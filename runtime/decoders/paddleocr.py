@@ -25,7 +25,6 @@ from smt_convert.runtime.decoders.qwen3vl import (
     Qwen3VLDecoder,
     _load_tensor,
     apply_rope,
-    as_mrope_positions,
     grouped_attention,
 )
 from smt_convert.runtime.errors import SmtError, where
@@ -56,15 +55,6 @@ def mrope_streams(n_pairs: int, sections: list[int]) -> np.ndarray:
         sector = i % total
         streams[i] = 0 if sector < s0 else 1 if sector < s1 else 2 if sector < s2 else 3
     return streams
-
-
-def rope_angles(positions: np.ndarray, cfg: PaddleOCRConfig) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin [n, n_rot/2]: pair i turns by pos[stream_i] * base^(-2i/n_rot)."""
-    n_pairs = cfg.n_rot // 2
-    inv_freq = cfg.rope_base ** (-2.0 * np.arange(n_pairs, dtype=np.float64) / cfg.n_rot)
-    pos = as_mrope_positions(positions)[:, mrope_streams(n_pairs, cfg.sections)]  # [n, n_pairs]
-    theta = pos.astype(np.float64) * inv_freq
-    return np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
 
 
 # ---- weights ------------------------------------------------------------------------------
@@ -137,8 +127,7 @@ class PaddleOCRDecoder(Qwen3VLDecoder):
     config_type = PaddleOCRConfig
     _load_layer = staticmethod(_load_layer)
 
-    def _rope(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return rope_angles(positions, self.config)
+    rope_streams = staticmethod(mrope_streams)
 
     def _attention(self, x, w: LayerWeights, cos, sin, mask, cache: KVCache, layer: int) -> np.ndarray:
         cfg = self.config

@@ -106,11 +106,12 @@ def as_mrope_positions(positions: np.ndarray) -> np.ndarray:
     return pos.astype(np.int64)
 
 
-def rope_angles(positions: np.ndarray, cfg: Qwen3VLConfig) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin [n, n_rot/2]: pair i turns by pos[stream_i] * base^(-2i/n_rot)."""
+def rope_angles(positions: np.ndarray, cfg: Qwen3VLConfig, streams=imrope_streams) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin [n, n_rot/2]: pair i turns by pos[stream_i] * base^(-2i/n_rot). `streams(n_pairs, sections)`
+    says which position stream each pair reads (interleaved for qwen3vl/qwen35, contiguous for paddleocr)."""
     n_pairs = cfg.n_rot // 2
     inv_freq = cfg.rope_base ** (-2.0 * np.arange(n_pairs, dtype=np.float64) / cfg.n_rot)
-    pos = as_mrope_positions(positions)[:, imrope_streams(n_pairs, cfg.sections)]  # [n, n_pairs]
+    pos = as_mrope_positions(positions)[:, streams(n_pairs, cfg.sections)]  # [n, n_pairs]
     theta = pos.astype(np.float64) * inv_freq
     return np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
 
@@ -261,8 +262,10 @@ class Qwen3VLDecoder:
 
     _load_layer = staticmethod(_load_layer)
 
+    rope_streams = staticmethod(imrope_streams)
+
     def _rope(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return rope_angles(positions, self.config)
+        return rope_angles(positions, self.config, self.rope_streams)
 
     def embed(self, token_ids) -> np.ndarray:
         return embed_rows(self.token_embd, token_ids)
