@@ -36,8 +36,8 @@ def make_checkpoint(size: str, out: Path) -> None:
     from safetensors.torch import save_file
 
     sys.path.insert(0, str(ROOT))
-    from smt_convert.archs.qwen3_asr import Hparams, Qwen3ASRPlugin
-    from smt_convert.converters.tiny_tokenizers import build_qwen_bpe_tokenizer
+    from smt_convert.archs.qwen3_asr.plugin import Hparams, Qwen3ASRPlugin
+    from smt_convert.testing.tokenizers import build_qwen_bpe_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     ids = build_qwen_bpe_tokenizer(out)

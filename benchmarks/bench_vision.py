@@ -63,8 +63,8 @@ def make_checkpoint(config: dict, out: Path) -> None:
 
     from smt_convert.converters.checkpoint import Checkpoint
     from smt_convert.converters.plugin import detect_plugin
-    from smt_convert.converters.tiny_checkpoints import PADDLEOCR_PREPROCESSOR, QWEN3_5_SPECIALS
-    from smt_convert.converters.tiny_tokenizers import build_qwen_bpe_tokenizer, build_spm_tokenizer
+    from smt_convert.testing.checkpoints import PADDLEOCR_PREPROCESSOR, QWEN3_5_SPECIALS
+    from smt_convert.testing.tokenizers import build_qwen_bpe_tokenizer, build_spm_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=1, default=str))

@@ -166,7 +166,7 @@ def resolve_source(recipe: Recipe, scratch: Path) -> Path:
     """The checkpoint directory for a recipe; `tiny:` sources are built under `scratch` (once)."""
     src = recipe.source
     if src["kind"] == "tiny":
-        from smt_convert.converters.tiny_checkpoints import TINY_BUILDERS
+        from smt_convert.testing.checkpoints import TINY_BUILDERS
 
         builder = TINY_BUILDERS.get(src["tiny"])
         if builder is None:

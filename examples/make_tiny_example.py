@@ -8,7 +8,7 @@ transformers' own classes, the tokenizer is trained in-process).
 import argparse
 from pathlib import Path
 
-from smt_convert.converters.tiny_checkpoints import TINY_BUILDERS
+from smt_convert.testing.checkpoints import TINY_BUILDERS
 
 LAYOUTS = {"qwen3-asr", "paddleocr-vl"}  # the builders that can also write the original release layout
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from smt_convert.archs.qwen3_asr_encoder import AudioBackend, AudioFrontend, attention_window_rows, encoder_export_specs
+from smt_convert.archs.qwen3_asr.encoder_torch import AudioBackend, AudioFrontend, attention_window_rows, encoder_export_specs
 from smt_convert.converters.onnx_export import OnnxSpec, export_onnx
 from smt_convert.runtime.audio import log_mel, post_cnn_length
 from smt_convert.runtime.audio_encoder import SplitAudioEncoder

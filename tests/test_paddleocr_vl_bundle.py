@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from smt_convert.converters.tiny_checkpoints import make_tiny_paddleocr_vl
+from smt_convert.testing.checkpoints import make_tiny_paddleocr_vl
 from smt_convert.main import cli
 
 

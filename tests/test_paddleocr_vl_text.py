@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smt_convert.archs import paddleocr_vl as P
+from smt_convert.archs.paddleocr_vl import plugin as P
 from smt_convert.converters.text_gguf import write_text_gguf
 from smt_convert.runtime.decoders import DECODERS, load_decoder
 from smt_convert.runtime.decoders.paddleocr import PaddleOCRDecoder, mrope_streams
@@ -118,7 +118,7 @@ def write_gguf(hp, state, path: Path, layout=P.NATIVE_LAYOUT, vocab=None, outtyp
 
 @pytest.fixture(scope="module")
 def vocab(tmp_path_factory):
-    from smt_convert.converters.tiny_tokenizers import build_qwen_bpe_tokenizer
+    from smt_convert.testing.tokenizers import build_qwen_bpe_tokenizer
     from smt_convert.converters.tokenizer import build_bpe_vocab, find_tokenizer
 
     directory = tmp_path_factory.mktemp("tok")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from smt_convert.archs.paddleocr_vl_vision import (
+from smt_convert.archs.paddleocr_vl.vision_torch import (
     HF_DEFAULT_IMAGE_MEAN,
     HF_DEFAULT_IMAGE_STD,
     VisionEncoder as TorchVisionEncoder,

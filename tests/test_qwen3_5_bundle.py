@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from smt_convert.converters.tiny_checkpoints import make_tiny_qwen3_5
+from smt_convert.testing.checkpoints import make_tiny_qwen3_5
 from smt_convert.main import cli
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smt_convert.archs import qwen3_5 as Q
+from smt_convert.archs.qwen3_5 import plugin as Q
 from smt_convert.converters.text_gguf import write_text_gguf
 from smt_convert.runtime.decoders import DECODERS, load_decoder
 from smt_convert.runtime.decoders.qwen35 import Qwen35Decoder, delta_rule_chunked, delta_rule_recurrent
@@ -102,7 +102,7 @@ def write_gguf(model, path: Path, outtype: str = "f32", vocab=None) -> Path:
 
 @pytest.fixture(scope="module")
 def vocab(tmp_path_factory):
-    from smt_convert.converters.tiny_tokenizers import build_qwen_bpe_tokenizer
+    from smt_convert.testing.tokenizers import build_qwen_bpe_tokenizer
     from smt_convert.converters.tokenizer import build_bpe_vocab, find_tokenizer
 
     directory = tmp_path_factory.mktemp("tok")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from smt_convert.archs.qwen3_5_vision import (
+from smt_convert.archs.qwen3_5.vision_torch import (
     VisionEncoder as TorchVisionEncoder,
     check_image_size,
     check_images,

@@ -81,7 +81,7 @@ def test_f32_bundle_matches_board_contract(f32_bundle):
 
 
 def manifest_plan(bundle):
-    from smt_convert.archs.qwen3_asr import Hparams
+    from smt_convert.archs.qwen3_asr.plugin import Hparams
     from smt_convert.converters.plugin import get_plugin
 
     manifest = json.loads((bundle / "manifest.json").read_text())

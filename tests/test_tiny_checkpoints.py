@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smt_convert.archs import qwen3_5 as Q
-from smt_convert.converters.tiny_checkpoints import (
+from smt_convert.archs.qwen3_5 import plugin as Q
+from smt_convert.testing.checkpoints import (
     QWEN3_5_SPECIALS,
     QWEN3_5_TOKEN_FIELDS,
     QWEN3_5_USER_DEFINED,

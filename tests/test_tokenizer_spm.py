@@ -9,7 +9,7 @@ from pathlib import Path
 import gguf
 import pytest
 
-from smt_convert.converters.tiny_tokenizers import PADDLEOCR_SPECIALS, build_spm_tokenizer, train_spm
+from smt_convert.testing.tokenizers import PADDLEOCR_SPECIALS, build_spm_tokenizer, train_spm
 from smt_convert.converters.tokenizer import (
     ADDED_SCORE,
     BYTE,

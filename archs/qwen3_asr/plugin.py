@@ -381,7 +381,7 @@ class Qwen3ASRPlugin:
         return model
 
     def encoder_specs(self, model, hp: Hparams):
-        from smt_convert.archs.qwen3_asr_encoder import encoder_export_specs
+        from smt_convert.archs.qwen3_asr.encoder_torch import encoder_export_specs
 
         root = getattr(model, "model", model)
         return encoder_export_specs(root.audio_tower, root.multi_modal_projector, model.config.audio_config)

@@ -453,7 +453,7 @@ class PaddleOCRVLPlugin:
         pre = read_json(pre_path) if pre_path.is_file() else {}
         source = pre_path.name if pre else "transformers defaults"
         vcfg = type("VisionConfig", (), {"patch_size": patch, "spatial_merge_size": merge})()
-        from smt_convert.archs.paddleocr_vl_vision import check_image_size, default_image_size, vision_preprocess
+        from smt_convert.archs.paddleocr_vl.vision_torch import check_image_size, default_image_size, vision_preprocess
 
         size = opts.image_size if opts is not None and opts.image_size is not None else default_image_size(pre, vcfg)
         h, w = check_image_size(size, vcfg)
@@ -552,7 +552,7 @@ class PaddleOCRVLPlugin:
         return model
 
     def encoder_specs(self, model, hp: Hparams):
-        from smt_convert.archs.paddleocr_vl_vision import vision_export_spec
+        from smt_convert.archs.paddleocr_vl.vision_torch import vision_export_spec
 
         p = hp.vision.preprocess
         return [vision_export_spec(model.model.visual, model.model.projector, hp.vision.image_size,
@@ -592,7 +592,7 @@ class PaddleOCRVLPlugin:
         return notes
 
     def golden_media(self, hp: Hparams) -> np.ndarray:
-        from smt_convert.archs.paddleocr_vl_vision import raw_check_images
+        from smt_convert.archs.paddleocr_vl.vision_torch import raw_check_images
 
         h, w = hp.vision.image_size
         return raw_check_images(int(h * 1.25), int(w * 1.1))["document"]

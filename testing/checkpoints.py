@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from smt_convert.converters.tiny_tokenizers import CHATML_TEMPLATE, build_qwen_bpe_tokenizer
+from smt_convert.testing.tokenizers import CHATML_TEMPLATE, build_qwen_bpe_tokenizer
 
 TINY_VOCAB = 512
 TINY_BUILDERS = {}  # recipe source "tiny:<name>" -> builder(out_dir); filled below
@@ -315,7 +315,7 @@ def make_tiny_paddleocr_vl(out_dir: Path, layout: str = "native", tokenizer_layo
     custom-code entries, which must never run)."""
     from transformers import PaddleOCRVLConfig, PaddleOCRVLForConditionalGeneration
 
-    from smt_convert.converters.tiny_tokenizers import build_spm_tokenizer
+    from smt_convert.testing.tokenizers import build_spm_tokenizer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

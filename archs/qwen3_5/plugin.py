@@ -791,7 +791,7 @@ class Qwen35Plugin:
         return holder
 
     def encoder_specs(self, model, hp: Hparams):
-        from smt_convert.archs.qwen3_5_vision import vision_export_spec
+        from smt_convert.archs.qwen3_5.vision_torch import vision_export_spec
 
         visual = model.model.visual if hasattr(model, "model") else model.visual
         v = hp.vision
