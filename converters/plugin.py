@@ -1,24 +1,35 @@
-"""The plugin registry and the small records a plugin hands to the shared machinery.
+"""The plugin contract: what shared code asks of one model family, and the registry that finds it.
 
-A plugin is one class in `archs/`, registered with `@register`. It answers, for one model family:
-what the checkpoint looks like (hyperparameters, expected tensors), how text tensors map to GGUF,
-how its encoders are wrapped for ONNX export, and what the board config and prompt rules are.
-The shared code (`convert.py`, `text_gguf.py`, `onnx_export.py`, `reference.py`) stays architecture-blind.
+A plugin is one subclass of `ArchPlugin` in its own package under `archs/`, registered with `@register`.
+Shared code (`convert.py`, `text_gguf.py`, `onnx_write.py`, `reference.py`, `recipe.py`, `inspect.py`) calls
+only the members declared here and never probes for others: a hook a family does not need keeps the default
+written here.
+
+Naming convention: `expected_tensors` returns *canonical* names (the transformers-native names of the class);
+`canonical_to_checkpoint` maps them onto the names this checkpoint uses (original release or native);
+`TextTensor.sources`, `ignored_tensors` and everything that touches the files use checkpoint names.
 """
 
 from __future__ import annotations
 
+import abc
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 
 from smt_convert.runtime.errors import SmtError
 
-PLUGINS: dict[str, type] = {}
+if TYPE_CHECKING:
+    from smt_convert.converters.checkpoint import Checkpoint
+    from smt_convert.converters.onnx_graph import EncoderGraph, Weights
+    from smt_convert.runtime.verify import Row
+
+PLUGINS: dict[str, type["ArchPlugin"]] = {}
 
 
-def register(cls: type) -> type:
+def register(cls: type["ArchPlugin"]) -> type["ArchPlugin"]:
     """Class decorator: make a plugin reachable by its CLI name and its HF `architectures` values."""
     if cls.name in PLUGINS:
         raise ValueError(f"plugin {cls.name} registered twice")
@@ -31,7 +42,7 @@ def _load_builtin_plugins() -> None:
     from smt_convert.archs import paddleocr_vl, qwen3_5, qwen3_asr  # noqa: F401  (they register themselves)
 
 
-def get_plugin(name: str):
+def get_plugin(name: str) -> "ArchPlugin":
     _load_builtin_plugins()
     cls = PLUGINS.get(name)
     if cls is None:
@@ -39,12 +50,12 @@ def get_plugin(name: str):
     return cls()
 
 
-def all_plugins() -> list:
+def all_plugins() -> list["ArchPlugin"]:
     _load_builtin_plugins()
     return [PLUGINS[n]() for n in sorted(PLUGINS)]
 
 
-def detect_plugin(config: dict, config_path) -> object:
+def detect_plugin(config: dict, config_path) -> "ArchPlugin":
     """Pick the plugin for a checkpoint from its config.json `architectures` (then the plugin's own test)."""
     _load_builtin_plugins()
     archs = config.get("architectures") or []
@@ -94,8 +105,8 @@ class EncoderOutput:
 class Plan:
     """Everything a conversion will write, known before any tensor data is read; `inspect` prints it."""
 
-    plugin: object
-    hparams: object
+    plugin: "ArchPlugin"
+    hparams: Any                               # the plugin's own hyperparameter record
     stem: str
     outtype: str
     onnx_dtype: str
@@ -108,6 +119,168 @@ class Plan:
     text_bytes: int                            # planned GGUF tensor data size
     encoders: list[EncoderOutput]
     dropped: dict[str, str]                    # checkpoint tensors not converted, with the reason
-    tokenizer: object                          # converters.tokenizer.TokenizerSource
+    tokenizer: Any                             # converters.tokenizer.TokenizerSource
     params: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TokenRules:
+    """How the GGUF vocabulary is written: llama.cpp's pre-tokenizer name (None for SentencePiece) and the
+    special tokens by their text (None: not set). `chat_template` None keeps the checkpoint's own."""
+
+    pre: str | None
+    eos: str | None
+    eot: str | None = None
+    bos: str | None = None
+    chat_template: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What shared code reads from a plugin's hyperparameters (each plugin keeps its own record for the rest)."""
+
+    layout: str                 # which checkpoint layout was found, e.g. "native" or "original"
+    vocab_size: int
+    text_arch: str              # GGUF general.architecture
+    modality: str               # "audio", "image" or "text" (no encoder)
+    rope_sections: list[int]    # rope.dimension_sections written to the GGUF ([] when not M-RoPE)
+    default_stem: str           # file-name prefix of the bundle's files
+
+
+@dataclass
+class ReferenceRequest:
+    """What the bundle's runtime did, handed to the plugin's Hugging Face reference to redo independently.
+
+    `media` is the raw input (waveform or RGB uint8 image, None for text-only); `host_input` is what the runtime
+    fed the encoder after host preprocessing (log-mel features or the resized image); `prompt_ids` is the prompt
+    with the media rows as the model's placeholder id; `continuation` the runtime's greedy tokens, which the
+    reference scores by teacher forcing (one streamed pass instead of a generate loop)."""
+
+    media: Any
+    host_input: np.ndarray | None
+    prompt_ids: list[int]
+    continuation: list[int]
+    stop_ids: list[int]
+
+
+@dataclass
+class ReferenceResult:
+    """The Hugging Face model's answers: encoder rows for the same host input, logits at every prompt and
+    continuation position, and any family-specific rows (e.g. feature extraction) already judged."""
+
+    logits: np.ndarray                          # [len(prompt_ids) + len(continuation), vocab]
+    encoder: np.ndarray | None = None           # [rows, hidden] for the same host input
+    rows: list["Row"] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # stored in expected.json for people (small values only)
+
+
+class ArchPlugin(abc.ABC):
+    """One model family. Subclasses set the class attributes and implement the abstract methods; every
+    other method has the default behaviour shared code relies on."""
+
+    name: ClassVar[str]                          # CLI name, e.g. "qwen3-asr"
+    hf_architectures: ClassVar[tuple[str, ...]]  # config.json `architectures` values it answers to
+    summary: ClassVar[str]
+    produces: ClassVar[list[str]]                # what a bundle holds, for `smt-convert list`
+    tokens: ClassVar[TokenRules]
+    lossy_nmse_scale: ClassVar[float] = 1.0      # widens lossy text NMSE bounds (MoE routing flips)
+
+    # ---- checkpoint ------------------------------------------------------------------------------
+
+    @classmethod
+    @abc.abstractmethod
+    def matches(cls, config: dict) -> bool:
+        """An unlabelled config (no `architectures`) is this family's."""
+
+    @abc.abstractmethod
+    def read_hparams(self, ckpt: "Checkpoint", opts) -> Any:
+        """Read and validate the config (and tensor names where the layout needs them); raise SmtError naming
+        the file and field for anything unusable."""
+
+    @abc.abstractmethod
+    def facts(self, hp) -> ModelFacts:
+        """The few facts shared code needs from the hyperparameters."""
+
+    @abc.abstractmethod
+    def canonical_to_checkpoint(self, hp) -> Callable[[str], str]:
+        """Canonical (native) tensor name -> the name in this checkpoint."""
+
+    @abc.abstractmethod
+    def expected_tensors(self, hp) -> dict[str, tuple[int, ...]]:
+        """Canonical name -> shape for every tensor the model uses."""
+
+    def ignored_tensors(self, hp) -> dict[str, str]:
+        """Checkpoint tensors deliberately not converted (glob over checkpoint names -> reason)."""
+        return {}
+
+    def check_weights(self, ckpt: "Checkpoint", hp) -> None:
+        """Config-vs-weights checks that need more than names and shapes."""
+
+    # ---- text GGUF -------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def text_tensors(self, hp) -> list[TextTensor]:
+        """Every tensor of the GGUF, in write order, with checkpoint-name sources."""
+
+    def text_types(self, tensors: list[TextTensor], outtype: str) -> dict:
+        """ggml type per GGUF tensor for `--outtype`; llama.cpp's rules by default."""
+        from smt_convert.converters.text_gguf import choose_types
+
+        return choose_types(tensors, outtype)
+
+    @abc.abstractmethod
+    def text_metadata(self, writer, hp, name: str) -> None:
+        """The architecture's GGUF metadata keys (vocabulary and file type are written by shared code)."""
+
+    # ---- encoders --------------------------------------------------------------------------------
+
+    def encoder_outputs(self, hp, stem: str) -> list[EncoderOutput]:
+        """The ONNX files the bundle will hold, with their planned I/O (empty: text only)."""
+        return []
+
+    def build_encoders(self, weights: "Weights", hp, precision: str) -> list["EncoderGraph"]:
+        """The encoder graphs, one per `encoder_outputs` entry and in the same order, written node by node
+        from the weights (`precision` "fp32" or "fp16"; int8 is derived from fp32 by shared code)."""
+        return []
+
+    # ---- bundle side files -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def board_config(self, hp, files: dict[str, str]) -> dict:
+        """config.json for the board runtime's --smt-config-dir (`files`: role -> file name)."""
+
+    def side_files(self, hp, files: dict[str, str], stem: str) -> dict[str, dict]:
+        """Extra JSON files the board may read (file name -> content)."""
+        return {}
+
+    @abc.abstractmethod
+    def prompt_record(self, hp) -> dict:
+        """How the runtime (and the board) builds a prompt: template, media marker and boundary tokens,
+        position rule, stop tokens; stored in the manifest."""
+
+    def preprocessing(self, hp) -> dict:
+        """Host preprocessing the board and the runtime apply (stored in the manifest)."""
+        return {}
+
+    def golden_media(self, hp):
+        """The deterministic input the goldens are computed on (None for text only)."""
+        return None
+
+    def golden_fields(self) -> dict:
+        """Prompt fields for the golden run (e.g. {"prompt": "Describe the image."})."""
+        return {}
+
+    def plan_notes(self, hp) -> list[str]:
+        """Notes printed before conversion and kept in the manifest."""
+        return []
+
+    def hparams_record(self, hp) -> dict:
+        return dataclasses.asdict(hp)
+
+    # ---- reference -------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def reference(self, ckpt: "Checkpoint", hp, request: ReferenceRequest) -> ReferenceResult:
+        """Redo the runtime's work with the transformers classes and the checkpoint's weights, streamed so
+        peak memory stays near one layer (see converters/reference_stream.py)."""
