@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from smt_convert import __version__
-from smt_convert.runtime.errors import SmtError
+from smt_convert.runtime.errors import SmtError, Terminated
 
 # Kept here (not imported from converters) so that `run` and `verify` start without importing conversion code.
 OUTTYPE_CHOICES = ["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
@@ -33,6 +33,9 @@ class SmtGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except Terminated as exc:
+            click.echo("terminated", err=True)
+            sys.exit(exc.exit_code)
 
     def list_commands(self, ctx):
         return sorted(super().list_commands(ctx), key=lambda n: (n not in ("list", "inspect", "convert"), n))

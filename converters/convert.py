@@ -1,7 +1,9 @@
 """One conversion, start to finish: plan (validate everything), write into a temporary directory, verify,
 write the manifest last, then rename the directory into place.
 
-Architecture-blind: everything model-specific comes from the plugin.
+Architecture-blind: everything model-specific comes from the plugin, through the contract in `plugin.py`.
+Nothing here holds a whole model: the GGUF and the encoder files are written one tensor at a time, and the
+Hugging Face reference runs one layer at a time (`reference_stream.py`).
 """
 
 from __future__ import annotations
@@ -9,27 +11,55 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from smt_convert import __version__
 from smt_convert.converters.checkpoint import Checkpoint
-from smt_convert.converters.onnx_export import ONNX_DTYPES
-from smt_convert.converters.plugin import Plan
-from smt_convert.converters.reference import compare_with_reference
+from smt_convert.converters.onnx_graph import Weights
+from smt_convert.converters.onnx_write import ONNX_DTYPES, WrittenEncoder, write_encoder
+from smt_convert.converters.plugin import ArchPlugin, Plan
+from smt_convert.converters.reference import ReferenceCache, compare_with_reference
 from smt_convert.converters.report import Reporter
-from smt_convert.converters.text_gguf import OUTTYPES, choose_types, tensor_nbytes, write_text_gguf
+from smt_convert.converters.text_gguf import OUTTYPES, tensor_nbytes, write_text_gguf
 from smt_convert.converters.tokenizer import build_vocab, export_runtime_tokenizer, find_tokenizer, write_vocab
 from smt_convert.converters.validate import check_tensors
 from smt_convert.runtime import verify as V
-from smt_convert.runtime.bundle import BOARD_CONFIG, GOLDEN_DIR, MANIFEST, MANIFEST_FORMAT, sha256_file
-from smt_convert.runtime.errors import SmtError
+from smt_convert.runtime.bundle import BOARD_CONFIG, GOLDEN_DIR, MANIFEST, MANIFEST_FORMAT, read_json, sha256_file
+from smt_convert.runtime.errors import SmtError, Terminated
+from smt_convert.runtime.media import modality
 
 SUPPORTED_WEIGHT_DTYPES = {"F32", "F16", "BF16"}
+PARTIAL_MARKER = ".smt-convert-partial"   # inside a temporary output: the pid of the run that writes it
+
+
+@dataclass
+class SharedWork:
+    """What the variants of one recipe share: the checkpoint opened (and its files hashed) once, the encoder
+    files already written (same checkpoint, size and precision: linked, not rebuilt; int8 derived from a
+    written fp32 file), and the Hugging Face reference results."""
+
+    checkpoints: dict[str, Checkpoint] = field(default_factory=dict)
+    source_records: dict[str, dict] = field(default_factory=dict)
+    encoders: dict[tuple, tuple[Path, WrittenEncoder]] = field(default_factory=dict)
+    references: ReferenceCache = field(default_factory=ReferenceCache)
+
+    def checkpoint(self, directory: Path) -> Checkpoint:
+        key = str(Path(directory).resolve())
+        if key not in self.checkpoints:
+            self.checkpoints[key] = Checkpoint.open(directory)
+        return self.checkpoints[key]
+
+    def source_record(self, ckpt: Checkpoint) -> dict:
+        key = str(ckpt.root.resolve())
+        if key not in self.source_records:
+            self.source_records[key] = ckpt.source_record()
+        return self.source_records[key]
 
 
 @dataclass
@@ -45,10 +75,11 @@ class ConvertOptions:
     golden_input: Path | None = None     # verification/golden input instead of the plugin's own
     language: str | None = None          # prompt options used for the golden run
     fields: dict | None = None
-    image_size: int | None = None        # vision models only
+    image_size: int | tuple[int, int] | None = None   # vision models only
+    shared: SharedWork | None = None     # a recipe's shared work (None: a single conversion)
 
 
-def make_plan(plugin, checkpoint_dir: Path, opts: ConvertOptions) -> tuple[Plan, Checkpoint]:
+def make_plan(plugin: ArchPlugin, checkpoint_dir: Path, opts: ConvertOptions) -> tuple[Plan, Checkpoint]:
     """Read config and headers, validate them, find the tokenizer: every problem surfaces here, before any
     tensor data is read."""
     if opts.outtype not in OUTTYPES:
@@ -56,8 +87,9 @@ def make_plan(plugin, checkpoint_dir: Path, opts: ConvertOptions) -> tuple[Plan,
     if opts.onnx_dtype not in ONNX_DTYPES:
         raise SmtError(f"--onnx-dtype: '{opts.onnx_dtype}' is not one of {', '.join(ONNX_DTYPES)}")
 
-    ckpt = Checkpoint.open(checkpoint_dir)
+    ckpt = opts.shared.checkpoint(checkpoint_dir) if opts.shared else Checkpoint.open(checkpoint_dir)
     hp = plugin.read_hparams(ckpt, opts)
+    facts = plugin.facts(hp)
     to_ckpt = plugin.canonical_to_checkpoint(hp)
     expected = {to_ckpt(name): shape for name, shape in plugin.expected_tensors(hp).items()}
     plugin.check_weights(ckpt, hp)
@@ -68,27 +100,51 @@ def make_plan(plugin, checkpoint_dir: Path, opts: ConvertOptions) -> tuple[Plan,
             raise SmtError(f"{info.file}: tensor {name}: dtype {info.dtype} is not supported "
                            f"(expected {', '.join(sorted(SUPPORTED_WEIGHT_DTYPES))})")
     tokenizer = find_tokenizer(ckpt.root, opts.tokenizer_dir)
-    stem = opts.stem or plugin.default_stem(hp)
+    vocab = _vocab(plugin, tokenizer, facts.vocab_size)
+    check_special_tokens(plugin.required_tokens(hp), vocab, tokenizer)
+    stem = opts.stem or facts.default_stem
     tensors = plugin.text_tensors(hp)
-    types = plugin.text_types(tensors, opts.outtype) if hasattr(plugin, "text_types") else \
-        choose_types(tensors, opts.outtype)
-    modality = plugin.modality_of(hp) if hasattr(plugin, "modality_of") else plugin.modality
+    types = plugin.text_types(tensors, opts.outtype)
     text_bytes = sum(tensor_nbytes(t.shape, types[t.name]) for t in tensors)
-    encoders = plugin.encoder_outputs(hp, stem) if modality != "text" else []
+    encoders = plugin.encoder_outputs(hp, stem) if facts.modality != "text" else []
     text_params = sum(int(np.prod(t.shape)) for t in tensors)
     params = {"text": text_params, **{e.role: e.params for e in encoders}}
-    plan = Plan(plugin=plugin, hparams=hp, stem=stem, outtype=opts.outtype, onnx_dtype=opts.onnx_dtype,
+    plan = Plan(plugin=plugin, hparams=hp, facts=facts, stem=stem, outtype=opts.outtype, onnx_dtype=opts.onnx_dtype,
                 text_file=f"{stem}-text-{opts.outtype.replace('_', '')}.gguf",
-                text_arch=getattr(hp, "gguf_arch", None) or plugin.text_arch, modality=modality,
-                golden_file=GOLDEN_FILES.get(modality),
+                text_arch=facts.text_arch, modality=facts.modality,
+                golden_file=modality(facts.modality).golden_file,
                 text_tensors=tensors, text_types={k: v.name for k, v in types.items()}, text_bytes=text_bytes,
-                encoders=encoders, dropped=found.dropped, tokenizer=tokenizer, params=params,
-                notes=plugin.plan_notes(hp) if hasattr(plugin, "plan_notes") else [])
+                encoders=encoders, dropped=found.dropped, tokenizer=tokenizer, vocab=vocab, params=params,
+                notes=plugin.plan_notes(hp))
     return plan, ckpt
 
 
+def _vocab(plugin: ArchPlugin, tokenizer, vocab_size: int):
+    """The GGUF vocabulary with the plugin's special-token rules (read now so token problems surface early)."""
+    rules = plugin.tokens
+    vocab = build_vocab(tokenizer, vocab_size, rules.pre, eot_token=rules.eot, eos_token=rules.eos)
+    if rules.bos:
+        if rules.bos == rules.eos:
+            vocab.special_ids["bos"] = vocab.special_ids.get("eos")
+        elif rules.bos in vocab.tokens:
+            vocab.special_ids["bos"] = vocab.tokens.index(rules.bos)
+        else:
+            raise SmtError(f"{tokenizer.directory}: {rules.bos}: not in the tokenizer's vocabulary")
+    vocab.chat_template = rules.chat_template or vocab.chat_template
+    return vocab
+
+
+def check_special_tokens(plan_tokens: list[str], vocab, tokenizer) -> None:
+    """Tokens the prompt needs must be single entries of the vocabulary: found now, not after writing."""
+    index = {t: i for i, t in enumerate(vocab.tokens)}
+    for token in plan_tokens:
+        if token not in index:
+            files = ", ".join(str(p) for p in tokenizer.files) or str(tokenizer.directory)
+            raise SmtError(f"{files}: {token}: the model's prompt needs this special token, the tokenizer lacks it")
+
+
 def _check_paths(checkpoint_dir: Path, out_dir: Path, opts: ConvertOptions) -> None:
-    """The output must not be, or contain, an input: --force would delete it."""
+    """The output must not be, or contain, an input: --force would replace it."""
     out = out_dir.resolve()
     for what, src in (("checkpoint", checkpoint_dir), ("--tokenizer", opts.tokenizer_dir)):
         if src is not None and (out == src.resolve() or out in src.resolve().parents):
@@ -97,16 +153,35 @@ def _check_paths(checkpoint_dir: Path, out_dir: Path, opts: ConvertOptions) -> N
         raise SmtError(f"--stem: '{opts.stem}' must be a plain file-name prefix (no '/' or leading '.')")
 
 
+def is_bundle(directory: Path) -> bool:
+    """A directory this tool wrote: its manifest names smt-convert."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and isinstance(manifest.get("tool"), dict) and \
+        manifest["tool"].get("name") == "smt-convert"
+
+
 def prepare_output(out_dir: Path, force: bool) -> Path:
-    """Refuse a non-empty output unless forced; return a fresh temporary directory beside it."""
+    """Refuse a non-empty output unless it is a bundle and --force is given (never replace what we did not
+    write); sweep what killed runs left beside it; return a fresh temporary directory next to it."""
     if out_dir.exists() and not out_dir.is_dir():
         raise SmtError(f"{out_dir}: exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise SmtError(f"{out_dir}: output directory is not empty (use --force to replace it)")
+    if out_dir.is_dir():
+        entries = sorted(p.name for p in out_dir.iterdir())
+        if entries and not is_bundle(out_dir):
+            shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+            raise SmtError(f"{out_dir}: holds files that are not an smt-convert bundle ({shown}); "
+                           "choose an empty or new directory" + ("" if force else ""))
+        if entries and not force:
+            raise SmtError(f"{out_dir}: already holds a bundle (use --force to replace it)")
     parent = out_dir.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
+        sweep_partials(parent, out_dir.name)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent))
+        (tmp / PARTIAL_MARKER).write_text(f"{os.getpid()}\n")
     except OSError as exc:
         raise SmtError(f"{parent}: cannot create the output ({exc.strerror or exc})") from None
     umask = os.umask(0)
@@ -115,8 +190,32 @@ def prepare_output(out_dir: Path, force: bool) -> Path:
     return tmp
 
 
+def sweep_partials(parent: Path, name: str) -> None:
+    """Remove `.NAME.partial-*` directories of earlier runs that were killed (SIGKILL, power loss): only ours,
+    recognised by the marker file, and only when the process that wrote it is gone."""
+    for candidate in parent.glob(f".{name}.partial-*"):
+        marker = candidate / PARTIAL_MARKER
+        try:
+            pid = int(marker.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(candidate, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def finish_output(tmp: Path, out_dir: Path) -> None:
     """Swap the finished temporary directory into place; the old bundle (with --force) goes only after."""
+    (tmp / PARTIAL_MARKER).unlink(missing_ok=True)
     old = None
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
@@ -131,7 +230,11 @@ def finish_output(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def convert(plugin, checkpoint_dir: Path, out_dir: Path, opts: ConvertOptions, report: Reporter) -> dict:
+def _on_sigterm(signum, frame):  # noqa: ANN001 - signal handler signature
+    raise Terminated()
+
+
+def convert(plugin: ArchPlugin, checkpoint_dir: Path, out_dir: Path, opts: ConvertOptions, report: Reporter) -> dict:
     """Write and verify a bundle; returns its manifest (whose verification may have failed: the caller
     decides the exit code). Raises SmtError on bad input, leaving nothing behind."""
     t_start = time.perf_counter()
@@ -139,11 +242,12 @@ def convert(plugin, checkpoint_dir: Path, out_dir: Path, opts: ConvertOptions, r
     _check_paths(checkpoint_dir, out_dir, opts)
     report.step(f"reading {checkpoint_dir}")
     plan, ckpt = make_plan(plugin, checkpoint_dir, opts)
-    report.step(f"{plugin.name}: {plan.params['text'] / 1e6:.1f}M text parameters, layout {plan.hparams.layout}, "
+    report.step(f"{plugin.name}: {plan.params['text'] / 1e6:.1f}M text parameters, layout {plan.facts.layout}, "
                 f"tokenizer from {plan.tokenizer.kind}")
     for note in plan.notes:
         report.step(f"note: {note}")
     tmp = prepare_output(out_dir, opts.force)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         manifest = _write_bundle(plan, ckpt, tmp, opts, report)
         manifest["timings"]["total_s"] = round(time.perf_counter() - t_start, 2)
@@ -153,7 +257,11 @@ def convert(plugin, checkpoint_dir: Path, out_dir: Path, opts: ConvertOptions, r
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        ckpt.close()
+        signal.signal(signal.SIGTERM, previous)
+    if opts.shared is not None:
+        for key, (path, written) in list(opts.shared.encoders.items()):
+            if path.parent == tmp:
+                opts.shared.encoders[key] = (out_dir / path.name, written)
     report.step(f"bundle written to {out_dir}")
     return manifest
 
@@ -162,46 +270,45 @@ def _write_bundle(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions,
     """The four stages: text GGUF, encoder ONNX, board/runtime side files, verification with goldens."""
     timings = {}
     t0 = time.perf_counter()
-    records, vocab = _write_text(plan, ckpt, tmp, report)
+    records = _write_text(plan, ckpt, tmp, report)
     timings["text_gguf_s"] = round(time.perf_counter() - t0, 2)
 
     t0 = time.perf_counter()
-    _quiet_library_logs()
-    report.step("loading the encoder" + (" and the Hugging Face reference" if opts.verify else "") + " from the checkpoint")
-    model = None
-    if opts.verify or plan.encoders:
-        model = plan.plugin.build_torch_model(ckpt, plan.hparams, parts="all" if opts.verify else "encoder")
-    encoder_reports = _export_encoders(plan, model, tmp, report)
+    encoders = _write_encoders(plan, ckpt, tmp, opts, report)
     timings["onnx_s"] = round(time.perf_counter() - t0, 2)
 
-    files = {"text": plan.text_file, **{e["role"]: e["file"] for e in encoder_reports}}
+    files = {"text": plan.text_file, **{e.role: e.file for e in encoders}}
     tokenizer_files = _write_side_files(plan, files, tmp)
-    manifest = _manifest_skeleton(plan, ckpt, records, encoder_reports, tokenizer_files, vocab)
+    source = opts.shared.source_record(ckpt) if opts.shared else ckpt.source_record()
+    manifest = _manifest_skeleton(plan, source, records, encoders, tokenizer_files)
     manifest["timings"] = timings
     # The runtime reads the manifest, so a provisional one (complete: false, no hashes) goes in first.
     _write_manifest(tmp, manifest, complete=False)
 
     t0 = time.perf_counter()
     report.step("verifying the bundle" + (" against the Hugging Face model" if opts.verify else " (goldens only)"))
-    rows = _verify_and_store_goldens(plan, model if opts.verify else None, tmp, opts, report)
+    rows, reference = _verify_and_store_goldens(plan, ckpt, tmp, opts, report)
     timings["verify_s"] = round(time.perf_counter() - t0, 2)
-    manifest["verification"] = {"reference": "transformers " + _transformers_version() if opts.verify else None,
-                                "rows": [r.to_dict() for r in rows], "passed": all(r.ok for r in rows)}
+    manifest["verification"] = {"reference": reference, "rows": [r.to_dict() for r in rows],
+                                "passed": all(r.ok for r in rows)}
     return manifest
+
+
+def _checked(ckpt: Checkpoint, name: str) -> np.ndarray:
+    """One checkpoint tensor as float32, refused (naming file and tensor) if it holds NaN or inf."""
+    import torch
+
+    arr = ckpt.load(name).to(torch.float32).numpy()
+    if not np.isfinite(arr).all():
+        raise SmtError(f"{ckpt.tensors[name].file}: tensor {name}: holds non-finite values (NaN or inf)")
+    return arr
 
 
 def _write_text(plan: Plan, ckpt: Checkpoint, tmp: Path, report: Reporter):
     """Stream the text GGUF (metadata, tokenizer, tensors one at a time)."""
     import gguf
-    import torch
 
-    plugin, hp = plan.plugin, plan.hparams
-    vocab = build_vocab(plan.tokenizer, hp.vocab_size, plugin.vocab_pre, eot_token=plugin.eot_token,
-                        eos_token=plugin.eos_token)
-    if plugin.bos_token:
-        vocab.special_ids["bos"] = vocab.special_ids.get("eos") if plugin.bos_token == plugin.eos_token \
-            else _token_index(vocab, plugin.bos_token, plan)
-    vocab.chat_template = plugin.chat_template or vocab.chat_template
+    plugin, hp, vocab = plan.plugin, plan.hparams, plan.vocab
 
     def metadata(writer):
         plugin.text_metadata(writer, hp, plan.stem)
@@ -209,64 +316,94 @@ def _write_text(plan: Plan, ckpt: Checkpoint, tmp: Path, report: Reporter):
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         write_vocab(writer, vocab)
 
-    def load(name: str) -> np.ndarray:
-        return ckpt.load(name).to(torch.float32).numpy()
-
     report.step(f"writing {plan.text_file} ({len(plan.text_tensors)} tensors, {plan.outtype})")
     types = {k: gguf.GGMLQuantizationType[v] for k, v in plan.text_types.items()}
     with report.progress(len(plan.text_tensors), "text gguf") as update:
-        records = write_text_gguf(tmp / plan.text_file, plan.text_arch, plan.text_tensors, types, load, metadata,
-                                  on_tensor=lambda i, n, name: update(name))
-    return records, vocab
+        return write_text_gguf(tmp / plan.text_file, plan.text_arch, plan.text_tensors, types,
+                               lambda name: _checked(ckpt, name), metadata, on_tensor=lambda i, n, name: update(name))
 
 
-def _token_index(vocab, token: str, plan: Plan) -> int:
-    try:
-        return vocab.tokens.index(token)
-    except ValueError:
-        raise SmtError(f"{plan.tokenizer.directory}: {token}: not in the tokenizer's vocabulary") from None
+def checkpoint_weights(ckpt: Checkpoint, to_ckpt) -> Weights:
+    """Canonical-name access to the checkpoint for graph builders (read one tensor at a time, when saved)."""
+    def shape(name: str) -> tuple[int, ...]:
+        info = ckpt.tensors.get(to_ckpt(name))
+        if info is None:
+            raise SmtError(f"{ckpt.root}: tensor {to_ckpt(name)}: the encoder needs it but it is missing")
+        return info.shape
+
+    return Weights(load=lambda name: _checked(ckpt, to_ckpt(name)), shape=shape)
 
 
-def _export_encoders(plan: Plan, model, tmp: Path, report: Reporter) -> list[dict]:
-    """Export, check and simplify each ONNX file the plan lists; returns their manifest records."""
-    from smt_convert.converters.onnx_export import export_onnx
-
-    records = []
+def _write_encoders(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions, report: Reporter) -> list:
+    """Build each encoder graph from the weights and write it; a recipe's earlier identical file is linked,
+    and int8 is derived from an fp32 file written earlier when there is one."""
     if not plan.encoders:
         return []
-    for planned, spec in zip(plan.encoders, plan.plugin.encoder_specs(model, plan.hparams)):
-        report.step(f"exporting {planned.file} ({plan.onnx_dtype})")
-        rep = export_onnx(spec, tmp / planned.file, dtype=plan.onnx_dtype, log=report.detail)
-        records.append({"role": planned.role, "file": planned.file, "inputs": rep.inputs, "outputs": rep.outputs,
-                        "exporter": rep.exporter, "simplified": rep.simplified, "notes": rep.notes,
-                        "external_data": rep.external_data, "export_checks": rep.checks,
-                        "export_seconds": round(rep.export_seconds, 2)})
-    return records
+    hp, dtype = plan.hparams, plan.onnx_dtype
+    weights = checkpoint_weights(ckpt, plan.plugin.canonical_to_checkpoint(hp))
+    graphs = plan.plugin.build_encoders(weights, hp, "fp16" if dtype == "fp16" else "fp32")
+    if len(graphs) != len(plan.encoders):
+        raise SmtError(f"{plan.plugin.name}: built {len(graphs)} encoder graphs for {len(plan.encoders)} planned files")
+    shared = opts.shared
+    size = json.dumps(plan.plugin.preprocessing(hp), sort_keys=True, default=str)
+    written = []
+    for planned, graph in zip(plan.encoders, graphs):
+        path = tmp / planned.file
+        key = (str(ckpt.root.resolve()), size, planned.role)
+        done = shared.encoders.get(key + (dtype,)) if shared else None
+        if done is not None and _link(done[0], path, done[1].data_file):
+            report.step(f"{planned.file}: same encoder as an earlier variant, linked")
+            record = done[1]
+        else:
+            fp32 = shared.encoders.get(key + ("fp32",)) if shared and dtype == "int8" else None
+            report.step(f"writing {planned.file} ({dtype}" + (", derived from the fp32 file" if fp32 else "") + ")")
+            record = write_encoder(graph, path, dtype, fp32_source=fp32[0] if fp32 else None, log=report.detail)
+        if shared is not None:
+            shared.encoders[key + (dtype,)] = (path, record)
+        written.append(record)
+    return written
+
+
+def _link(source: Path, target: Path, data_file: str | None) -> bool:
+    """Hard-link an encoder file (and its data) written by an earlier variant. Only under the same file name:
+    the .onnx names its data file inside, so a renamed pair would not load. False if it cannot be linked."""
+    if source.name != target.name:
+        return False
+    pairs = [(source, target)] + ([(source.with_name(data_file), target.with_name(data_file))] if data_file else [])
+    try:
+        for src, dst in pairs:
+            os.link(src, dst)
+    except OSError:
+        for _, dst in pairs:
+            dst.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def _write_side_files(plan: Plan, files: dict[str, str], tmp: Path) -> list[str]:
-    """Board config.json, the encoder split metadata, and the tokenizer files the Python runtime reads."""
+    """Board config.json, the plugin's extra board files, and the tokenizer files the Python runtime reads."""
     plugin, hp = plan.plugin, plan.hparams
     (tmp / BOARD_CONFIG).write_text(json.dumps(plugin.board_config(hp, files), indent=2) + "\n")
-    if hasattr(plugin, "split_metadata"):
-        split = tmp / f"{plan.stem}-encoder-split-metadata.json"
-        split.write_text(json.dumps(plugin.split_metadata(hp, files), indent=2) + "\n")
+    for name, content in plugin.side_files(hp, files, plan.stem).items():
+        (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
     return [p.name for p in export_runtime_tokenizer(plan.tokenizer, tmp)]
 
 
-def _verify_and_store_goldens(plan: Plan, model, tmp: Path, opts: ConvertOptions, report: Reporter) -> list:
-    """Run the bundle on the plugin's golden input, store what it produced, compare with HF (if a model is
-    given), then re-check the stored goldens through the same path `smt-convert verify` uses."""
+def _verify_and_store_goldens(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions,
+                              report: Reporter) -> tuple[list, str | None]:
+    """Run the bundle on the golden input, store what it produced, compare with HF (unless --no-verify),
+    then re-check the stored goldens through the same path `smt-convert verify` uses."""
     from smt_convert.runtime.pipeline import BundleRunner
 
     plugin, hp = plan.plugin, plan.hparams
     runner = BundleRunner(tmp, require_complete=False)
     golden = tmp / GOLDEN_DIR
     golden.mkdir()
+    kind = modality(plan.modality)
     media = None
-    if plan.golden_file:
-        media = load_media(opts.golden_input, plan.modality) if opts.golden_input else plugin.golden_media(hp)
-        save_media(media, plan.modality, golden / plan.golden_file)
+    if kind.has_media:
+        media = kind.load(opts.golden_input) if opts.golden_input else plugin.golden_media(hp)
+        kind.save(media, golden / kind.golden_file)
     fields = opts.fields or plugin.golden_fields()
     result = runner.run(media, fields=fields, language=opts.language, max_new_tokens=opts.max_new_tokens)
     if media is not None:
@@ -274,19 +411,23 @@ def _verify_and_store_goldens(plan: Plan, model, tmp: Path, opts: ConvertOptions
     top = np.argsort(-result.first_logits)[:10]
     expected = {"tokens": result.tokens, "fields": fields, "language": opts.language, "text": result.text,
                 "top_logits": {"ids": top.tolist(), "values": result.first_logits[top].astype(float).tolist()}}
-    rows = []
-    if model is not None:
+    rows, reference = [], None
+    if opts.verify:
+        _quiet_library_logs()
         rows, expected["reference_tokens"] = compare_with_reference(
-            plugin, hp, model, runner, media, result, plan.outtype, opts.onnx_dtype, opts.max_new_tokens,
-            opts.thresholds)
+            plugin, ckpt, hp, runner, media, result, plan.outtype, opts.onnx_dtype, opts.max_new_tokens,
+            opts.thresholds, cache=opts.shared.references if opts.shared else None, report=report)
+        reference = "transformers " + _transformers_version() + " (streamed layer by layer)"
     (golden / "expected.json").write_text(json.dumps(expected, indent=1))
     rows += V.golden_rows(runner)
     report.detail(V.format_table(rows))
-    return rows
+    return rows, reference
 
 
-def _manifest_skeleton(plan: Plan, ckpt: Checkpoint, records, encoder_reports, tokenizer_files, vocab) -> dict:
-    plugin, hp = plan.plugin, plan.hparams
+def _manifest_skeleton(plan: Plan, source: dict, records, encoders: list[WrittenEncoder],
+                       tokenizer_files) -> dict:
+    plugin, hp, vocab = plan.plugin, plan.hparams, plan.vocab
+    kind = modality(plan.modality)
     return {
         "format": MANIFEST_FORMAT,
         "complete": False,
@@ -295,47 +436,23 @@ def _manifest_skeleton(plan: Plan, ckpt: Checkpoint, records, encoder_reports, t
         "architecture": plugin.name,
         "hf_architectures": list(plugin.hf_architectures),
         "modality": plan.modality,
-        "source": {**ckpt.source_record(), "layout": hp.layout, "tokenizer": {
+        "source": {**source, "layout": plan.facts.layout, "tokenizer": {
             "kind": plan.tokenizer.kind, "files": [str(p) for p in plan.tokenizer.files]}},
         "hparams": plugin.hparams_record(hp),
         "text": {"file": plan.text_file, "gguf_arch": plan.text_arch, "outtype": plan.outtype,
-                 "tensors": records, "rope_dimension_sections": list(hp.rope_sections),
+                 "tensors": records, "rope_dimension_sections": list(plan.facts.rope_sections),
                  "vocab": {"model": vocab.model, "pre": vocab.pre, "size": len(vocab.tokens),
                            "special_ids": vocab.special_ids}},
         "dropped_tensors": plan.dropped,
-        "encoders": encoder_reports,
+        "encoders": [e.record() for e in encoders],
         "onnx_dtype": plan.onnx_dtype,
         "preprocessing": plugin.preprocessing(hp),
         "prompt": plugin.prompt_record(hp),
         "tokenizer_files": tokenizer_files,
-        "golden": {"directory": GOLDEN_DIR, "input": plan.golden_file,
-                   "files": ([plan.golden_file, "encoder.npy"] if plan.golden_file else []) + ["expected.json"]},
+        "golden": {"directory": GOLDEN_DIR, "input": kind.golden_file,
+                   "files": ([kind.golden_file, "encoder.npy"] if kind.has_media else []) + ["expected.json"]},
         "notes": plan.notes,
     }
-
-
-GOLDEN_FILES = {"audio": "input.wav", "image": "input.png"}
-
-
-def load_media(path: Path, modality: str):
-    if modality == "audio":
-        from smt_convert.runtime.audio import load_audio
-
-        return load_audio(path)
-    from smt_convert.runtime.image import load_image
-
-    return load_image(path)
-
-
-def save_media(media, modality: str, path: Path) -> None:
-    if modality == "audio":
-        import soundfile
-
-        soundfile.write(path, media, 16000, subtype="FLOAT")
-    else:
-        from PIL import Image
-
-        Image.fromarray(np.asarray(media, dtype=np.uint8)).save(path)
 
 
 def _write_manifest(root: Path, manifest: dict, complete: bool) -> None:
@@ -345,7 +462,7 @@ def _write_manifest(root: Path, manifest: dict, complete: bool) -> None:
     if complete:
         manifest["files"] = [
             {"path": p.relative_to(root).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in (MANIFEST, PARTIAL_MARKER)
         ]
     (root / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_json_default) + "\n")
 
@@ -361,10 +478,7 @@ def _json_default(obj):
 
 
 def _quiet_library_logs() -> None:
-    """torch's exporter warns about optional torchvision ops on every export; that is noise for our users."""
-    import logging
-
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    """transformers' progress bars and warnings are noise inside our own progress output."""
     try:
         from transformers.utils import logging as hf_logging
 

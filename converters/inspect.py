@@ -14,7 +14,7 @@ def _size(n: int) -> str:
 
 
 def describe_plan(plan: Plan, ckpt) -> dict:
-    plugin, hp = plan.plugin, plan.hparams
+    plugin = plan.plugin
     type_counts: dict[str, int] = {}
     for t in plan.text_types.values():
         type_counts[t] = type_counts.get(t, 0) + 1
@@ -24,11 +24,11 @@ def describe_plan(plan: Plan, ckpt) -> dict:
     for enc in plan.encoders:
         outputs.append({"file": enc.file, "kind": f"ONNX {enc.role}", "dtype": plan.onnx_dtype,
                         "bytes": enc.params * bytes_per, "inputs": enc.inputs, "outputs": enc.outputs})
-    from smt_convert.converters.text_gguf import OUTTYPES, choose_types, tensor_nbytes
+    from smt_convert.converters.text_gguf import OUTTYPES, tensor_nbytes
 
     text_sizes = {}
     for outtype in OUTTYPES:
-        types = choose_types(plan.text_tensors, outtype)
+        types = plugin.text_types(plan.text_tensors, outtype)
         text_sizes[outtype] = sum(tensor_nbytes(t.shape, types[t.name]) for t in plan.text_tensors)
     encoder_params = sum(e.params for e in plan.encoders)
     # int8 quantises only MatMul/Gemm weights; treating every weight as int8 gives a lower bound
@@ -37,7 +37,7 @@ def describe_plan(plan: Plan, ckpt) -> dict:
         "checkpoint": str(ckpt.root),
         "sizes_by_choice": {"text": text_sizes, "encoders": encoder_sizes},
         "architecture": plugin.name,
-        "layout": hp.layout,
+        "layout": plan.facts.layout,
         "weight_dtypes": sorted(ckpt.dtypes()),
         "weight_files": [p.name for p in ckpt.weight_files],
         "parameters": plan.params,

@@ -107,6 +107,7 @@ class Plan:
 
     plugin: "ArchPlugin"
     hparams: Any                               # the plugin's own hyperparameter record
+    facts: "ModelFacts"
     stem: str
     outtype: str
     onnx_dtype: str
@@ -120,6 +121,7 @@ class Plan:
     encoders: list[EncoderOutput]
     dropped: dict[str, str]                    # checkpoint tensors not converted, with the reason
     tokenizer: Any                             # converters.tokenizer.TokenizerSource
+    vocab: Any                                 # converters.tokenizer.GgufVocab, built while planning
     params: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -183,6 +185,7 @@ class ArchPlugin(abc.ABC):
     hf_architectures: ClassVar[tuple[str, ...]]  # config.json `architectures` values it answers to
     summary: ClassVar[str]
     produces: ClassVar[list[str]]                # what a bundle holds, for `smt-convert list`
+    text_arch: ClassVar[str]                     # GGUF architecture, for `smt-convert list` (facts() decides)
     tokens: ClassVar[TokenRules]
     lossy_nmse_scale: ClassVar[float] = 1.0      # widens lossy text NMSE bounds (MoE routing flips)
 
@@ -258,6 +261,12 @@ class ArchPlugin(abc.ABC):
     def prompt_record(self, hp) -> dict:
         """How the runtime (and the board) builds a prompt: template, media marker and boundary tokens,
         position rule, stop tokens; stored in the manifest."""
+
+    def required_tokens(self, hp) -> list[str]:
+        """Tokens the prompt needs as entries of the vocabulary (checked while planning, before any writing):
+        by default the media boundary tokens of the prompt record."""
+        record = self.prompt_record(hp)
+        return [record[k] for k in ("media_start", "media_end") if record.get(k)]
 
     def preprocessing(self, hp) -> dict:
         """Host preprocessing the board and the runtime apply (stored in the manifest)."""

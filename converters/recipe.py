@@ -35,10 +35,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from smt_convert.converters.onnx_write import ONNX_DTYPES
+from smt_convert.converters.text_gguf import OUTTYPES
 from smt_convert.runtime.errors import SmtError
 
-from smt_convert.converters.onnx_export import ONNX_DTYPES
-from smt_convert.converters.text_gguf import OUTTYPES
 THRESHOLD_KEYS = ("text_nmse", "text_top1", "encoder_cosine", "encoder_rel_max_abs")
 
 
@@ -133,25 +133,28 @@ def load_recipe(path: Path) -> Recipe:
         recipe.verify_input = (path.parent / verify.get("input")).resolve()
     recipe.language, recipe.context = verify.get("language"), verify.get("context")
     recipe.prompt = verify.get("prompt")
-    _check_modality(recipe, {p.name: p for p in all_plugins()}[recipe.architecture])
+    if recipe.verify_input is not None and not recipe.verify_input.is_file():
+        raise SmtError(f"{path}: verify.input: {recipe.verify_input} not found")
     th = _Table(top.get("thresholds", {}), path, "thresholds.", {k: float for k in THRESHOLD_KEYS})
     recipe.thresholds = {k: th.get(k) for k in THRESHOLD_KEYS if th.get(k) is not None}
     return recipe
 
 
-def _check_modality(recipe: Recipe, plugin) -> None:
-    """Options that the architecture cannot use are errors here, before any conversion starts."""
-    where = recipe.path
-    if recipe.verify_input is not None and not recipe.verify_input.is_file():
-        raise SmtError(f"{where}: verify.input: {recipe.verify_input} not found")
-    audio = plugin.modality == "audio"
-    for key, value, ok in (("verify.language", recipe.language, audio), ("verify.context", recipe.context, audio),
-                           ("verify.prompt", recipe.prompt, not audio)):
-        if value is not None and not ok:
-            raise SmtError(f"{where}: {key}: {recipe.architecture} has no such prompt option")
+def check_options(recipe: Recipe, plugin, hp) -> None:
+    """Options the model cannot use are errors, found from its prompt record and facts before any variant is
+    converted (the same record the runtime checks `run`'s options against)."""
+    record = plugin.prompt_record(hp)
+    fields = set(record.get("template_fields", {}))
+    takes = {"verify.prompt": "prompt" in fields, "verify.context": "context" in fields,
+             "verify.language": "assistant_prefix_with_language" in record}
+    for key, value in (("verify.prompt", recipe.prompt), ("verify.context", recipe.context),
+                       ("verify.language", recipe.language)):
+        if value is not None and not takes[key]:
+            raise SmtError(f"{recipe.path}: {key}: {recipe.architecture} has no such prompt option")
+    facts = plugin.facts(hp)
     for i, v in enumerate(recipe.variants):
-        if v.image_size is not None and plugin.modality != "image":
-            raise SmtError(f"{where}: variants[{i}].image_size: {recipe.architecture} has no vision encoder")
+        if v.image_size is not None and facts.modality != "image":
+            raise SmtError(f"{recipe.path}: variants[{i}].image_size: {recipe.architecture} has no vision encoder")
 
 
 def _source(data: dict, path: Path) -> dict:
@@ -201,23 +204,28 @@ class Result:
 
 
 def run_recipe(recipe: Recipe, out_root: Path, scratch: Path, report) -> list[Result]:
-    """Every variant of one recipe; a failing variant does not stop the others."""
-    from smt_convert.converters.convert import ConvertOptions, convert
+    """Every variant of one recipe; a failing variant does not stop the others. The variants share one
+    opened (and hashed) checkpoint, the encoder files already written and the Hugging Face reference."""
+    from smt_convert.converters.convert import ConvertOptions, SharedWork, convert
     from smt_convert.converters.plugin import get_plugin
 
     results = []
+    shared = SharedWork()
+    plugin = get_plugin(recipe.architecture)
     try:
         checkpoint = resolve_source(recipe, scratch)
+        check_options(recipe, plugin, plugin.read_hparams(shared.checkpoint(checkpoint), None))
     except SmtError as exc:
         return [Result(recipe.name, v.name, "error", 0.0, message=str(exc)) for v in recipe.variants]
-    plugin = get_plugin(recipe.architecture)
-    for variant in recipe.variants:
+    # fp32 encoders first, so int8 variants derive from a written fp32 file; results keep the recipe's order
+    order = sorted(recipe.variants, key=lambda v: ("fp32", "fp16", "int8").index(v.onnx_dtype))
+    for variant in order:
         out = out_root / recipe.name / variant.name
         opts = ConvertOptions(outtype=variant.outtype, onnx_dtype=variant.onnx_dtype, stem=recipe.stem, force=True,
                               verify=recipe.verify, max_new_tokens=recipe.max_new_tokens,
                               thresholds=recipe.thresholds, golden_input=recipe.verify_input,
                               language=recipe.language, fields=_fields(recipe),
-                              image_size=variant.image_size)
+                              image_size=variant.image_size, shared=shared)
         report.step(f"recipe {recipe.name}: {variant.name}")
         t0 = time.perf_counter()
         try:
@@ -230,7 +238,8 @@ def run_recipe(recipe: Recipe, out_root: Path, scratch: Path, report) -> list[Re
         results.append(Result(recipe.name, variant.name, "pass" if passed else "fail", time.perf_counter() - t0,
                               output=out, sizes=_sizes(manifest), worst=_worst(manifest),
                               message="; ".join(f"{r['check']} {r['metric']} {r['value']}" for r in failing)))
-    return results
+    rank = {v.name: i for i, v in enumerate(recipe.variants)}
+    return sorted(results, key=lambda r: rank[r.variant])
 
 
 def _fields(recipe: Recipe) -> dict | None:

@@ -463,7 +463,7 @@ def build_bpe_vocab(
     source: TokenizerSource,
     vocab_size: int,
     pre: str,
-    eot_token: str | None = "<|im_end|>",
+    eot_token: str | None = None,
     eos_token: str | None = None,
 ) -> GgufVocab:
     """Byte-level BPE → GGUF vocab as llama.cpp's converter writes it (model "gpt2")."""
@@ -743,7 +743,7 @@ def build_vocab(
     source: TokenizerSource,
     vocab_size: int,
     pre: str | None = None,
-    eot_token: str | None = "<|im_end|>",
+    eot_token: str | None = None,
     eos_token: str | None = None,
 ) -> GgufVocab:
     """BPE or SentencePiece, whichever the source is; BPE needs the plugin's `pre` (SentencePiece ignores it)."""

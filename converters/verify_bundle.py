@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 from smt_convert.converters.checkpoint import Checkpoint
 from smt_convert.converters.convert import ConvertOptions, _json_default
@@ -12,6 +11,7 @@ from smt_convert.converters.plugin import detect_plugin, get_plugin
 from smt_convert.converters.reference import compare_with_reference
 from smt_convert.runtime.bundle import GOLDEN_DIR, read_json
 from smt_convert.runtime.errors import SmtError
+from smt_convert.runtime.media import modality
 
 
 def reference_rows_for_bundle(runner, reference_dir: Path, max_new_tokens: int, report) -> list:
@@ -33,17 +33,12 @@ def reference_rows_for_bundle(runner, reference_dir: Path, max_new_tokens: int, 
         k = differ[0]
         raise SmtError(f"{ckpt.config_path}: {k}: {found.get(k)!r} but the bundle was converted from a model with "
                        f"{recorded[k]!r}; --reference must be the checkpoint the bundle came from")
-    report.step(f"loading the Hugging Face reference from {reference_dir}")
-    model = plugin.build_torch_model(ckpt, hp)
-    from smt_convert.converters.convert import load_media
-
     golden = manifest["golden"]
-    media = None
-    if golden.get("input"):
-        media = load_media(runner.bundle.root / GOLDEN_DIR / golden["input"], manifest["modality"])
+    kind = modality(manifest["modality"])
+    media = kind.load(runner.bundle.root / GOLDEN_DIR / golden["input"]) if golden.get("input") else None
     expected = read_json(runner.bundle.root / GOLDEN_DIR / "expected.json")
     result = runner.run(media, fields=expected.get("fields"), language=expected.get("language"),
                         max_new_tokens=max_new_tokens)
-    rows, _ = compare_with_reference(plugin, hp, model, runner, media, result, manifest["text"]["outtype"],
-                                     manifest["onnx_dtype"], max_new_tokens)
+    rows, _ = compare_with_reference(plugin, ckpt, hp, runner, media, result, manifest["text"]["outtype"],
+                                     manifest["onnx_dtype"], max_new_tokens, report=report)
     return rows

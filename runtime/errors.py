@@ -16,3 +16,10 @@ class VerificationFailed(SmtError):
 def where(path, field=None) -> str:
     """Format the 'file: field' prefix used by every error message."""
     return f"{path}: {field}" if field else f"{path}"
+
+
+class Terminated(BaseException):
+    """SIGTERM (timeout, CI cancellation, docker stop) raised as an exception so that temporary output is
+    removed on the way out; the CLI exits 143 as a process killed by SIGTERM would."""
+
+    exit_code = 143

@@ -138,7 +138,7 @@ def text_rows(logits: np.ndarray, ref: np.ndarray, outtype: str, onnx_dtype: str
 def e2e_rows(tokens: list[int], ref: list[int], exact: bool) -> list[Row]:
     agree = prefix_agreement(tokens, ref)
     if exact:
-        return [Row("end to end", "greedy tokens agreeing", agree, "== HF generate", tokens == ref)]
+        return [Row("end to end", "greedy tokens agreeing", agree, "== HF greedy", tokens == ref)]
     return [Row("end to end", "greedy tokens agreeing", agree, "reported", True, gate=False)]
 
 

@@ -222,7 +222,7 @@ def test_vocab_identical_from_both_layouts(fixture_dirs):
 
 def test_vocab_padding_types_and_special_ids(fixture_dirs):
     ids = {s: i for s, i in zip([*QWEN3_ASR_SPECIALS, "<think>"], range(400, 408))}
-    v = build_bpe_vocab(find_tokenizer(fixture_dirs["both"]), 512, "qwen2")
+    v = build_bpe_vocab(find_tokenizer(fixture_dirs["both"]), 512, "qwen2", eot_token="<|im_end|>")
     assert (v.model, v.pre, v.scores, v.add_bos) == ("gpt2", "qwen2", None, False)
     assert len(v.tokens) == len(v.types) == 512
     for s in QWEN3_ASR_SPECIALS:
@@ -263,7 +263,7 @@ def test_merges_as_pairs_or_strings(fixture_dirs, tmp_path):
 
 
 def test_write_vocab_round_trips_through_gguf(fixture_dirs, tmp_path):
-    v = build_bpe_vocab(find_tokenizer(fixture_dirs["tokenizer.json"]), 512, "qwen2")
+    v = build_bpe_vocab(find_tokenizer(fixture_dirs["tokenizer.json"]), 512, "qwen2", eot_token="<|im_end|>")
     path = tmp_path / "vocab.gguf"
     write_vocab_only_gguf(v, path)
     reader = gguf.GGUFReader(str(path))
@@ -400,7 +400,7 @@ def llama_detokenize(llama_cpp, vocab, ids: list[int]) -> str:
 def test_llama_cpp_tokenizes_like_transformers(fixture_dirs, tmp_path):
     transformers = pytest.importorskip("transformers")
     path = tmp_path / "vocab.gguf"
-    vocab = build_bpe_vocab(find_tokenizer(fixture_dirs["vocab+merges"]), 512, "qwen2")
+    vocab = build_bpe_vocab(find_tokenizer(fixture_dirs["vocab+merges"]), 512, "qwen2", eot_token="<|im_end|>")
     write_vocab_only_gguf(vocab, path)
     llama_cpp, model = llama_vocab_only(path)
     try:
