@@ -225,20 +225,25 @@ def _register_arch_commands():
 @click.pass_context
 def run(ctx, bundle, audio, image, prompt, language, context, max_new_tokens, threads, as_json):
     """Run BUNDLE with the minimal runtime (no torch) and print the answer."""
+    from smt_convert.runtime.bundle import Bundle
+    from smt_convert.runtime.media import MODALITIES
     from smt_convert.runtime.pipeline import BundleRunner
 
+    opened = Bundle.open(bundle)
+    opened.check_sizes()  # a bundle copied incompletely is refused before anything loads
+    kind = opened.manifest["modality"]
+    given = {"audio": audio, "image": image}
+    for flag, value in given.items():
+        if value is not None and flag != kind:
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise SmtError(f"--{flag}: {bundle} is {article} {kind} bundle")
+    if kind in given and given[kind] is None:
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise SmtError(f"{bundle}: this is {article} {kind} bundle; pass --{kind} FILE")
+    media = MODALITIES[kind].load(given[kind]) if kind in given else None  # decoded and checked before loading
     runner = BundleRunner(bundle, threads=threads)
     if not runner.manifest.get("verification", {}).get("passed", False):
         click.echo(f"warning: {bundle}: this bundle failed verification when it was converted", err=True)
-    media = {"audio": audio, "image": image}.get(runner.modality)
-    given = {"audio": audio, "image": image}
-    for kind, value in given.items():
-        if value is not None and kind != runner.modality:
-            article = "an" if runner.modality[0] in "aeiou" else "a"
-            raise SmtError(f"--{kind}: {bundle} is {article} {runner.modality} bundle")
-    if runner.modality in given and media is None:
-        article = "an" if runner.modality[0] in "aeiou" else "a"
-        raise SmtError(f"{bundle}: this is {article} {runner.modality} bundle; pass --{runner.modality} FILE")
     result = runner.run(media, fields={"context": context, "prompt": prompt}, language=language,
                         max_new_tokens=max_new_tokens)
     if as_json:
@@ -265,7 +270,7 @@ def verify(ctx, bundle, reference, max_new_tokens):
     from smt_convert.runtime.verify import format_table, golden_rows, hash_rows
 
     rows = hash_rows(Bundle.open(bundle))
-    if rows[0].ok:
+    if all(r.ok for r in rows):
         from smt_convert.runtime.pipeline import BundleRunner
 
         runner = BundleRunner(bundle)

@@ -35,6 +35,8 @@ def load_audio(path, sample_rate: int = 16000) -> np.ndarray:
         raise SmtError(f"{path}: audio: cannot decode ({exc})") from None
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise SmtError(f"{path}: audio: file has no samples")
+    if not np.isfinite(data).all():
+        raise SmtError(f"{path}: audio: holds non-finite samples (NaN or inf)")
     wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if rate != sample_rate:
         wave = soxr.resample(wave, rate, sample_rate, quality="HQ")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class Bundle:
             raise SmtError(f"{root / MANIFEST}: format: not an smt-convert bundle manifest (format {MANIFEST_FORMAT})")
         if require_complete and manifest.get("complete") is not True:
             raise SmtError(f"{root / MANIFEST}: complete: the bundle was not finished (conversion interrupted?)")
+        validate_manifest(manifest, root / MANIFEST, require_complete)
         return cls(root, manifest, read_json(root / BOARD_CONFIG))
 
     def path(self, name: str) -> Path:
@@ -49,11 +51,78 @@ class Bundle:
     def text_gguf(self) -> Path:
         return self.root / self.manifest["text"]["file"]
 
+    def required_files(self) -> list[str]:
+        """Every file the bundle needs: the GGUF, each encoder and its data, config.json, the tokenizer files,
+        the goldens and the board's extra files (everything config.json points at)."""
+        m = self.manifest
+        need = [m["text"]["file"], BOARD_CONFIG]
+        for enc in m["encoders"]:
+            need += [enc["file"]] + ([enc["data_file"]] if enc.get("data_file") else [])
+        need += list(m.get("tokenizer_files", []))
+        golden = m["golden"]
+        need += [f"{golden['directory']}/{name}" for name in golden["files"]]
+        return need + self.config_paths()
+
+    def config_paths(self) -> list[str]:
+        """Model paths in config.json and in the split-encoder metadata: what the board will open."""
+        paths = []
+        for block, keys in (("vision_model", ("model_path",)), ("text_model", ("model_path",)),
+                            ("audio_model", ("frontend_model_path", "backend_model_path"))):
+            entry = self.config.get(block)
+            if isinstance(entry, dict):
+                paths += [entry[k] for k in keys if isinstance(entry.get(k), str)]
+        for meta in sorted(self.root.glob("*-encoder-split-metadata.json")):
+            data = read_json(meta)
+            paths += [meta.name] + [data[k] for k in ("frontend_onnx", "backend_onnx") if isinstance(data.get(k), str)]
+        return paths
+
+    def check_structure(self) -> list[str]:
+        """Problems with what the manifest lists (not with file contents): paths that leave the bundle, files the
+        bundle needs that are not listed, board paths that point at nothing listed."""
+        problems = []
+        listed = {e["path"] for e in self.manifest["files"]}
+        root = self.root.resolve()
+        for name in sorted(listed):
+            if name.startswith("/") or ".." in Path(name).parts:
+                problems.append(f"{name}: path leaves the bundle")
+                continue
+            resolved = (self.root / name).resolve()
+            if root not in resolved.parents:
+                problems.append(f"{name}: resolves outside the bundle (symlink?)")
+        for name in self.required_files():
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                problems.append(f"{name}: named by the bundle but leaves it")
+            elif name not in listed:
+                problems.append(f"{name}: needed by the bundle but not listed in the manifest")
+        return problems
+
+    def unlisted_files(self) -> list[str]:
+        """Files in the bundle the manifest does not list (reported; a bundle may be copied with extras)."""
+        listed = {e["path"] for e in self.manifest["files"]} | {MANIFEST}
+        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
+                      if p.is_file() and p.relative_to(self.root).as_posix() not in listed)
+
+    def check_sizes(self) -> None:
+        """Presence and size of every listed file (cheap; full hashes are `verify`'s job): before `run` loads."""
+        for problem in self.check_structure():
+            raise SmtError(f"{self.root}: {problem}")
+        for entry in self.manifest["files"]:
+            path = self.root / entry["path"]
+            if not path.is_file():
+                raise SmtError(f"{path}: listed in the manifest but missing")
+            if path.stat().st_size != entry["size"]:
+                raise SmtError(f"{path}: size {path.stat().st_size}, the manifest says {entry['size']} "
+                               "(copied incompletely?)")
+
     def check_files(self) -> list[dict]:
         """Compare every file listed in the manifest with its recorded size and sha256."""
         rows = []
         for entry in self.manifest.get("files", []):
             path = self.root / entry["path"]
+            if entry["path"].startswith("/") or ".." in Path(entry["path"]).parts or \
+                    self.root.resolve() not in path.resolve().parents:
+                rows.append({"file": entry["path"], "ok": False, "detail": "outside the bundle, not read"})
+                continue
             if not path.is_file():
                 rows.append({"file": entry["path"], "ok": False, "detail": "missing"})
                 continue
@@ -81,3 +150,52 @@ def read_json(path: Path, what: str | None = None) -> dict:
     if not isinstance(data, dict):
         raise SmtError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def validate_manifest(m: dict, path: Path, complete: bool = True) -> None:
+    """The manifest's shape, before anything trusts it: one line naming the first bad field."""
+    def need(obj, key, kind, where):
+        if not isinstance(obj, dict) or key not in obj:
+            raise SmtError(f"{path}: {where}{key}: missing")
+        value = obj[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise SmtError(f"{path}: {where}{key}: expected {names}, found {type(value).__name__}")
+        return value
+
+    need(m, "architecture", str, "")
+    need(m, "modality", str, "")
+    text = need(m, "text", dict, "")
+    need(text, "file", str, "text.")
+    need(text, "outtype", str, "text.")
+    for i, enc in enumerate(need(m, "encoders", list, "")):
+        need(enc, "file", str, f"encoders[{i}].")
+        need(enc, "role", str, f"encoders[{i}].")
+        if enc.get("data_file") is not None:
+            need(enc, "data_file", str, f"encoders[{i}].")
+    need(m, "onnx_dtype", str, "")
+    need(m, "prompt", dict, "")
+    need(m, "preprocessing", dict, "")
+    golden = need(m, "golden", dict, "")
+    need(golden, "directory", str, "golden.")
+    for i, name in enumerate(need(golden, "files", list, "golden.")):
+        if not isinstance(name, str):
+            raise SmtError(f"{path}: golden.files[{i}]: expected str, found {type(name).__name__}")
+    for i, name in enumerate(m.get("tokenizer_files", [])):
+        if not isinstance(name, str):
+            raise SmtError(f"{path}: tokenizer_files[{i}]: expected str, found {type(name).__name__}")
+    if not complete:
+        return
+    files = need(m, "files", list, "")
+    if not files:
+        raise SmtError(f"{path}: files: empty (a bundle lists every file it holds)")
+    for i, entry in enumerate(files):
+        if not isinstance(entry, dict):
+            raise SmtError(f"{path}: files[{i}]: expected an object, found {type(entry).__name__}")
+        need(entry, "path", str, f"files[{i}].")
+        need(entry, "size", int, f"files[{i}].")
+        if not _SHA256.match(need(entry, "sha256", str, f"files[{i}].")):
+            raise SmtError(f"{path}: files[{i}].sha256: not a sha256 hex digest")

@@ -20,6 +20,8 @@ import numpy as np
 
 from .errors import SmtError
 
+MAX_PIXELS = 64_000_000  # checked from the header, before decoding: 8000 x 8000 is far beyond any encoder input
+
 
 def load_image(path) -> np.ndarray:
     """Decode an image file to uint8 [H, W, 3] RGB (alpha dropped, palette/grey expanded)."""
@@ -30,9 +32,13 @@ def load_image(path) -> np.ndarray:
         raise SmtError(f"{path}: image: file not found")
     try:
         with Image.open(path) as im:
+            width, height = im.size
+            if width * height > MAX_PIXELS:
+                raise SmtError(f"{path}: image: {width}x{height} is larger than {MAX_PIXELS // 1_000_000} megapixels "
+                               "(resize it first)")
             im.load()
             rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise SmtError(f"{path}: image: cannot decode ({msg})") from None
     arr = np.asarray(rgb, dtype=np.uint8)

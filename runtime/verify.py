@@ -143,10 +143,21 @@ def e2e_rows(tokens: list[int], ref: list[int], exact: bool) -> list[Row]:
 
 
 def hash_rows(bundle) -> list[Row]:
+    """Structure first (what is listed and where it points), then every listed file's size and sha256."""
+    rows = []
+    problems = bundle.check_structure()
+    rows.append(Row("manifest", "structure", "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)"
+                                                                         if len(problems) > 3 else "")
+                    if problems else "complete", "every needed file listed, inside the bundle", not problems))
     results = bundle.check_files()
     bad = [r for r in results if not r["ok"]]
     detail = "all match" if not bad else "; ".join(f"{r['file']}: {r['detail']}" for r in bad)
-    return [Row("files", f"{len(results)} sha256", detail, "manifest", not bad)]
+    rows.append(Row("files", f"{len(results)} sha256", detail, "manifest", not bad))
+    extra = bundle.unlisted_files()
+    if extra:
+        rows.append(Row("files", "not in the manifest", ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""),
+                        "reported", True, gate=False))
+    return rows
 
 
 def golden_rows(runner) -> list[Row]:
