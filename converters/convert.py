@@ -391,8 +391,7 @@ def _write_side_files(plan: Plan, files: dict[str, str], tmp: Path) -> list[str]
 
 def _verify_and_store_goldens(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions,
                               report: Reporter) -> tuple[list, str | None]:
-    """Run the bundle on the golden input, store what it produced, compare with HF (unless --no-verify),
-    then re-check the stored goldens through the same path `smt-convert verify` uses."""
+    """Run the bundle on the golden input, store what it produced, and compare with HF (unless --no-verify)."""
     from smt_convert.runtime.pipeline import BundleRunner
 
     plugin, hp = plan.plugin, plan.hparams
@@ -419,7 +418,11 @@ def _verify_and_store_goldens(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: Con
             opts.thresholds, cache=opts.shared.references if opts.shared else None, report=report)
         reference = "transformers " + _transformers_version() + " (streamed layer by layer)"
     (golden / "expected.json").write_text(json.dumps(expected, indent=1))
-    rows += V.golden_rows(runner)
+    # Re-running the goldens here would repeat the whole run (minutes for a large vision tower) to compare it
+    # with itself; `smt-convert verify` re-runs them on the target, which is where they can fail.
+    stored = len(list(golden.iterdir()))
+    rows.append(V.Row("goldens", "stored", f"{stored} files in {GOLDEN_DIR}/", "re-run by `smt-convert verify`",
+                      True, gate=False))
     report.detail(V.format_table(rows))
     return rows, reference
 

@@ -31,6 +31,19 @@ def build_module(factory: Callable[[], "torch.nn.Module"], load: Callable[[str],
     return module.eval()
 
 
+def streamed(factory: Callable[[], "torch.nn.Module"], load: Callable[[str], "torch.Tensor"], prefix: str,
+             where: str = "checkpoint") -> "torch.nn.Module":
+    """A stand-in for one block inside a transformers model's own forward: each call builds the real block from
+    the checkpoint, runs it and lets it go, so a tower or decoder holds one block's weights at a time."""
+    import torch
+
+    class Streamed(torch.nn.Module):
+        def forward(self, *args, **kwargs):
+            return build_module(factory, load, prefix, where)(*args, **kwargs)
+
+    return Streamed()
+
+
 def load_module(module: "torch.nn.Module", load: Callable[[str], "torch.Tensor"], prefix: str,
                 where: str = "checkpoint") -> None:
     """Copy `load(prefix + name)` (as float32) into each parameter; a missing tensor or a shape that differs

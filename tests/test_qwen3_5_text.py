@@ -1,4 +1,4 @@
-"""Qwen3.5 text side: archs/qwen3_5.py (tensors, transforms, metadata) + the numpy qwen35/qwen35moe
+"""Qwen3.5 text side: archs/qwen3_5/text.py (tensors, transforms, metadata) + the numpy qwen35/qwen35moe
 decoder, checked against transformers and against llama.cpp (llama-cpp-python).
 
 The references are tiny random `Qwen3_5ForCausalLM` / `Qwen3_5MoeForCausalLM` with both layer types,
@@ -15,13 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smt_convert.archs.qwen3_5 import plugin as Q
+from smt_convert.archs.qwen3_5 import config as C
+from smt_convert.archs.qwen3_5 import text as T
+from smt_convert.archs.qwen3_5.plugin import Qwen35Plugin
 from smt_convert.converters.text_gguf import write_text_gguf
 from smt_convert.runtime.decoders import DECODERS, load_decoder
 from smt_convert.runtime.decoders.qwen35 import Qwen35Decoder, delta_rule_chunked, delta_rule_recurrent
 from smt_convert.runtime.errors import SmtError
 from smt_convert.runtime.generate import greedy_generate, prefill
 from smt_convert.runtime.gguf_model import GGUFModel
+
+RULES = Qwen35Plugin.tokens
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -80,23 +84,23 @@ def make_hf(moe: bool, seed: int = 0):
     return model
 
 
-def hparams_of(model) -> Q.TextHparams:
-    return Q.read_text_hparams(json.loads(model.config.to_json_string()), Path("config.json"))
+def hparams_of(model) -> C.TextHparams:
+    return C.read_text_hparams(json.loads(model.config.to_json_string()), Path("config.json"))
 
 
 def write_gguf(model, path: Path, outtype: str = "f32", vocab=None) -> Path:
     hp = hparams_of(model)
     state = {k: v.float().numpy() for k, v in model.state_dict().items()}
-    tensors = Q.text_tensors(hp, prefix=Q.CAUSAL_PREFIX)
+    tensors = T.text_tensors(hp, prefix=C.CAUSAL_PREFIX)
 
     def metadata(writer):
-        Q.write_text_metadata(writer, hp, "tiny-qwen3.5")
+        T.write_text_metadata(writer, hp, "tiny-qwen3.5")
         if vocab is not None:
             from smt_convert.converters.tokenizer import write_vocab
 
             write_vocab(writer, vocab)
 
-    write_text_gguf(path, hp.gguf_arch, tensors, Q.text_tensor_types(tensors, outtype), lambda n: state[n], metadata)
+    write_text_gguf(path, hp.gguf_arch, tensors, T.text_tensor_types(tensors, outtype), lambda n: state[n], metadata)
     return path
 
 
@@ -107,7 +111,7 @@ def vocab(tmp_path_factory):
 
     directory = tmp_path_factory.mktemp("tok")
     build_qwen_bpe_tokenizer(directory)
-    return build_bpe_vocab(find_tokenizer(directory), VOCAB, Q.VOCAB_PRE, eot_token=Q.EOT_TOKEN, eos_token=Q.EOS_TOKEN)
+    return build_bpe_vocab(find_tokenizer(directory), VOCAB, RULES.pre, eot_token=RULES.eot, eos_token=RULES.eos)
 
 
 @pytest.fixture(scope="module", params=["dense", "moe"])
@@ -306,11 +310,11 @@ def test_expected_names_match_transformers():
         with torch.device("meta"):
             model = cls(cfg)
         params = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("model.visual.")}
-        hp = Q.read_text_hparams(json.loads(cfg.to_json_string()), Path("config.json"))
+        hp = C.read_text_hparams(json.loads(cfg.to_json_string()), Path("config.json"))
         assert hp.moe == moe
-        assert Q.expected_text_tensors(hp, Q.TEXT_PREFIX) == params
+        assert T.expected_text_tensors(hp, C.TEXT_PREFIX) == params
         causal = make_hf(moe)
-        assert Q.expected_text_tensors(hparams_of(causal), Q.CAUSAL_PREFIX) == {
+        assert T.expected_text_tensors(hparams_of(causal), C.CAUSAL_PREFIX) == {
             k: tuple(v.shape) for k, v in causal.state_dict().items()}
 
 
@@ -321,13 +325,13 @@ def test_per_expert_layout_equals_fused(tmp_path):
     model = make_hf(moe=True)
     model.save_pretrained(tmp_path)
     on_disk = load_file(str(tmp_path / "model.safetensors"))
-    assert Q.detect_expert_layout(on_disk, Q.CAUSAL_PREFIX) == "per_expert"
+    assert C.detect_expert_layout(on_disk, C.CAUSAL_PREFIX) == "per_expert"
     hp = hparams_of(model)
-    assert set(on_disk) == set(Q.expected_text_tensors(hp, Q.CAUSAL_PREFIX, "per_expert"))
+    assert set(on_disk) == set(T.expected_text_tensors(hp, C.CAUSAL_PREFIX, "per_expert"))
     fused = {k: v.float().numpy() for k, v in model.state_dict().items()}
-    assert Q.detect_expert_layout(fused, Q.CAUSAL_PREFIX) == "fused"
-    a = {t.name: t for t in Q.text_tensors(hp, prefix=Q.CAUSAL_PREFIX, experts="fused")}
-    b = {t.name: t for t in Q.text_tensors(hp, prefix=Q.CAUSAL_PREFIX, experts="per_expert")}
+    assert C.detect_expert_layout(fused, C.CAUSAL_PREFIX) == "fused"
+    a = {t.name: t for t in T.text_tensors(hp, prefix=C.CAUSAL_PREFIX, experts="fused")}
+    b = {t.name: t for t in T.text_tensors(hp, prefix=C.CAUSAL_PREFIX, experts="per_expert")}
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_array_equal(a[name].build(fused.__getitem__), b[name].build(on_disk.__getitem__))
@@ -335,7 +339,7 @@ def test_per_expert_layout_equals_fused(tmp_path):
 
 def test_ignored_and_config_errors():
     hp = hparams_of(make_hf(moe=False))
-    assert "mtp.*" in Q.ignored_text_tensors(hp)
+    assert "mtp.*" in T.ignored_text_tensors(hp)
     base = json.loads(make_hf(moe=False).config.to_json_string())
 
     def err(**changes):
@@ -346,7 +350,7 @@ def test_ignored_and_config_errors():
             else:
                 cfg[k] = v
         with pytest.raises(SmtError) as e:
-            Q.read_text_hparams(cfg, Path("/x/config.json"))
+            C.read_text_hparams(cfg, Path("/x/config.json"))
         return str(e.value)
 
     assert "linear_value_head_dim" in err(linear_value_head_dim=32)

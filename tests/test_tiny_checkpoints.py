@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smt_convert.archs.qwen3_5 import plugin as Q
+from smt_convert.archs.qwen3_5 import config as C
+from smt_convert.archs.qwen3_5 import text as T
 from smt_convert.testing.checkpoints import (
     QWEN3_5_SPECIALS,
     QWEN3_5_TOKEN_FIELDS,
@@ -118,14 +119,14 @@ def test_arch_module_accepts(built):
     name, out, result = built
     moe, text_only, _ = KINDS[name]
     cfg = json.loads((out / "config.json").read_text())
-    hp = Q.read_text_hparams(cfg, out / "config.json")
+    hp = C.read_text_hparams(cfg, out / "config.json")
     assert hp.moe == moe and hp.tie_embeddings and hp.v_per_k == 2
     assert hp.layer_types == ["linear_attention"] * 3 + ["full_attention"]
     on_disk = saved_tensors(out)
-    prefix = Q.CAUSAL_PREFIX if text_only else Q.TEXT_PREFIX
-    layout = Q.detect_expert_layout(on_disk, prefix)
+    prefix = C.CAUSAL_PREFIX if text_only else C.TEXT_PREFIX
+    layout = C.detect_expert_layout(on_disk, prefix)
     assert layout == ("per_expert" if moe else "fused")  # transformers 5 writes experts one by one
-    expected = Q.expected_text_tensors(hp, prefix, layout)
+    expected = T.expected_text_tensors(hp, prefix, layout)
     text_on_disk = {k: tuple(v.shape) for k, v in on_disk.items() if not k.startswith("model.visual.")}
     assert text_on_disk == expected
     assert "lm_head.weight" not in on_disk  # tied
@@ -149,7 +150,7 @@ def test_options(tmp_path):
     assert next(iter(sd.values())).dtype == torch.float32
     for k, v in on_disk.items():
         assert torch.equal(v, sd[k].to(torch.bfloat16)), k
-    hp = Q.read_text_hparams(cfg, out / "config.json")
+    hp = C.read_text_hparams(cfg, out / "config.json")
     assert not hp.tie_embeddings and on_disk["lm_head.weight"].shape == (512, 64)
     assert not torch.equal(sd["lm_head.weight"], sd["model.language_model.embed_tokens.weight"])
     # another seed, other weights
