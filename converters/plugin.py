@@ -38,8 +38,16 @@ def register(cls: type["ArchPlugin"]) -> type["ArchPlugin"]:
 
 
 def _load_builtin_plugins() -> None:
-    # Importing the package modules runs their @register decorators.
-    from smt_convert.archs import paddleocr_vl, qwen3_5, qwen3_asr  # noqa: F401  (they register themselves)
+    """Import every family package under `archs/`: each registers its plugin on import, so a new family is a
+    new package and nothing here changes."""
+    import importlib
+    import pkgutil
+
+    import smt_convert.archs as archs
+
+    for module in pkgutil.iter_modules(archs.__path__):
+        if module.ispkg:
+            importlib.import_module(f"{archs.__name__}.{module.name}")
 
 
 def get_plugin(name: str) -> "ArchPlugin":

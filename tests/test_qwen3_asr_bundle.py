@@ -81,7 +81,7 @@ def test_f32_bundle_matches_board_contract(f32_bundle):
 
 
 def manifest_plan(bundle):
-    from smt_convert.archs.qwen3_asr.plugin import Hparams
+    from smt_convert.archs.qwen3_asr.config import Hparams
     from smt_convert.converters.plugin import get_plugin
 
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -225,7 +225,7 @@ def test_run_transcribes_stereo_44k_and_long_audio(f32_bundle, native_ckpt, tmp_
     plugin = get_plugin("qwen3-asr")
     ckpt = Checkpoint.open(native_ckpt[0])
     hp = plugin.read_hparams(ckpt)
-    rows, ref_tokens = compare_with_reference(plugin, hp, native_ckpt[1]["model"], runner, wave, run, "f32", "fp32", 8)
+    rows, ref_tokens = compare_with_reference(plugin, ckpt, hp, runner, wave, run, "f32", "fp32", 8)
     assert all(r.ok for r in rows), [r.to_dict() for r in rows if not r.ok]
     assert run.tokens == ref_tokens
 
