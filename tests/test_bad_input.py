@@ -150,15 +150,20 @@ def test_missing_tokenizer_and_override(ckpt, pristine, tmp_path):
     assert "tokenizer.json from " + str(pristine / "single") in ok.output
 
 
-def test_output_not_empty_needs_force(ckpt, tmp_path):
+def test_output_holding_other_files_is_never_replaced(ckpt, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    fails("qwen3-asr", ckpt, out, mentions=[out, "not empty", "--force"])
-    assert (out / "keep.txt").read_text() == "precious"
-    ok = CliRunner().invoke(cli, ["-q", "qwen3-asr", str(ckpt), str(out), "--force", "--no-verify", "--outtype", "q8_0"])
+    for force in ([], ["--force"]):
+        fails("qwen3-asr", ckpt, out, *force, mentions=[out, "not an smt-convert bundle", "keep.txt"])
+        assert (out / "keep.txt").read_text() == "precious"
+    (out / "keep.txt").unlink()
+    ok = CliRunner().invoke(cli, ["-q", "qwen3-asr", str(ckpt), str(out), "--no-verify", "--outtype", "q8_0"])
     assert ok.exit_code == 0, ok.stderr
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").is_file()
+    fails("qwen3-asr", ckpt, out, "--no-verify", mentions=[out, "already holds a bundle", "--force"])
+    ok = CliRunner().invoke(cli, ["-q", "qwen3-asr", str(ckpt), str(out), "--force", "--no-verify"])
+    assert ok.exit_code == 0, ok.stderr
+    assert (out / "manifest.json").is_file() and "f16" in json.loads((out / "manifest.json").read_text())["text"]["file"]
     assert not list(tmp_path.glob(".out.*"))
     # bad audio for `run` on that (real) bundle
     fails("run", out, "--audio", tmp_path / "missing.wav", mentions=["missing.wav", "not found"])
@@ -173,16 +178,16 @@ def test_unwritable_output(ckpt, tmp_path):
 
 
 def test_failure_midway_leaves_nothing(ckpt, tmp_path, monkeypatch):
-    """An error after the GGUF is written (here: in ONNX export) removes the temporary directory."""
-    import smt_convert.converters.onnx_export as onnx_export
+    """An error after the GGUF is written (here: writing an encoder) removes the temporary directory."""
+    import smt_convert.converters.convert as convert
     from smt_convert.runtime.errors import SmtError
 
-    def broken(spec, path, **kwargs):
-        raise SmtError(f"{path}: simulated export failure")
+    def broken(graph, path, dtype, **kwargs):
+        raise SmtError(f"{path}: simulated write failure")
 
-    monkeypatch.setattr(onnx_export, "export_onnx", broken)
+    monkeypatch.setattr(convert, "write_encoder", broken)
     out = tmp_path / "out"
-    fails("qwen3-asr", ckpt, out, mentions=["simulated export failure"])
+    fails("qwen3-asr", ckpt, out, mentions=["simulated write failure"])
     no_partial_output(out)
 
 
@@ -231,4 +236,146 @@ def test_original_layout_field_paths(sharded):
 
 def test_bad_stem(ckpt, tmp_path):
     fails("qwen3-asr", ckpt, tmp_path / "out", "--stem", "../escape", mentions=["--stem"])
+    no_partial_output(tmp_path / "out")
+
+
+# ---- issue 11: signals, damaged bundles, non-finite weights, missing special tokens ------------------------
+
+
+@pytest.fixture(scope="module")
+def bundle(pristine, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    ok = CliRunner().invoke(cli, ["-q", "qwen3-asr", str(pristine / "single"), str(out), "--no-verify"])
+    assert ok.exit_code == 0, ok.stderr
+    return out
+
+
+@pytest.fixture
+def damaged(bundle, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy, symlinks=True)
+    return copy
+
+
+def edit_manifest(root: Path, change) -> None:
+    m = json.loads((root / "manifest.json").read_text())
+    change(m)
+    (root / "manifest.json").write_text(json.dumps(m))
+
+
+def test_sigterm_during_conversion_leaves_nothing(pristine, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "smt_convert", "qwen3-asr", str(pristine / "single"), str(out)],
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # terminate once the work has started writing into the temporary directory
+        if "writing" in line:
+            break
+    proc.terminate()
+    rest = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, rest
+    assert "terminated" in rest and "Traceback" not in rest
+    no_partial_output(out)
+
+
+def test_partial_output_of_a_killed_run_is_swept(pristine, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "smt_convert", "qwen3-asr", str(pristine / "single"), str(out)],
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "writing" in line:
+            break
+    proc.kill()
+    proc.wait()
+    assert list(tmp_path.glob(".out.partial-*")), "SIGKILL cannot clean up: the next run must"
+    ok = CliRunner().invoke(cli, ["-q", "qwen3-asr", str(pristine / "single"), str(out), "--no-verify"])
+    assert ok.exit_code == 0, ok.stderr
+    assert not list(tmp_path.glob(".out.partial-*"))
+
+
+@pytest.mark.parametrize("change,field", [
+    (lambda m: m["files"][0].pop("size"), "files[0].size: missing"),
+    (lambda m: m.update(files="x"), "files: expected list"),
+    (lambda m: m.update(files=[]), "files: empty"),
+    (lambda m: m["files"][0].update(sha256="abc"), "files[0].sha256"),
+    (lambda m: m["encoders"][0].pop("file"), "encoders[0].file: missing"),
+    (lambda m: m.pop("golden"), "golden: missing"),
+])
+def test_malformed_manifest_is_one_line_exit_2(damaged, change, field):
+    edit_manifest(damaged, change)
+    fails("verify", damaged, mentions=["manifest.json", field])
+    fails("run", damaged, "--audio", damaged / "golden" / "input.wav", mentions=["manifest.json", field])
+
+
+def test_verify_refuses_paths_leaving_the_bundle(damaged, tmp_path):
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not yours")
+    edit_manifest(damaged, lambda m: m["files"].extend([
+        {"path": "../secret.txt", "size": 9, "sha256": "0" * 64},
+        {"path": str(outside), "size": 9, "sha256": "0" * 64}]))
+    result = CliRunner().invoke(cli, ["verify", str(damaged)])
+    assert result.exit_code == 1
+    assert "../secret.txt: path leaves the bundle" in result.output
+    assert f"{outside}: path leaves the bundle" in result.output
+
+
+def test_verify_refuses_a_symlink_out_of_the_bundle(damaged, tmp_path):
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text((damaged / "tokenizer_config.json").read_text())
+    (damaged / "tokenizer_config.json").unlink()
+    (damaged / "tokenizer_config.json").symlink_to(outside)
+    result = CliRunner().invoke(cli, ["verify", str(damaged)])
+    assert result.exit_code == 1
+    assert "tokenizer_config.json: resolves outside the bundle" in result.output
+
+
+def test_verify_requires_every_needed_file_listed(damaged):
+    manifest = json.loads((damaged / "manifest.json").read_text())
+    onnx = manifest["encoders"][1]["file"]
+    edit_manifest(damaged, lambda m: m.update(files=[f for f in m["files"] if f["path"] != onnx]))
+    result = CliRunner().invoke(cli, ["verify", str(damaged)])
+    assert result.exit_code == 1
+    assert f"{onnx}: needed by the bundle but not listed" in result.output
+
+
+def test_verify_checks_config_paths_and_reports_extra_files(damaged):
+    config = json.loads((damaged / "config.json").read_text())
+    config["audio_model"]["backend_model_path"] = "renamed.onnx"
+    (damaged / "config.json").write_text(json.dumps(config))
+    (damaged / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(cli, ["verify", str(damaged)])
+    assert result.exit_code == 1
+    assert "renamed.onnx: needed by the bundle but not listed" in result.output
+    assert "config.json: size" in result.output or "config.json: sha256 differs" in result.output
+    assert "notes.txt" in result.output
+
+
+def test_run_refuses_an_incompletely_copied_bundle_before_loading(damaged):
+    gguf = json.loads((damaged / "manifest.json").read_text())["text"]["file"]
+    with open(damaged / gguf, "r+b") as f:
+        f.truncate(1000)
+    fails("run", damaged, "--audio", damaged / "golden" / "input.wav", mentions=[gguf, "size 1000"])
+
+
+def test_run_checks_its_media_before_loading(bundle, tmp_path):
+    import numpy as np
+    import soundfile
+
+    soundfile.write(tmp_path / "nan.wav", np.array([0.1, np.nan, 0.2] * 100, np.float32), 16000, subtype="FLOAT")
+    fails("run", bundle, "--audio", tmp_path / "nan.wav", mentions=["nan.wav", "non-finite"])
+
+
+@pytest.mark.parametrize("name", ["model.audio_tower.layers.0.fc1.weight", "model.language_model.layers.0.mlp.up_proj.weight"])
+def test_non_finite_weights_are_refused_with_file_and_tensor(ckpt, tmp_path, name):
+    tensors = load_file(ckpt / "model.safetensors")
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, ckpt / "model.safetensors", metadata={"format": "pt"})
+    fails("qwen3-asr", ckpt, tmp_path / "out", mentions=["model.safetensors", name, "non-finite"])
+    no_partial_output(tmp_path / "out")
+
+
+def test_tokenizer_lacking_the_audio_tokens_is_refused_before_writing(ckpt, tmp_path):
+    data = json.loads((ckpt / "tokenizer.json").read_text())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != "<|audio_start|>"]
+    (ckpt / "tokenizer.json").write_text(json.dumps(data))
+    fails("qwen3-asr", ckpt, tmp_path / "out", mentions=["tokenizer.json", "<|audio_start|>"])
     no_partial_output(tmp_path / "out")
