@@ -41,8 +41,8 @@ PARTIAL_MARKER = ".smt-convert-partial"   # inside a temporary output: the pid o
 @dataclass
 class SharedWork:
     """What the variants of one recipe share: the checkpoint opened (and its files hashed) once, the encoder
-    files already written (same checkpoint, size and precision: linked, not rebuilt; int8 derived from a
-    written fp32 file), and the Hugging Face reference results."""
+    files already written (same checkpoint, size and precision: linked, not rebuilt), and the Hugging Face
+    reference results."""
 
     checkpoints: dict[str, Checkpoint] = field(default_factory=dict)
     source_records: dict[str, dict] = field(default_factory=dict)
@@ -335,32 +335,33 @@ def checkpoint_weights(ckpt: Checkpoint, to_ckpt) -> Weights:
 
 
 def _write_encoders(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions, report: Reporter) -> list:
-    """Build each encoder graph from the weights and write it; a recipe's earlier identical file is linked,
-    and int8 is derived from an fp32 file written earlier when there is one."""
+    """Build each encoder graph from the weights and write it; in a recipe, a file an earlier variant wrote
+    for the same checkpoint, preprocessing (image size) and precision is linked instead of written again."""
     if not plan.encoders:
         return []
     hp, dtype = plan.hparams, plan.onnx_dtype
-    weights = checkpoint_weights(ckpt, plan.plugin.canonical_to_checkpoint(hp))
-    graphs = plan.plugin.build_encoders(weights, hp, "fp16" if dtype == "fp16" else "fp32")
-    if len(graphs) != len(plan.encoders):
-        raise SmtError(f"{plan.plugin.name}: built {len(graphs)} encoder graphs for {len(plan.encoders)} planned files")
     shared = opts.shared
     size = json.dumps(plan.plugin.preprocessing(hp), sort_keys=True, default=str)
-    written = []
-    for planned, graph in zip(plan.encoders, graphs):
-        path = tmp / planned.file
-        key = (str(ckpt.root.resolve()), size, planned.role)
-        done = shared.encoders.get(key + (dtype,)) if shared else None
-        if done is not None and _link(done[0], path, done[1].data_file):
+    keys = [(str(ckpt.root.resolve()), size, planned.role, dtype) for planned in plan.encoders]
+    done = [shared.encoders.get(key) if shared else None for key in keys]
+    written: list = [None] * len(plan.encoders)
+    for i, (planned, previous) in enumerate(zip(plan.encoders, done)):
+        if previous is not None and _link(previous[0], tmp / planned.file, previous[1].data_file):
             report.step(f"{planned.file}: same encoder as an earlier variant, linked")
-            record = done[1]
-        else:
-            fp32 = shared.encoders.get(key + ("fp32",)) if shared and dtype == "int8" else None
-            report.step(f"writing {planned.file} ({dtype}" + (", derived from the fp32 file" if fp32 else "") + ")")
-            record = write_encoder(graph, path, dtype, fp32_source=fp32[0] if fp32 else None, log=report.detail)
-        if shared is not None:
-            shared.encoders[key + (dtype,)] = (path, record)
-        written.append(record)
+            written[i] = previous[1]
+    if any(w is None for w in written):
+        weights = checkpoint_weights(ckpt, plan.plugin.canonical_to_checkpoint(hp))
+        graphs = plan.plugin.build_encoders(weights, hp, dtype)
+        if len(graphs) != len(plan.encoders):
+            raise SmtError(f"{plan.plugin.name}: built {len(graphs)} encoder graphs for {len(plan.encoders)} planned "
+                           "files")
+        for i, (planned, graph) in enumerate(zip(plan.encoders, graphs)):
+            if written[i] is None:
+                report.step(f"writing {planned.file} ({dtype})")
+                written[i] = write_encoder(graph, tmp / planned.file, dtype, log=report.detail)
+    if shared is not None:
+        for key, planned, record in zip(keys, plan.encoders, written):
+            shared.encoders[key] = (tmp / planned.file, record)
     return written
 
 

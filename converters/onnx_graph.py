@@ -6,9 +6,11 @@ config. Every initializer is an `onnx_ir.LazyTensor` bound to one checkpoint ten
 safetensors file, converted (transform, dtype) and written when the model is saved, one tensor at a time:
 building a graph costs the nodes, saving it costs about the largest tensor.
 
-Precision: `fp32`, or `fp16` with float32 graph I/O and LayerNorm, Softmax and reductions computed in float32
-(the helpers below insert those casts; builders use them instead of the raw ops). `int8` is derived from the
-written fp32 file by dynamic quantisation of MatMul/Gemm weights (see `converters/onnx_write.py`).
+Precision: `fp32`; `fp16` with float32 graph I/O and LayerNorm, Softmax and reductions computed in float32
+(the helpers below insert those casts; builders use them instead of the raw ops); `int8`, the fp32 graph with
+every Linear as onnxruntime's dynamic quantisation writes it (weights int8, symmetric, one scale per tensor;
+activations quantised at run time by DynamicQuantizeLinear; MatMulInteger), convolutions left float. Writing it
+here, weight by weight, costs what the fp32 file costs; quantising a written fp32 file holds the whole model.
 
 The layer helpers are the pieces every encoder here shares (Linear, LayerNorm, GELU, scaled-dot-product
 attention); anything specific to one model family stays in that family's package.
@@ -25,9 +27,9 @@ import onnx_ir as ir
 import onnxscript
 
 OPSET = 18          # LayerNormalization needs 17; 18 is what onnxruntime of 2024 onwards (and the board's) runs
-PRECISIONS = ("fp32", "fp16")
-_IR_DTYPE = {"fp32": ir.DataType.FLOAT, "fp16": ir.DataType.FLOAT16}
-_NP_DTYPE = {"fp32": np.float32, "fp16": np.float16}
+PRECISIONS = ("fp32", "fp16", "int8")
+_IR_DTYPE = {"fp32": ir.DataType.FLOAT, "fp16": ir.DataType.FLOAT16, "int8": ir.DataType.FLOAT}
+_NP_DTYPE = {"fp32": np.float32, "fp16": np.float16, "int8": np.float32}
 
 
 @dataclass
@@ -75,7 +77,7 @@ class GraphContext:
         return self.cast(value)
 
     def output(self, value: ir.Value, name: str, shape: Sequence[int | str] | None = None) -> None:
-        out = self.op.Cast(value, to=ir.DataType.FLOAT) if self.precision != "fp32" else self.op.Identity(value)
+        out = self.op.Cast(value, to=ir.DataType.FLOAT) if self.precision == "fp16" else self.op.Identity(value)
         out.name = name
         out.type = ir.TensorType(ir.DataType.FLOAT)
         if shape is not None:
@@ -90,25 +92,25 @@ class GraphContext:
     def cast(self, x: ir.Value, to: ir.DataType | None = None) -> ir.Value:
         """Cast to the compute dtype (or `to`); a no-op when it already is."""
         to = self.dtype if to is None else to
-        return x if to == ir.DataType.FLOAT and self.precision == "fp32" else self.op.Cast(x, to=to)
+        return x if to == ir.DataType.FLOAT and self.precision != "fp16" else self.op.Cast(x, to=to)
 
     def to_fp32(self, x: ir.Value) -> ir.Value:
-        return x if self.precision == "fp32" else self.op.Cast(x, to=ir.DataType.FLOAT)
+        return x if self.precision != "fp16" else self.op.Cast(x, to=ir.DataType.FLOAT)
 
     def from_fp32(self, x: ir.Value) -> ir.Value:
-        return x if self.precision == "fp32" else self.op.Cast(x, to=self.dtype)
+        return x if self.precision != "fp16" else self.op.Cast(x, to=self.dtype)
 
     def param(self, name: str, transform: Callable[[np.ndarray], np.ndarray] | None = None,
-              shape: Sequence[int] | None = None, fp32: bool = False) -> ir.Value:
+              shape: Sequence[int] | None = None, fp32: bool = False, int8: bool = False) -> ir.Value:
         """The checkpoint tensor `name` (optionally transformed) as an initializer, read only when saved.
 
         `shape` is the transformed shape (default: the stored one). `fp32` keeps it float32 in fp16 graphs
-        (LayerNorm weights, which the helpers apply in float32)."""
-        key = f"{name}|{id(transform) if transform else ''}|{'32' if fp32 else ''}"
+        (LayerNorm weights, which the helpers apply in float32); `int8` stores the transform's int8 result."""
+        key = f"{name}|{id(transform) if transform else ''}|{'32' if fp32 else ''}{'i8' if int8 else ''}"
         if key in self._params:
             return self._params[key]
         shape = tuple(shape) if shape is not None else tuple(self.weights.shape(name))
-        np_dtype = np.float32 if fp32 else self.np_dtype
+        np_dtype = np.int8 if int8 else np.float32 if fp32 else self.np_dtype
         load = self.weights.load
 
         def read() -> ir.TensorProtocol:
@@ -119,7 +121,7 @@ class GraphContext:
                 raise ValueError(f"{name}: built {list(arr.shape)}, graph expects {list(shape)}")
             return ir.tensor(np.ascontiguousarray(arr, dtype=np_dtype))
 
-        ir_dtype = ir.DataType.FLOAT if fp32 else self.dtype
+        ir_dtype = ir.DataType.INT8 if int8 else ir.DataType.FLOAT if fp32 else self.dtype
         init_name = name if transform is None and not fp32 else f"{name}.{len(self._params)}"
         tensor = ir.LazyTensor(read, dtype=ir_dtype, shape=ir.Shape(shape), name=init_name)
         value = ir.Value(name=init_name, shape=ir.Shape(shape), type=ir.TensorType(ir_dtype), const_value=tensor)
@@ -129,11 +131,11 @@ class GraphContext:
 
     def const(self, array, fp32: bool = False, name: str | None = None) -> ir.Value:
         """A constant computed here (not from the checkpoint): float arrays take the compute dtype unless `fp32`;
-        integer arrays keep int64."""
+        8-bit integers keep their type (quantisation zero points), other integers become int64."""
         arr = np.asarray(array)
         if arr.dtype.kind == "f":
             arr = arr.astype(np.float32 if fp32 else self.np_dtype)
-        elif arr.dtype.kind in "iu":
+        elif arr.dtype.kind in "iu" and arr.dtype.itemsize > 1:
             arr = arr.astype(np.int64)
         self._consts += 1
         name = name or f"const_{self._consts}"
@@ -151,16 +153,34 @@ class GraphContext:
 
 
 def linear(ctx: GraphContext, x: ir.Value, prefix: str, bias: bool = True) -> ir.Value:
-    """torch.nn.Linear: x @ W.T + b, with W stored transposed ([in, out]) so MatMul needs no Transpose
-    (and onnxruntime's dynamic quantisation recognises the weight)."""
+    """torch.nn.Linear: x @ W.T + b, with W stored transposed ([in, out]) so MatMul needs no Transpose.
+    In int8 graphs: the dynamic-quantisation pattern, weights int8 with one symmetric scale."""
     out_f, in_f = ctx.weights.shape(f"{prefix}.weight")
-    w = ctx.param(f"{prefix}.weight", transform=_transpose, shape=(in_f, out_f))
-    y = ctx.op.MatMul(x, w)
-    return ctx.op.Add(y, ctx.param(f"{prefix}.bias")) if bias else y
+    op = ctx.op
+    if ctx.precision == "int8":
+        w_q = ctx.param(f"{prefix}.weight", transform=_quantized_t, shape=(in_f, out_f), int8=True)
+        w_scale = ctx.param(f"{prefix}.weight", transform=_weight_scale, shape=(), fp32=True)
+        x_q, x_scale, x_zero = op.DynamicQuantizeLinear(x, _outputs=3)
+        y_int = op.MatMulInteger(x_q, w_q, x_zero, ctx.const(np.int8(0)))
+        y = op.Mul(op.Cast(y_int, to=ir.DataType.FLOAT), op.Mul(x_scale, w_scale))
+    else:
+        y = op.MatMul(x, ctx.param(f"{prefix}.weight", transform=_transpose, shape=(in_f, out_f)))
+    return op.Add(y, ctx.param(f"{prefix}.bias")) if bias else y
 
 
 def _transpose(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.T)
+
+
+def _weight_scale(w: np.ndarray) -> np.ndarray:
+    """onnxruntime's symmetric int8 weight scale: max |w| over the tensor / 127 (range -127..127)."""
+    absmax = float(np.abs(w).max())
+    return np.asarray(absmax / 127.0 if absmax > 0 else 1.0, dtype=np.float32)
+
+
+def _quantized_t(w: np.ndarray) -> np.ndarray:
+    scale = _weight_scale(w)
+    return np.ascontiguousarray(np.clip(np.rint(w / scale), -127, 127).astype(np.int8).T)
 
 
 def layer_norm(ctx: GraphContext, x: ir.Value, prefix: str, eps: float) -> ir.Value:

@@ -3,9 +3,9 @@
 `write_encoder` saves a plugin-built `EncoderGraph` (fp32 or fp16) with its weights in `<file>.data` beside it:
 onnx-ir writes the external data one tensor at a time, so peak memory is about the largest tensor, not the
 model (a single-file ONNX would need the whole protobuf in memory, twice). ONNX Runtime loads the pair from
-the path the board's config.json names. `int8` is derived from an fp32 file by onnxruntime's dynamic
-quantisation of MatMul/Gemm weights (the board's "dynq" files; convolutions stay float because ConvInteger
-is missing from many execution providers).
+the path the board's config.json names. The precision (fp32, fp16, int8) is the builder's
+(`converters/onnx_graph.py`): int8 files are the dynamic-quantisation pattern onnxruntime's `quantize_dynamic`
+writes (the board's "dynq" files), built weight by weight instead of by loading a whole fp32 model.
 
 Then the written file is checked the way a board would meet it: the ONNX checker and strict shape inference
 by path, the I/O contract (float32, static shapes except the declared dynamic axes), and onnxruntime runs on the
@@ -15,7 +15,6 @@ How close the numbers are to the Hugging Face model is verification's job (`conv
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,6 @@ from smt_convert.runtime.errors import SmtError
 from smt_convert.runtime.onnx_session import open_session
 
 ONNX_DTYPES = ("fp32", "fp16", "int8")
-INT8_OP_TYPES = ["MatMul", "Gemm"]
 EXTERNAL_ALIGNMENT = 65536  # tensor offsets in .data aligned so runtimes can map them (page/allocation size)
 
 
@@ -70,59 +68,19 @@ def save_graph(graph: EncoderGraph, path: Path, progress: Callable[[str], None] 
     return data
 
 
-def derive_int8(fp32_path: Path, path: Path) -> str | None:
-    """Dynamic int8 quantisation of an fp32 encoder file; returns the data file's name (None: all inline)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    data = path.name + ".data"
-    _remove(path, path.with_name(data))
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # quantize_dynamic logs a generic "consider pre-processing" hint on root
-    try:
-        quantize_dynamic(str(fp32_path), str(path), op_types_to_quantize=INT8_OP_TYPES, weight_type=QuantType.QInt8,
-                         per_channel=False, use_external_data_format=True,
-                         extra_options={"EnableSubgraph": False})
-    except OSError as exc:
-        raise SmtError(f"{path}: cannot write the encoder ({exc.strerror or exc})") from None
-    except Exception as exc:  # onnxruntime.quantization raises plain Exceptions with long messages
-        raise SmtError(f"{path}: int8 quantisation failed ({str(exc).splitlines()[0][:200]})") from None
-    finally:
-        root.setLevel(level)
-    # quantize_dynamic moves only large tensors out; a small model may have none, or name the file its own way
-    if (path.parent / data).is_file():
-        return data
-    others = sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name + ".") and p.name != data)
-    return others[0] if len(others) == 1 else None
-
-
-def write_encoder(graph: EncoderGraph, path: Path, dtype: str, fp32_source: Path | None = None,
+def write_encoder(graph: EncoderGraph, path: Path, dtype: str,
                   log: Callable[[str], None] = lambda _: None) -> WrittenEncoder:
-    """Write `graph` as `dtype` to `path` and check it. For int8, `graph` is the fp32 graph; `fp32_source`
-    may name an already written fp32 file of it (a recipe's fp32 variant) to quantise instead of saving again."""
+    """Write `graph` (built at precision `dtype`) to `path` and check it."""
     path = Path(path)
     if dtype not in ONNX_DTYPES:
         raise SmtError(f"{path}: dtype: expected one of {', '.join(ONNX_DTYPES)}, got {dtype!r}")
     t0 = time.perf_counter()
-    if dtype == "int8":
-        source = fp32_source
-        scratch = None
-        if source is None:
-            scratch = path.with_name(f".{path.stem}.fp32.onnx")
-            save_graph(graph, scratch)
-            source = scratch
-        try:
-            data = derive_int8(source, path)
-        finally:
-            if scratch is not None:
-                _remove(scratch, scratch.with_name(scratch.name + ".data"))
-    else:
-        data = save_graph(graph, path)
+    data = save_graph(graph, path)
     seconds = time.perf_counter() - t0
     inputs, outputs = check_file(path, graph)
     checks = run_checks(path, graph, inputs)
     log(f"{path.name}: {dtype}, written in {seconds:.1f}s, {len(checks)} onnxruntime checks")
-    return WrittenEncoder(graph.role, path.name, data if data and (path.parent / data).is_file() else None, dtype,
+    return WrittenEncoder(graph.role, path.name, data if (path.parent / data).is_file() else None, dtype,
                           inputs, outputs, checks, seconds)
 
 

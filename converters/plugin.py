@@ -252,7 +252,7 @@ class ArchPlugin(abc.ABC):
 
     def build_encoders(self, weights: "Weights", hp, precision: str) -> list["EncoderGraph"]:
         """The encoder graphs, one per `encoder_outputs` entry and in the same order, written node by node
-        from the weights (`precision` "fp32" or "fp16"; int8 is derived from fp32 by shared code)."""
+        from the weights at `precision` ("fp32", "fp16", "int8": `converters/onnx_graph.py`'s layers handle it)."""
         return []
 
     # ---- bundle side files -----------------------------------------------------------------------

@@ -217,9 +217,7 @@ def run_recipe(recipe: Recipe, out_root: Path, scratch: Path, report) -> list[Re
         check_options(recipe, plugin, plugin.read_hparams(shared.checkpoint(checkpoint), None))
     except SmtError as exc:
         return [Result(recipe.name, v.name, "error", 0.0, message=str(exc)) for v in recipe.variants]
-    # fp32 encoders first, so int8 variants derive from a written fp32 file; results keep the recipe's order
-    order = sorted(recipe.variants, key=lambda v: ("fp32", "fp16", "int8").index(v.onnx_dtype))
-    for variant in order:
+    for variant in recipe.variants:
         out = out_root / recipe.name / variant.name
         opts = ConvertOptions(outtype=variant.outtype, onnx_dtype=variant.onnx_dtype, stem=recipe.stem, force=True,
                               verify=recipe.verify, max_new_tokens=recipe.max_new_tokens,
@@ -238,8 +236,7 @@ def run_recipe(recipe: Recipe, out_root: Path, scratch: Path, report) -> list[Re
         results.append(Result(recipe.name, variant.name, "pass" if passed else "fail", time.perf_counter() - t0,
                               output=out, sizes=_sizes(manifest), worst=_worst(manifest),
                               message="; ".join(f"{r['check']} {r['metric']} {r['value']}" for r in failing)))
-    rank = {v.name: i for i, v in enumerate(recipe.variants)}
-    return sorted(results, key=lambda r: rank[r.variant])
+    return results
 
 
 def _fields(recipe: Recipe) -> dict | None:

@@ -115,7 +115,7 @@ def _hparams(visual, size, mean=None, std=None):
 
 def _write(visual, size, dtype, path, **kw):
     hp = _hparams(visual, size, **kw)
-    graph = G.build_encoders(_weights(visual), hp, "fp32" if dtype == "int8" else dtype)[0]
+    graph = G.build_encoders(_weights(visual), hp, dtype)[0]
     report = write_encoder(graph, path, dtype)
     h, w = size
     assert report.inputs == [{"name": "pixel_values", "shape": [1, 3, h, w], "dtype": "float32"}]

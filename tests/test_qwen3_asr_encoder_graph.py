@@ -112,10 +112,10 @@ def redraw(module) -> None:
 
 
 def write_all(hf: HFEncoder, folder) -> dict[str, SplitAudioEncoder]:
-    """Frontend + backend written at every dtype (int8 derived from the fp32 graph by the shared writer)."""
+    """Frontend + backend written at every dtype (int8: the dynamic-quantisation pattern, built weight by weight)."""
     out = {}
     for dtype in DTYPES:
-        graphs = build_encoders(hf.weights, hf.hp, "fp32" if dtype == "int8" else dtype)
+        graphs = build_encoders(hf.weights, hf.hp, dtype)
         paths = [folder / f"{dtype}-{g.role}.onnx" for g in graphs]
         for graph, path in zip(graphs, paths):
             write_encoder(graph, path, dtype)

@@ -106,7 +106,7 @@ def _torch_reference(x: np.ndarray) -> np.ndarray:
 def test_written_files_run_and_match_torch(tmp_path, dtype, tol):
     import onnxruntime as ort
 
-    written = write_encoder(_graph("fp16" if dtype == "fp16" else "fp32"), tmp_path / "e.onnx", dtype)
+    written = write_encoder(_graph(dtype), tmp_path / "e.onnx", dtype)
     assert written.inputs == [{"name": "x", "shape": [1, "T", 8], "dtype": "float32"}]
     assert dtype == "int8" or (tmp_path / written.data_file).is_file()  # int8 of a tiny model is all inline
     x = RNG.normal(size=(1, 5, 8)).astype(np.float32)
@@ -114,6 +114,26 @@ def test_written_files_run_and_match_torch(tmp_path, dtype, tol):
     ref = _torch_reference(x)
     # measured max abs: fp32 5e-7, fp16 4e-3, int8 6e-2 on unit-variance LayerNorm outputs
     assert np.abs(got - ref).max() <= tol
+
+
+def test_int8_graph_is_what_onnxruntimes_own_quantizer_makes_of_the_fp32_graph(tmp_path):
+    """The int8 builder writes weight by weight what `quantize_dynamic` would write from the fp32 file (the
+    board's dynq files): same ops, and identical outputs."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    write_encoder(_graph("fp32"), tmp_path / "f.onnx", "fp32")
+    quantize_dynamic(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), op_types_to_quantize=["MatMul", "Gemm"],
+                     weight_type=QuantType.QInt8, per_channel=False)
+    write_encoder(_graph("int8"), tmp_path / "i.onnx", "int8")
+    ops = lambda p: sorted(n.op_type for n in onnx.load(str(p)).graph.node)  # noqa: E731
+    assert ops(tmp_path / "i.onnx") == ops(tmp_path / "q.onnx")
+    assert "MatMulInteger" in ops(tmp_path / "i.onnx") and "MatMul" not in ops(tmp_path / "i.onnx")
+    x = RNG.normal(size=(1, 6, 8)).astype(np.float32)
+    ours = ort.InferenceSession(str(tmp_path / "i.onnx")).run(None, {"x": x})[0]
+    theirs = ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(ours, theirs)
 
 
 def test_an_undeclared_dynamic_axis_is_refused(tmp_path):
