@@ -14,10 +14,11 @@ DECODERS = {
 }
 
 
-def load_decoder(model):
-    """Build the decoder for `model.arch`, or say which architectures this runtime knows."""
+def load_decoder(model, budget: int | str | None = None, threads: int | None = None):
+    """Build the decoder for `model.arch`, or say which architectures this runtime knows.
+    `budget` (bytes, or "768M"/"2G") and `threads`: see runtime/weights.py (defaults from the environment)."""
     cls = DECODERS.get(model.arch)
     if cls is None:
         known = ", ".join(sorted(DECODERS))
         raise SmtError(f"{where(model.path, 'general.architecture')}: unsupported '{model.arch}' (known: {known})")
-    return cls(model)
+    return cls(model, budget=budget, threads=threads)

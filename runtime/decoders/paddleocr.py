@@ -10,7 +10,8 @@ Rope: llama.cpp's rope type for this arch is MROPE (not qwen3vl's interleaved IM
 contiguous ranges of rotary pairs, pair i reading stream t for sector < s0, h for < s0+s1, w for
 < s0+s1+s2, else e (sector = i mod sum(sections)), with NeoX pairing (x[i], x[i + n_rot/2]).
 
-Weights are dequantised once to float32 at load, as in the qwen3vl decoder.
+Weights are read through `runtime/weights.py` (memory-mapped, packed / dequantised / streamed within a
+memory budget), as in the qwen3vl decoder; q/k/v (fused or separate) are one `Linear`, gate/up another.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from smt_convert.runtime.decoders.qwen3vl import (
     KVCache,
     Qwen3VLConfig,
     Qwen3VLDecoder,
-    _load_tensor,
     apply_rope,
     grouped_attention,
 )
 from smt_convert.runtime.errors import SmtError, where
 from smt_convert.runtime.gguf_model import GGUFModel
+from smt_convert.runtime.weights import Linear, WeightStore
 
 # ---- config -------------------------------------------------------------------------------
 
@@ -63,56 +64,49 @@ def mrope_streams(n_pairs: int, sections: list[int]) -> np.ndarray:
 @dataclass
 class LayerWeights:
     attn_norm: np.ndarray
-    wq: np.ndarray  # [n_head*head_dim, hidden]
-    wk: np.ndarray  # [n_kv*head_dim, hidden]
-    wv: np.ndarray
-    wo: np.ndarray  # [hidden, n_head*head_dim]
-    bq: np.ndarray | None
-    bk: np.ndarray | None
-    bv: np.ndarray | None
+    qkv: Linear  # rows [q (n_head*head_dim); k (n_kv*head_dim); v (n_kv*head_dim)], fused or stacked
+    bqkv: np.ndarray | None  # [q + 2*kv] (zeros where a part has no bias), or None without any bias
+    wo: Linear  # [hidden, n_head*head_dim]
     bo: np.ndarray | None
     ffn_norm: np.ndarray
-    w_gate: np.ndarray  # [ff, hidden]
-    w_up: np.ndarray
-    w_down: np.ndarray  # [hidden, ff]
+    gate_up: Linear  # rows [gate (ff); up (ff)]
+    down: Linear  # [hidden, ff]
 
 
-def _load_layer(model: GGUFModel, cfg: PaddleOCRConfig, i: int) -> LayerWeights:
+def _load_layer(store: WeightStore, cfg: PaddleOCRConfig, i: int) -> LayerWeights:
     h, q, kv = cfg.hidden, cfg.n_head * cfg.head_dim, cfg.n_kv * cfg.head_dim
-
-    def t(name, *shape):
-        return _load_tensor(model, f"blk.{i}.{name}", shape)
+    b = f"blk.{i}."
 
     def opt(name, *shape):
-        return t(name, *shape) if model.has(f"blk.{i}.{name}") else None
+        return store.vector(b + name, *shape) if store.has(b + name) else None
 
     # llama.cpp's create_tensor_qkv: a fused attn_qkv (rows [q; k; v]) wins over separate q/k/v; a fused
     # bias, or separate biases on either form, are optional.
-    if model.has(f"blk.{i}.attn_qkv.weight"):
-        w = t("attn_qkv.weight", q + 2 * kv, h)
-        wq, wk, wv = w[:q], w[q:q + kv], w[q + kv:]
-        b = opt("attn_qkv.bias", q + 2 * kv)
-        bq, bk, bv = (b[:q], b[q:q + kv], b[q + kv:]) if b is not None else (None, None, None)
+    if store.has(b + "attn_qkv.weight"):
+        qkv = store.linear(b + "attn_qkv.weight", shapes=[(q + 2 * kv, h)])
     else:
-        wq, wk, wv = t("attn_q.weight", q, h), t("attn_k.weight", kv, h), t("attn_v.weight", kv, h)
-        bq = bk = bv = None
-    if bq is None:
-        bq, bk, bv = opt("attn_q.bias", q), opt("attn_k.bias", kv), opt("attn_v.bias", kv)
+        qkv = store.linear(b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight",
+                           shapes=[(q, h), (kv, h), (kv, h)])
+    bqkv = opt("attn_qkv.bias", q + 2 * kv) if store.has(b + "attn_qkv.weight") else None
+    if bqkv is None:
+        parts = [opt("attn_q.bias", q), opt("attn_k.bias", kv), opt("attn_v.bias", kv)]
+        if any(p is not None for p in parts):  # adding 0.0 where a part has no bias changes nothing
+            bqkv = np.concatenate([p if p is not None else np.zeros(n, np.float32)
+                                   for p, n in zip(parts, (q, kv, kv))])
     return LayerWeights(
-        attn_norm=t("attn_norm.weight", h),
-        wq=wq, wk=wk, wv=wv,
-        wo=t("attn_output.weight", h, q),
-        bq=bq, bk=bk, bv=bv,
+        attn_norm=store.vector(b + "attn_norm.weight", h),
+        qkv=qkv,
+        bqkv=bqkv,
+        wo=store.linear(b + "attn_output.weight", shapes=[(h, q)]),
         bo=opt("attn_output.bias", h),
-        ffn_norm=t("ffn_norm.weight", h),
-        w_gate=t("ffn_gate.weight", cfg.ff, h),
-        w_up=t("ffn_up.weight", cfg.ff, h),
-        w_down=t("ffn_down.weight", h, cfg.ff),
+        ffn_norm=store.vector(b + "ffn_norm.weight", h),
+        gate_up=store.linear(b + "ffn_gate.weight", b + "ffn_up.weight", shapes=[(cfg.ff, h), (cfg.ff, h)]),
+        down=store.linear(b + "ffn_down.weight", shapes=[(h, cfg.ff)]),
     )
 
 
-def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    y = x @ w.T
+def _linear(x: np.ndarray, w: Linear, b: np.ndarray | None) -> np.ndarray:
+    y = w(x)
     return y if b is None else y + b
 
 
@@ -132,9 +126,11 @@ class PaddleOCRDecoder(Qwen3VLDecoder):
     def _attention(self, x, w: LayerWeights, cos, sin, mask, cache: KVCache, layer: int) -> np.ndarray:
         cfg = self.config
         n, d = x.shape[0], cfg.head_dim
-        q = _linear(x, w.wq, w.bq).reshape(n, cfg.n_head, d)
-        k = _linear(x, w.wk, w.bk).reshape(n, cfg.n_kv, d)
-        v = _linear(x, w.wv, w.bv).reshape(n, cfg.n_kv, d)
+        qkv = _linear(x, w.qkv, w.bqkv)
+        nq, nkv = cfg.n_head * d, cfg.n_kv * d
+        q = qkv[:, :nq].reshape(n, cfg.n_head, d)
+        k = qkv[:, nq:nq + nkv].reshape(n, cfg.n_kv, d)
+        v = qkv[:, nq + nkv:].reshape(n, cfg.n_kv, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys, values = cache.extend(layer, k.transpose(1, 0, 2), v.transpose(1, 0, 2))  # [n_kv, T, d]
         return _linear(grouped_attention(q, keys, values, mask), w.wo, w.bo)

@@ -17,7 +17,10 @@ SwiGLU expert scaled by sigmoid(shared gate) (MoE).
 Value heads are in the GGUF's tiled order (head h uses key head h % n_k), which is how upstream reorders
 them; the out projection's columns were permuted the same way, so outputs equal HF's.
 
-Memory: weights are dequantised once to float32 at load (F32 tensors stay memory-mapped).
+Memory: weights are read through `runtime/weights.py` (memory-mapped; packed for ONNX Runtime's MatMulNBits,
+dequantised or streamed on first use, within a memory budget). Projections sharing an input are stacked
+into one `Linear` (linear attention: qkv, z, beta, alpha; full attention: q+gate, k, v; FFN: gate, up).
+MoE experts are 3-D tensors read one expert slice at a time, only for experts the router selects.
 """
 
 from __future__ import annotations
@@ -27,11 +30,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from smt_convert.runtime.decoders.qwen3vl import (
-    _load_tensor,
     check_inputs,
     grouped_attention,
     embed_rows,
-    load_token_io,
     apply_rope,
     causal_mask,
     rms_norm,
@@ -41,6 +42,7 @@ from smt_convert.runtime.decoders.qwen3vl import (
 )
 from smt_convert.runtime.errors import SmtError, where
 from smt_convert.runtime.gguf_model import GGUFModel
+from smt_convert.runtime.weights import WeightStore
 
 GDN_CHUNK = 64          # chunk length of the chunked delta rule (as HF / FLA)
 RECURRENT_MAX = 8       # up to this many new tokens, the per-token recurrent form is cheaper
@@ -272,61 +274,60 @@ class LayerWeights:
     recurrent: bool
     attn_norm: np.ndarray
     post_norm: np.ndarray
-    mix: dict           # token-mixer tensors
-    ffn: dict           # FFN tensors
+    mix: dict           # token-mixer weights (Linear for projections, float32 arrays for the small ones)
+    ffn: dict           # FFN weights (Linear, Experts, arrays)
 
 
-def _load_layer(model: GGUFModel, cfg: Qwen35Config, i: int) -> LayerWeights:
-    h = cfg.hidden
+def _load_layer(store: WeightStore, cfg: Qwen35Config, i: int) -> LayerWeights:
+    """Check shapes and wrap the tensors; nothing is read or dequantised until first use."""
+    h, b = cfg.hidden, f"blk.{i}."
 
-    def t(name, *shape):
-        return _load_tensor(model, f"blk.{i}.{name}", shape)
+    def lin(*names_shapes):
+        return store.linear(*(b + n for n, _ in names_shapes), shapes=[s for _, s in names_shapes])
+
+    def vec(name, *shape):
+        return store.vector(b + name, *shape)
 
     if cfg.recurrent[i]:
         nv = cfg.n_v_heads
         mix = {
-            "qkv": t("attn_qkv.weight", cfg.conv_dim, h),
-            "z": t("attn_gate.weight", cfg.d_inner, h),
-            "beta": t("ssm_beta.weight", nv, h),
-            "alpha": t("ssm_alpha.weight", nv, h),
-            "conv": t("ssm_conv1d.weight", cfg.conv_dim, cfg.conv_kernel),
-            "dt": t("ssm_dt.bias", nv),
-            "a": t("ssm_a", nv),
-            "norm": t("ssm_norm.weight", cfg.head_v_dim),
-            "out": t("ssm_out.weight", h, cfg.d_inner),
+            # one input, four projections: rows [qkv (conv_dim); z (d_inner); beta (nv); alpha (nv)]
+            "in": lin(("attn_qkv.weight", (cfg.conv_dim, h)), ("attn_gate.weight", (cfg.d_inner, h)),
+                      ("ssm_beta.weight", (nv, h)), ("ssm_alpha.weight", (nv, h))),
+            "conv": vec("ssm_conv1d.weight", cfg.conv_dim, cfg.conv_kernel),
+            "dt": vec("ssm_dt.bias", nv),
+            "a": vec("ssm_a", nv),
+            "norm": vec("ssm_norm.weight", cfg.head_v_dim),
+            "out": lin(("ssm_out.weight", (h, cfg.d_inner))),
         }
     else:
         q, kv, d = cfg.n_head * cfg.head_dim, cfg.n_kv * cfg.head_dim, cfg.head_dim
         mix = {
-            "q": t("attn_q.weight", 2 * q, h),
-            "k": t("attn_k.weight", kv, h),
-            "v": t("attn_v.weight", kv, h),
-            "o": t("attn_output.weight", h, q),
-            "q_norm": t("attn_q_norm.weight", d),
-            "k_norm": t("attn_k_norm.weight", d),
+            "qkv": lin(("attn_q.weight", (2 * q, h)), ("attn_k.weight", (kv, h)), ("attn_v.weight", (kv, h))),
+            "o": lin(("attn_output.weight", (h, q))),
+            "q_norm": vec("attn_q_norm.weight", d),
+            "k_norm": vec("attn_k_norm.weight", d),
         }
     if cfg.moe:
         E, F, S = cfg.n_expert, cfg.ff_exp, cfg.ff_shexp
         # upstream stores the shared-expert gate as [1, hidden] (HF's Linear(hidden, 1)); [hidden] also loads
-        shexp = f"blk.{i}.ffn_gate_inp_shexp.weight"
-        shexp_shape = (1, h) if model.has(shexp) and model.tensor_shape(shexp) == (1, h) else (h,)
+        shexp = b + "ffn_gate_inp_shexp.weight"
+        shexp_shape = (1, h) if store.has(shexp) and store.model.tensor_shape(shexp) == (1, h) else (h,)
         ffn = {
-            "router": t("ffn_gate_inp.weight", E, h),
-            "gate_exps": t("ffn_gate_exps.weight", E, F, h),
-            "up_exps": t("ffn_up_exps.weight", E, F, h),
-            "down_exps": t("ffn_down_exps.weight", E, h, F),
-            "shexp_gate": t("ffn_gate_inp_shexp.weight", *shexp_shape).reshape(h),
-            "gate_shexp": t("ffn_gate_shexp.weight", S, h),
-            "up_shexp": t("ffn_up_shexp.weight", S, h),
-            "down_shexp": t("ffn_down_shexp.weight", h, S),
+            "router": lin(("ffn_gate_inp.weight", (E, h))),
+            "gate_exps": store.experts(b + "ffn_gate_exps.weight", E, F, h),
+            "up_exps": store.experts(b + "ffn_up_exps.weight", E, F, h),
+            "down_exps": store.experts(b + "ffn_down_exps.weight", E, h, F),
+            "shexp_gate": vec("ffn_gate_inp_shexp.weight", *shexp_shape).reshape(h),
+            "gate_up_shexp": lin(("ffn_gate_shexp.weight", (S, h)), ("ffn_up_shexp.weight", (S, h))),
+            "down_shexp": lin(("ffn_down_shexp.weight", (h, S))),
         }
     else:
         ffn = {
-            "gate": t("ffn_gate.weight", cfg.ff, h),
-            "up": t("ffn_up.weight", cfg.ff, h),
-            "down": t("ffn_down.weight", h, cfg.ff),
+            "gate_up": lin(("ffn_gate.weight", (cfg.ff, h)), ("ffn_up.weight", (cfg.ff, h))),
+            "down": lin(("ffn_down.weight", (h, cfg.ff))),
         }
-    return LayerWeights(cfg.recurrent[i], t("attn_norm.weight", h), t("post_attention_norm.weight", h), mix, ffn)
+    return LayerWeights(cfg.recurrent[i], vec("attn_norm.weight", h), vec("post_attention_norm.weight", h), mix, ffn)
 
 
 # ---- decoder ------------------------------------------------------------------------------
@@ -335,12 +336,13 @@ def _load_layer(model: GGUFModel, cfg: Qwen35Config, i: int) -> LayerWeights:
 class Qwen35Decoder:
     """Qwen3.5 hybrid decoder over a GGUF (`qwen35` or `qwen35moe`). Same API as Qwen3VLDecoder."""
 
-    def __init__(self, model: GGUFModel):
+    def __init__(self, model: GGUFModel, budget: int | str | None = None, threads: int | None = None):
         if model.arch not in ("qwen35", "qwen35moe"):
             raise SmtError(f"{where(model.path, 'general.architecture')}: '{model.arch}' is not qwen35/qwen35moe")
         self.config = cfg = Qwen35Config.from_gguf(model)
-        self.token_embd, self.output_norm, self.output = load_token_io(model, cfg.vocab, cfg.hidden)
-        self.layers = [_load_layer(model, cfg, i) for i in range(cfg.n_layer)]
+        self.weights = store = WeightStore(model, budget=budget, threads=threads)
+        self.token_embd, self.output_norm, self.output = store.token_io(cfg.vocab, cfg.hidden)
+        self.layers = [_load_layer(store, cfg, i) for i in range(cfg.n_layer)]
 
     def embed(self, token_ids) -> np.ndarray:
         return embed_rows(self.token_embd, token_ids)
@@ -366,30 +368,31 @@ class Qwen35Decoder:
         cache.length += x.shape[0]
         if logits == "last":
             x = x[-1:]
-        return rms_norm(x, self.output_norm, cfg.eps) @ self.output.T
+        return self.output(rms_norm(x, self.output_norm, cfg.eps))
 
     # ---- token mixers -----------------------------------------------------------------------
 
     def _attention(self, x, w, cos, sin, mask, cache: HybridCache, layer: int) -> np.ndarray:
         cfg = self.config
         n, d = x.shape[0], cfg.head_dim
-        qg = (x @ w["q"].T).reshape(n, cfg.n_head, 2 * d)
+        qg, k, v = w["qkv"].split(x)
+        qg = qg.reshape(n, cfg.n_head, 2 * d)
         q, gate = qg[..., :d], qg[..., d:].reshape(n, cfg.n_head * d)
         q = rms_norm(q, w["q_norm"], cfg.eps)
-        k = rms_norm((x @ w["k"].T).reshape(n, cfg.n_kv, d), w["k_norm"], cfg.eps)
-        v = (x @ w["v"].T).reshape(n, cfg.n_kv, d)
+        k = rms_norm(k.reshape(n, cfg.n_kv, d), w["k_norm"], cfg.eps)
+        v = v.reshape(n, cfg.n_kv, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys, values = cache.extend(layer, k.transpose(1, 0, 2), v.transpose(1, 0, 2))
-        return (grouped_attention(q, keys, values, mask) * sigmoid(gate)) @ w["o"].T
+        return w["o"](grouped_attention(q, keys, values, mask) * sigmoid(gate))
 
     def _linear_attention(self, x, w, cache: HybridCache, layer: int) -> np.ndarray:
         cfg = self.config
         n = x.shape[0]
         nk, nv, dk, dv = cfg.n_k_heads, cfg.n_v_heads, cfg.d_state, cfg.head_v_dim
-        mixed = x @ w["qkv"].T                                         # [n, conv_dim]
-        z = (x @ w["z"].T).reshape(n, nv, dv)
-        beta = sigmoid(x @ w["beta"].T)                                 # [n, nv]
-        g = (w["a"] * softplus(x @ w["alpha"].T + w["dt"])).astype(np.float32)  # [n, nv], <= 0
+        mixed, z, b, a = w["in"].split(x)                               # [n, conv_dim], [n, d_inner], [n, nv] x2
+        z = z.reshape(n, nv, dv)
+        beta = sigmoid(b)                                               # [n, nv]
+        g = (w["a"] * softplus(a + w["dt"])).astype(np.float32)         # [n, nv], <= 0
 
         # causal depthwise conv1d over [conv state ; new inputs], then SiLU
         K = cfg.conv_kernel
@@ -411,17 +414,19 @@ class Qwen35Decoder:
         rule = delta_rule_recurrent if n <= RECURRENT_MAX else delta_rule_chunked
         o = rule(*args, cache.state[layer]).transpose(1, 0, 2)          # [n, nv, dv]
         o = rms_norm(o, w["norm"], cfg.eps) * silu(z)
-        return o.reshape(n, nv * dv) @ w["out"].T
+        return w["out"](o.reshape(n, nv * dv))
 
     # ---- FFN ---------------------------------------------------------------------------------
 
     @staticmethod
     def _mlp(x, w) -> np.ndarray:
-        return (silu(x @ w["gate"].T) * (x @ w["up"].T)) @ w["down"].T
+        gate, up = w["gate_up"].split(x)
+        return w["down"](silu(gate) * up)
 
     def _moe(self, x, w) -> np.ndarray:
+        """Only the selected experts' slices of the 3-D expert tensors are ever read."""
         cfg = self.config
-        probs = softmax(x @ w["router"].T)                              # [n, E]
+        probs = softmax(w["router"](x))                                 # [n, E]
         top = np.argsort(-probs, axis=-1, kind="stable")[:, : cfg.n_expert_used]
         weights = np.take_along_axis(probs, top, axis=-1)
         weights = weights / weights.sum(axis=-1, keepdims=True)         # Qwen3.5 renormalises the top-k
@@ -429,7 +434,8 @@ class Qwen35Decoder:
         for e in np.unique(top):
             rows, slot = np.nonzero(top == e)
             xe = x[rows]
-            he = silu(xe @ w["gate_exps"][e].T) * (xe @ w["up_exps"][e].T)
-            out[rows] += (he @ w["down_exps"][e].T) * weights[rows, slot, None]
-        shared = (silu(x @ w["gate_shexp"].T) * (x @ w["up_shexp"].T)) @ w["down_shexp"].T
+            he = silu(w["gate_exps"][e](xe)) * w["up_exps"][e](xe)
+            out[rows] += w["down_exps"][e](he) * weights[rows, slot, None]
+        gate, up = w["gate_up_shexp"].split(x)
+        shared = w["down_shexp"](silu(gate) * up)
         return out + shared * sigmoid(x @ w["shexp_gate"])[:, None]

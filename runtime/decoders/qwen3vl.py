@@ -3,8 +3,10 @@
 Pre-norm transformer: RMSNorm -> GQA attention (per-head q/k RMSNorm, interleaved M-RoPE) -> residual,
 RMSNorm -> SwiGLU MLP -> residual. Tensor names and metadata keys are the ones upstream llama.cpp writes.
 
-Memory: every weight is dequantised once to float32 at load (F32 tensors stay memory-mapped), so RAM
-is about 4 bytes per parameter (a 0.6B decoder is ~2.4 GB). That keeps `forward` simple and fast.
+Memory: weights stay in the memory-mapped GGUF and are used through `runtime/weights.py` (`Linear`): on
+first use each projection is packed for ONNX Runtime's MatMulNBits (Q8_0/Q4_0), dequantised to float32, or
+streamed, within a memory budget; the embedding table is read row by row. q/k/v and gate/up are stacked into
+one `Linear` each (one matmul call apiece on the quantised path).
 
 Deepstack (Qwen3-VL vision features added to early layers) is not implemented: embeddings are [n, hidden].
 """
@@ -17,6 +19,7 @@ import numpy as np
 
 from smt_convert.runtime.errors import SmtError, where
 from smt_convert.runtime.gguf_model import GGUFModel
+from smt_convert.runtime.weights import Linear, WeightStore
 
 # ---- config -------------------------------------------------------------------------------
 
@@ -188,62 +191,35 @@ def _grow(buf: np.ndarray, capacity: int, used: int) -> np.ndarray:
 @dataclass
 class LayerWeights:
     attn_norm: np.ndarray
-    wq: np.ndarray  # [n_head*head_dim, hidden]
-    wk: np.ndarray  # [n_kv*head_dim, hidden]
-    wv: np.ndarray
-    wo: np.ndarray  # [hidden, n_head*head_dim]
+    qkv: Linear  # rows [q (n_head*head_dim); k (n_kv*head_dim); v (n_kv*head_dim)], in = hidden
+    wo: Linear  # [hidden, n_head*head_dim]
     q_norm: np.ndarray  # [head_dim]
     k_norm: np.ndarray
     ffn_norm: np.ndarray
-    w_gate: np.ndarray  # [ff, hidden]
-    w_up: np.ndarray
-    w_down: np.ndarray  # [hidden, ff]
+    gate_up: Linear  # rows [gate (ff); up (ff)], in = hidden
+    down: Linear  # [hidden, ff]
 
 
-def _load_tensor(model: GGUFModel, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Dequantise a tensor and check its shape, so a wrong file fails here and not mid-matmul."""
-    got = model.tensor_shape(name) if model.has(name) else None
-    if got is None:
-        raise SmtError(f"{where(model.path, name)}: tensor not found")
-    if got != shape:
-        raise SmtError(f"{where(model.path, name)}: shape {list(got)}, expected {list(shape)}")
-    return model.tensor(name)
+def embed_rows(table: Linear, token_ids) -> np.ndarray:
+    """Rows of the embedding table for token ids (what the board's host looks up for text tokens);
+    only those rows are read and dequantised."""
+    return table.rows(token_ids)
 
 
-def load_token_io(model: GGUFModel, vocab: int, hidden: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(token_embd, output_norm, output): the embedding table and the head; no output.weight means tied."""
-    token_embd = _load_tensor(model, "token_embd.weight", (vocab, hidden))
-    output_norm = _load_tensor(model, "output_norm.weight", (hidden,))
-    output = _load_tensor(model, "output.weight", (vocab, hidden)) if model.has("output.weight") else token_embd
-    return token_embd, output_norm, output
-
-
-def embed_rows(table: np.ndarray, token_ids) -> np.ndarray:
-    """Rows of the embedding table for token ids (what the board's host looks up for text tokens)."""
-    ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
-    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
-        raise SmtError(f"token_ids: id out of range [0, {table.shape[0]})")
-    return np.asarray(table[ids], dtype=np.float32)
-
-
-def _load_layer(model: GGUFModel, cfg: Qwen3VLConfig, i: int) -> LayerWeights:
+def _load_layer(store: WeightStore, cfg: Qwen3VLConfig, i: int) -> LayerWeights:
+    """Check shapes and wrap the tensors; nothing is read or dequantised until first use."""
     h, q, kv, d = cfg.hidden, cfg.n_head * cfg.head_dim, cfg.n_kv * cfg.head_dim, cfg.head_dim
-
-    def t(name, *shape):
-        return _load_tensor(model, f"blk.{i}.{name}.weight", shape)
-
+    b = f"blk.{i}."
     return LayerWeights(
-        attn_norm=t("attn_norm", h),
-        wq=t("attn_q", q, h),
-        wk=t("attn_k", kv, h),
-        wv=t("attn_v", kv, h),
-        wo=t("attn_output", h, q),
-        q_norm=t("attn_q_norm", d),
-        k_norm=t("attn_k_norm", d),
-        ffn_norm=t("ffn_norm", h),
-        w_gate=t("ffn_gate", cfg.ff, h),
-        w_up=t("ffn_up", cfg.ff, h),
-        w_down=t("ffn_down", h, cfg.ff),
+        attn_norm=store.vector(b + "attn_norm.weight", h),
+        qkv=store.linear(b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight",
+                         shapes=[(q, h), (kv, h), (kv, h)]),
+        wo=store.linear(b + "attn_output.weight", shapes=[(h, q)]),
+        q_norm=store.vector(b + "attn_q_norm.weight", d),
+        k_norm=store.vector(b + "attn_k_norm.weight", d),
+        ffn_norm=store.vector(b + "ffn_norm.weight", h),
+        gate_up=store.linear(b + "ffn_gate.weight", b + "ffn_up.weight", shapes=[(cfg.ff, h), (cfg.ff, h)]),
+        down=store.linear(b + "ffn_down.weight", shapes=[(h, cfg.ff)]),
     )
 
 
@@ -255,10 +231,11 @@ class Qwen3VLDecoder:
 
     config_type = Qwen3VLConfig
 
-    def __init__(self, model: GGUFModel):
+    def __init__(self, model: GGUFModel, budget: int | str | None = None, threads: int | None = None):
         self.config = cfg = self.config_type.from_gguf(model)
-        self.token_embd, self.output_norm, self.output = load_token_io(model, cfg.vocab, cfg.hidden)
-        self.layers = [self._load_layer(model, cfg, i) for i in range(cfg.n_layer)]
+        self.weights = store = WeightStore(model, budget=budget, threads=threads)
+        self.token_embd, self.output_norm, self.output = store.token_io(cfg.vocab, cfg.hidden)
+        self.layers = [self._load_layer(store, cfg, i) for i in range(cfg.n_layer)]
 
     _load_layer = staticmethod(_load_layer)
 
@@ -285,20 +262,22 @@ class Qwen3VLDecoder:
         cache.length += x.shape[0]
         if logits == "last":
             x = x[-1:]
-        return rms_norm(x, self.output_norm, cfg.eps) @ self.output.T
+        return self.output(rms_norm(x, self.output_norm, cfg.eps))
 
     def _attention(self, x, w: LayerWeights, cos, sin, mask, cache: KVCache, layer: int) -> np.ndarray:
         cfg = self.config
         n, d = x.shape[0], cfg.head_dim
-        q = rms_norm((x @ w.wq.T).reshape(n, cfg.n_head, d), w.q_norm, cfg.eps)
-        k = rms_norm((x @ w.wk.T).reshape(n, cfg.n_kv, d), w.k_norm, cfg.eps)
-        v = (x @ w.wv.T).reshape(n, cfg.n_kv, d)
+        q, k, v = w.qkv.split(x)
+        q = rms_norm(q.reshape(n, cfg.n_head, d), w.q_norm, cfg.eps)
+        k = rms_norm(k.reshape(n, cfg.n_kv, d), w.k_norm, cfg.eps)
+        v = v.reshape(n, cfg.n_kv, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys, values = cache.extend(layer, k.transpose(1, 0, 2), v.transpose(1, 0, 2))  # [n_kv, T, d]
-        return grouped_attention(q, keys, values, mask) @ w.wo.T
+        return w.wo(grouped_attention(q, keys, values, mask))
 
     def _mlp(self, x, w: LayerWeights) -> np.ndarray:
-        return (silu(x @ w.w_gate.T) * (x @ w.w_up.T)) @ w.w_down.T
+        gate, up = w.gate_up.split(x)
+        return w.down(silu(gate) * up)
 
 
 def check_inputs(embeds: np.ndarray, positions: np.ndarray, hidden: int, logits: str) -> np.ndarray:
