@@ -55,6 +55,22 @@ def test_bundle_meets_the_board_contract(native_bundle):
     assert manifest["verification"]["passed"] and manifest["text"]["vocab"]["model"] == "llama"
     rows = {(r["check"], r["metric"]): r["value"] for r in manifest["verification"]["rows"]}
     assert rows[("end to end", "greedy tokens agreeing")] == 1.0 and rows[("text logits", "nmse")] < 1e-6
+    assert rows[("host preprocessing", "max abs vs HF processor")] <= 1e-5
+    assert rows[("encoder", "rel max abs")] <= 1e-5
+    encoder = manifest["encoders"][0]
+    assert encoder["builder"].startswith("graph") and (native_bundle / encoder["data_file"]).is_file()
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "int8"])
+def test_lossy_encoder_bundles_verify(ckpts, tmp_path, dtype):
+    out = tmp_path / dtype
+    result = invoke("-q", "paddleocr-vl", ckpts[0] / "native", out, "--outtype", "f16", "--onnx-dtype", dtype,
+                    "--image-size", "112")
+    assert result.exit_code == 0, result.output + result.stderr
+    manifest = manifest_of(out)
+    rows = {(r["check"], r["metric"]): r for r in manifest["verification"]["rows"]}
+    assert manifest["verification"]["passed"] and rows[("encoder", "cosine")]["ok"]
+    assert manifest["encoders"][0]["dtype"] == dtype
 
 
 def test_original_layout_with_custom_code_gives_the_same_gguf(ckpts, native_bundle, tmp_path):

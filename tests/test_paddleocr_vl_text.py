@@ -1,5 +1,5 @@
-"""PaddleOCR-VL text side: archs/paddleocr_vl.py (config, layouts, tensors, metadata) + the numpy `paddleocr`
-decoder, checked against transformers and against llama.cpp (llama-cpp-python).
+"""PaddleOCR-VL text side: archs/paddleocr_vl/config.py + text.py (config, layouts, tensors, metadata) + the
+numpy `paddleocr` decoder, checked against transformers and against llama.cpp (llama-cpp-python).
 
 The reference is a tiny random `PaddleOCRVLForConditionalGeneration` (3 text layers, GQA 4/2, head_dim 32 =
 2 x hidden/heads so `key_length` matters, M-RoPE sections [6, 5, 5] so t/h/w each own a distinct range of
@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smt_convert.archs.paddleocr_vl import plugin as P
+from smt_convert.archs.paddleocr_vl import config as C
+from smt_convert.archs.paddleocr_vl import text as T
 from smt_convert.converters.text_gguf import write_text_gguf
 from smt_convert.runtime.decoders import DECODERS, load_decoder
 from smt_convert.runtime.decoders.paddleocr import PaddleOCRDecoder, mrope_streams
@@ -94,25 +95,25 @@ def make_hf(tie: bool = False, seed: int = 0):
     return model
 
 
-def hparams_of(model) -> P.TextHparams:
-    return P.read_text_hparams(json.loads(model.config.to_json_string()), Path("config.json"))
+def hparams_of(model) -> C.TextHparams:
+    return C.read_text_hparams(json.loads(model.config.to_json_string()), Path("config.json"))
 
 
 def text_state(model) -> dict[str, np.ndarray]:
     return {k: v.float().numpy() for k, v in model.state_dict().items()}
 
 
-def write_gguf(hp, state, path: Path, layout=P.NATIVE_LAYOUT, vocab=None, outtype="f32") -> Path:
-    tensors = P.text_tensors(hp, layout)
+def write_gguf(hp, state, path: Path, layout=C.NATIVE_LAYOUT, vocab=None, outtype="f32") -> Path:
+    tensors = T.text_tensors(hp, layout)
 
     def metadata(writer):
-        P.write_text_metadata(writer, hp, "tiny-paddleocr-vl")
+        T.write_text_metadata(writer, hp, "tiny-paddleocr-vl")
         if vocab is not None:
             from smt_convert.converters.tokenizer import write_vocab
 
             write_vocab(writer, vocab)
 
-    write_text_gguf(path, hp.gguf_arch, tensors, P.text_tensor_types(tensors, outtype), state.__getitem__, metadata)
+    write_text_gguf(path, C.GGUF_ARCH, tensors, T.text_tensor_types(tensors, outtype), state.__getitem__, metadata)
     return path
 
 
@@ -342,11 +343,11 @@ def test_expected_names_match_transformers():
             model = transformers.PaddleOCRVLForConditionalGeneration(native_config(tie))
         params = {k: tuple(v.shape) for k, v in model.state_dict().items()
                   if not k.startswith(("model.visual.", "model.projector."))}
-        hp = P.read_text_hparams(json.loads(model.config.to_json_string()), Path("config.json"))
+        hp = C.read_text_hparams(json.loads(model.config.to_json_string()), Path("config.json"))
         assert hp.tie_embeddings == tie
-        expected = P.expected_text_tensors(hp, P.NATIVE_LAYOUT)
+        expected = T.expected_text_tensors(hp, C.NATIVE_LAYOUT)
         if tie:  # transformers lists the tied lm_head; we ignore it by name
-            assert params.pop("lm_head.weight") and "lm_head.weight" in P.ignored_text_tensors(hp)
+            assert params.pop("lm_head.weight") and "lm_head.weight" in T.ignored_text_tensors(hp)
         assert expected == params
 
 
@@ -378,15 +379,15 @@ def test_original_layout_gives_identical_gguf(built, tmp_path, fused):
     GGUF's hyperparameters, metadata and tensors."""
     model, native_path, _ = built
     hp_native = hparams_of(model)
-    hp_flat = P.read_text_hparams(flat_config(), Path("config.json"))
-    assert P.config_layout(flat_config()) == P.ORIGINAL and hp_flat == hp_native
+    hp_flat = C.read_text_hparams(flat_config(), Path("config.json"))
+    assert C.config_layout(flat_config()) == C.ORIGINAL and hp_flat == hp_native
     state = to_original(text_state(model), fused)
-    layout = P.detect_text_layout(state)
-    assert layout == P.TextLayout(P.ORIGINAL, fused, fused)
-    assert P.detect_text_layout(text_state(model)) == P.NATIVE_LAYOUT
+    layout = C.detect_text_layout(state)
+    assert layout == C.TextLayout(C.ORIGINAL, fused, fused)
+    assert C.detect_text_layout(text_state(model)) == C.NATIVE_LAYOUT
     text_names = {k for k in state if not k.startswith(("visual.", "mlp_AR."))}
-    assert set(P.expected_text_tensors(hp_flat, layout)) == text_names
-    assert all(state[k].shape == s for k, s in P.expected_text_tensors(hp_flat, layout).items())
+    assert set(T.expected_text_tensors(hp_flat, layout)) == text_names
+    assert all(state[k].shape == s for k, s in T.expected_text_tensors(hp_flat, layout).items())
     path = write_gguf(hp_flat, state, tmp_path / "orig.gguf", layout)
     a, b = GGUFModel(native_path), GGUFModel(path)
     assert a.tensor_names() == b.tensor_names()
@@ -413,7 +414,7 @@ def test_transformers_loads_original_layout_as_we_read_it(built, tmp_path):
     np.testing.assert_allclose(hf_logits(loaded, ids), hf_logits(model, ids), atol=1e-5, rtol=0)
     # Surprise worth knowing: transformers 5.24 reports tie_word_embeddings=True for this flat config (its BC
     # rule copies text_config's default True), yet loads the distinct lm_head from the checkpoint.
-    assert not P.read_text_hparams(flat_config(), Path("config.json")).tie_embeddings
+    assert not C.read_text_hparams(flat_config(), Path("config.json")).tie_embeddings
 
 
 def test_save_pretrained_roundtrip(built, tmp_path):
@@ -431,12 +432,12 @@ def test_save_pretrained_roundtrip(built, tmp_path):
     transformers.PaddleOCRVLForConditionalGeneration.from_pretrained(src).save_pretrained(out)
     config = json.loads((out / "config.json").read_text())
     state = load_file(str(out / "model.safetensors"))
-    assert P.config_layout(config) == P.NATIVE and config["tie_word_embeddings"] is True
-    layout = P.detect_text_layout(state)
-    assert layout == P.ORIGINAL_LAYOUT
-    hp = P.read_text_hparams(config, out / "config.json")
+    assert C.config_layout(config) == C.NATIVE and config["tie_word_embeddings"] is True
+    layout = C.detect_text_layout(state)
+    assert layout == C.ORIGINAL_LAYOUT
+    hp = C.read_text_hparams(config, out / "config.json")
     assert hp.tie_embeddings and "lm_head.weight" in state
-    hp = P.resolve_tie(hp, state, state.__getitem__)
+    hp = T.resolve_tie(hp, state, state.__getitem__)
     assert not hp.tie_embeddings and hp == hparams_of(model)
     path = write_gguf(hp, state, tmp_path / "resaved.gguf", layout)
     a, b = GGUFModel(native_path), GGUFModel(path)
@@ -445,7 +446,7 @@ def test_save_pretrained_roundtrip(built, tmp_path):
         np.testing.assert_array_equal(a.tensor(name), b.tensor(name))
     # a truly tied checkpoint stays tied
     tied = dict(state, **{"lm_head.weight": state["model.embed_tokens.weight"]})
-    assert P.resolve_tie(P.read_text_hparams(config, out / "config.json"), tied, tied.__getitem__).tie_embeddings
+    assert T.resolve_tie(C.read_text_hparams(config, out / "config.json"), tied, tied.__getitem__).tie_embeddings
 
 
 def test_config_errors():
@@ -457,7 +458,7 @@ def test_config_errors():
         if rope is not None:
             cfg["rope_scaling"].update(rope)
         with pytest.raises(SmtError) as e:
-            P.read_text_hparams(cfg, Path("/x/config.json"))
+            C.read_text_hparams(cfg, Path("/x/config.json"))
         return str(e.value)
 
     assert err(rope={"mrope_section": [6, 5, 4]}).startswith("/x/config.json: rope_scaling.mrope_section:")
@@ -470,10 +471,10 @@ def test_config_errors():
     native = json.loads(native_config().to_json_string())
     native["text_config"]["tie_word_embeddings"] = True
     with pytest.raises(SmtError, match="tie_word_embeddings"):
-        P.read_text_hparams(native, Path("/x/config.json"))
+        C.read_text_hparams(native, Path("/x/config.json"))
     native["text_config"]["hidden_size"] = None
     with pytest.raises(SmtError, match="text_config.hidden_size"):
-        P.read_text_hparams(native, Path("/x/config.json"))
+        C.read_text_hparams(native, Path("/x/config.json"))
 
 
 def test_modules_import_without_torch():
