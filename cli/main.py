@@ -19,6 +19,8 @@ from smt_convert.runtime.errors import SmtError, Terminated
 # Kept here (not imported from converters) so that `run` and `verify` start without importing conversion code.
 OUTTYPE_CHOICES = ["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
 ONNX_DTYPE_CHOICES = ["fp32", "fp16", "int8"]
+# What the [convert] extra adds: a board's base install has none of these.
+CONVERSION_PACKAGES = {"torch", "transformers", "safetensors", "onnx", "onnx_ir", "onnxscript", "sentencepiece"}
 
 
 class SmtGroup(click.Group):
@@ -36,6 +38,13 @@ class SmtGroup(click.Group):
         except Terminated as exc:
             click.echo("terminated", err=True)
             sys.exit(exc.exit_code)
+        except ImportError as exc:  # a conversion command on the base (board) install
+            package = (exc.name or "").split(".")[0]
+            if package not in CONVERSION_PACKAGES:
+                raise
+            click.echo(f"error: {ctx.invoked_subcommand or 'this command'}: needs the conversion packages "
+                       f"(pip install 'smt-convert[convert]'); {package} is not installed", err=True)
+            sys.exit(2)
 
     def list_commands(self, ctx):
         return sorted(super().list_commands(ctx), key=lambda n: (n not in ("list", "inspect", "convert"), n))

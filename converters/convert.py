@@ -30,7 +30,7 @@ from smt_convert.converters.text_gguf import OUTTYPES, tensor_nbytes, write_text
 from smt_convert.converters.tokenizer import build_vocab, export_runtime_tokenizer, find_tokenizer, write_vocab
 from smt_convert.converters.validate import check_tensors
 from smt_convert.runtime import verify as V
-from smt_convert.runtime.bundle import BOARD_CONFIG, GOLDEN_DIR, MANIFEST, MANIFEST_FORMAT, read_json, sha256_file
+from smt_convert.runtime.bundle import BOARD_CONFIG, GOLDEN_DIR, MANIFEST, MANIFEST_FORMAT, sha256_file
 from smt_convert.runtime.errors import SmtError, Terminated
 from smt_convert.runtime.media import modality
 

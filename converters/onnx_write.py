@@ -56,12 +56,11 @@ def save_graph(graph: EncoderGraph, path: Path, progress: Callable[[str], None] 
 
     data = path.name + ".data"
     _remove(path, path.with_name(data))
-    callback = None
-    if progress is not None:
-        def callback(tensor, info):  # noqa: ANN001 - onnx-ir's callback signature
-            progress(str(tensor.name))
+    def callback(tensor, info):  # noqa: ANN001 - onnx-ir's callback signature
+        progress(str(tensor.name))
     try:
-        ir.save(graph.model, path, external_data=data, callback=callback, alignment=EXTERNAL_ALIGNMENT)
+        ir.save(graph.model, path, external_data=data, callback=callback if progress else None,
+                alignment=EXTERNAL_ALIGNMENT)
     except OSError as exc:
         _remove(path, path.with_name(data))
         raise SmtError(f"{path}: cannot write the encoder ({exc.strerror or exc})") from None

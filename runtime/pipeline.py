@@ -53,10 +53,25 @@ class BundleRunner:
         self.manifest = self.bundle.manifest
         self.prompt_rule = self.manifest["prompt"]
         self.tokenizer = RuntimeTokenizer(self.bundle.root)
-        self.decoder = load_decoder(GGUFModel(self.bundle.text_gguf))
+        self._decoder = load_decoder(GGUFModel(self.bundle.text_gguf))
         self.threads = threads
         self._encoder = None
         self.load_seconds = time.perf_counter() - t0
+
+    def release(self) -> None:
+        """Let go of the encoder sessions and the decoder's weights (the converter does this before running the
+        Hugging Face reference, so the two never hold memory at the same time). Loaded again on next use."""
+        import gc
+
+        self._encoder = None
+        self._decoder = None
+        gc.collect()
+
+    @property
+    def decoder(self):
+        if self._decoder is None:
+            self._decoder = load_decoder(GGUFModel(self.bundle.text_gguf))
+        return self._decoder
 
     @property
     def modality(self) -> str:

@@ -1,4 +1,4 @@
-"""Shared pytest setup: make `tests.fixtures` importable and offer tiny checkpoints built once per session."""
+"""Shared pytest setup: the repository root on sys.path, so tests can import helpers from each other (`tests.test_tokenizer`)."""
 
 import sys
 from pathlib import Path

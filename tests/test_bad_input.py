@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from smt_convert.main import cli
-from tests.fixtures.checkpoints import make_tiny_qwen3_asr
+from smt_convert.testing.checkpoints import make_tiny_qwen3_asr
 
 
 @pytest.fixture(scope="module")

@@ -93,7 +93,7 @@ def _weights(state: dict) -> Weights:
 
 
 def _write(state, hp, dtype, out: Path) -> Path:
-    graph = build_vision_graph(_weights(state), hp, "fp16" if dtype == "fp16" else "fp32")
+    graph = build_vision_graph(_weights(state), hp, dtype)
     h, w = hp.vision.image_size
     path = out / f"vision-{h}x{w}.{dtype}.onnx"
     written = write_encoder(graph, path, dtype)

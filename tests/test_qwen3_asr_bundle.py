@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from smt_convert.main import cli
-from tests.fixtures.checkpoints import make_tiny_qwen3_asr
+from smt_convert.testing.checkpoints import make_tiny_qwen3_asr
 
 
 def invoke(*args):

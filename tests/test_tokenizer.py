@@ -22,7 +22,7 @@ from smt_convert.converters.tokenizer import (
 )
 from smt_convert.runtime.errors import SmtError
 from smt_convert.runtime.tokenizer import RuntimeTokenizer
-from tests.fixtures.tokenizers import QWEN3_ASR_SPECIALS, build_qwen_bpe_tokenizer
+from smt_convert.testing.tokenizers import QWEN3_ASR_SPECIALS, build_qwen_bpe_tokenizer
 
 TRICKY = [
     "Hello world",

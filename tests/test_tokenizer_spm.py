@@ -104,7 +104,7 @@ def test_discovery_kinds(spm_dirs, tmp_path):
     assert json_only.kind == "tokenizer.json" and is_sentencepiece(json_only)
     assert src.chat_template and "<|IMAGE_PLACEHOLDER|>" in src.chat_template
     # A byte-level BPE tokenizer.json next to a stray tokenizer.model stays BPE.
-    from tests.fixtures.tokenizers import build_qwen_bpe_tokenizer
+    from smt_convert.testing.tokenizers import build_qwen_bpe_tokenizer
 
     bpe = tmp_path / "bpe"
     build_qwen_bpe_tokenizer(bpe)

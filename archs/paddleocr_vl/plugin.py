@@ -19,7 +19,6 @@ from smt_convert.archs.paddleocr_vl.config import (GGUF_ARCH, HF_ARCHITECTURES, 
                                                    vision_to_ckpt)
 from smt_convert.archs.paddleocr_vl.text import (expected_text_tensors, ignored_text_tensors, resolve_tie,
                                                  text_tensor_types, text_tensors, write_text_metadata)
-from smt_convert.archs.paddleocr_vl.vision_graph import build_vision_graph, vision_shapes
 from smt_convert.converters.plugin import (ArchPlugin, EncoderOutput, ModelFacts, ReferenceRequest, ReferenceResult,
                                            TextTensor, TokenRules, register)
 from smt_convert.converters.validate import ConfigReader, require
@@ -36,6 +35,7 @@ class PaddleOCRVLPlugin(ArchPlugin):
     name = "paddleocr-vl"
     hf_architectures = HF_ARCHITECTURES
     summary = "PaddleOCR-VL (0.9B): ERNIE-4.5 text + SigLIP-style vision encoder with the mlp_AR projector"
+    text_arch = GGUF_ARCH
     produces = [
         "<stem>-text-<outtype>.gguf (GGUF paddleocr, SentencePiece vocabulary embedded)",
         "<stem>-vision-<size>.onnx (host-normalised [1,3,H,W] -> [(H/28)*(W/28), hidden])",
@@ -79,6 +79,8 @@ class PaddleOCRVLPlugin(ArchPlugin):
         return vision_to_ckpt(hp.layout)
 
     def expected_tensors(self, hp: Hparams) -> dict[str, tuple[int, ...]]:
+        from smt_convert.archs.paddleocr_vl.vision_graph import vision_shapes  # graph code: conversion only
+
         return {**expected_text_tensors(hp.text, hp.text_layout), **vision_shapes(hp.vision, hp.text.hidden_size)}
 
     def ignored_tensors(self, hp: Hparams) -> dict[str, str]:
@@ -102,12 +104,16 @@ class PaddleOCRVLPlugin(ArchPlugin):
         h, w = v.image_size
         ny, nx = v.grid
         size = f"{h}" if h == w else f"{h}x{w}"
+        from smt_convert.archs.paddleocr_vl.vision_graph import vision_shapes
+
         params = sum(int(np.prod(s)) for s in vision_shapes(v, hp.text.hidden_size).values())
         return [EncoderOutput("vision", f"{stem}-vision-{size}.onnx", params,
                               [{"name": "pixel_values", "shape": [1, 3, h, w], "dtype": "float32"}],
                               [{"name": "image_embeds", "shape": [ny * nx, hp.text.hidden_size], "dtype": "float32"}])]
 
     def build_encoders(self, weights, hp: Hparams, precision: str):
+        from smt_convert.archs.paddleocr_vl.vision_graph import build_vision_graph
+
         return [build_vision_graph(weights, hp, precision)]
 
     # ---- bundle --------------------------------------------------------------------------------

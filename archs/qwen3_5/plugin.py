@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from smt_convert.archs.qwen3_5 import config, prompt, reference, text, vision_graph
+from smt_convert.archs.qwen3_5 import config, prompt, text
 from smt_convert.archs.qwen3_5.config import Hparams
 from smt_convert.converters.plugin import (ArchPlugin, EncoderOutput, ModelFacts, ReferenceRequest, ReferenceResult,
                                            TextTensor, TokenRules, register)
@@ -56,6 +56,8 @@ class Qwen35Plugin(ArchPlugin):
     def expected_tensors(self, hp: Hparams) -> dict[str, tuple[int, ...]]:
         shapes = text.expected_text_tensors(hp.text, hp.prefix, hp.experts)
         if hp.vision is not None:
+            from smt_convert.archs.qwen3_5 import vision_graph  # graph code: conversion only
+
             shapes.update(vision_graph.vision_shapes(hp.vision))
         return shapes
 
@@ -84,6 +86,8 @@ class Qwen35Plugin(ArchPlugin):
             return []
         h, w = v.image_size
         ny, nx = v.grid
+        from smt_convert.archs.qwen3_5 import vision_graph
+
         params = sum(int(np.prod(s)) for s in vision_graph.vision_shapes(v).values())
         size = f"{h}" if h == w else f"{h}x{w}"
         return [EncoderOutput("vision", f"{stem}-vision-{size}.onnx", params,
@@ -91,6 +95,8 @@ class Qwen35Plugin(ArchPlugin):
                               [{"name": "image_embeds", "shape": [ny * nx, v.out_hidden_size], "dtype": "float32"}])]
 
     def build_encoders(self, weights, hp: Hparams, precision: str):
+        from smt_convert.archs.qwen3_5 import vision_graph
+
         return vision_graph.build_encoders(weights, hp, precision)
 
     # ---- bundle -----------------------------------------------------------------------------------------
@@ -134,6 +140,8 @@ class Qwen35Plugin(ArchPlugin):
     # ---- reference --------------------------------------------------------------------------------------
 
     def reference(self, ckpt, hp: Hparams, request: ReferenceRequest) -> ReferenceResult:
+        from smt_convert.archs.qwen3_5 import reference  # torch: conversion only
+
         return reference.reference(ckpt, hp, request)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from smt_convert.archs.qwen3_5.config import TEXT_PREFIX, VISION, Hparams
 from smt_convert.converters.plugin import ReferenceRequest, ReferenceResult
-from smt_convert.converters.reference_stream import build_module
+from smt_convert.converters.reference_stream import build_module, streamed
 
 ATTENTION = "sdpa"      # what transformers picks by default for these classes on CPU
 EXPERTS = "grouped_mm"  # likewise for the MoE experts (set explicitly: a standalone layer has no default)
@@ -88,17 +88,6 @@ def checkpoint_loader(ckpt, hp: Hparams) -> Callable[[str], Any]:
 # ---- vision ----------------------------------------------------------------------------------------------
 
 
-def _streamed(factory: Callable, load: Callable, prefix: str):
-    """Stands in for one block inside HF's forward: built from the checkpoint when called, then freed."""
-    import torch
-
-    class Streamed(torch.nn.Module):
-        def forward(self, *args, **kwargs):
-            return build_module(factory, load, prefix)(*args, **kwargs)
-
-    return Streamed()
-
-
 def hf_patches(host_input: np.ndarray, hp: Hparams):
     """HF's image processor on the image the runtime fed its encoder ([1, 3, H, W] 0..255, already resized):
     (pixel_values, image_grid_thw)."""
@@ -121,7 +110,7 @@ def vision_rows(vision_config, cls: Classes, load: Callable, pixel_values, grid_
     stem.depth = 0  # patch embedding, position table, rotary and merger; the blocks are streamed below
     tower = build_module(lambda: cls.vision(stem), load, VISION)
     tower.blocks = torch.nn.ModuleList([
-        _streamed(lambda: cls.vision_block(vision_config), load, f"{VISION}blocks.{i}.")
+        streamed(lambda: cls.vision_block(vision_config), load, f"{VISION}blocks.{i}.")
         for i in range(vision_config.depth)
     ])
     with torch.no_grad():

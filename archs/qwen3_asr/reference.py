@@ -16,7 +16,7 @@ import numpy as np
 from smt_convert.archs.qwen3_asr.config import Hparams
 from smt_convert.archs.qwen3_asr.text import AUDIO, PROJ, TEXT
 from smt_convert.converters.plugin import ReferenceRequest, ReferenceResult
-from smt_convert.converters.reference_stream import build_module
+from smt_convert.converters.reference_stream import build_module, streamed
 from smt_convert.runtime.verify import Row
 
 ATTENTION = "sdpa"  # what transformers picks by default for these classes on CPU
@@ -64,19 +64,6 @@ def zero_padded(features: np.ndarray, hp: Hparams):
     return torch.from_numpy(padded), torch.from_numpy(mask)
 
 
-def _streamed_layer(factory: Callable, load: Callable, prefix: str):
-    """Stands in for one encoder layer inside HF's forward: built from the checkpoint when called, then freed.
-    (The class is defined here so that this module imports without torch, as the board's CLI does.)"""
-    import torch
-
-    class StreamedLayer(torch.nn.Module):
-        def forward(self, *args, **kwargs):
-            layer = build_module(factory, load, prefix)
-            return layer(*args, **kwargs)
-
-    return StreamedLayer()
-
-
 def audio_features(config, load: Callable, features, mask) -> np.ndarray:
     """HF `get_audio_features` (tower, then projector) with the tower's layers streamed."""
     import copy
@@ -90,7 +77,7 @@ def audio_features(config, load: Callable, features, mask) -> np.ndarray:
     stem_only.encoder_layers = 0  # convolutions, positions and ln_post; the layers are streamed below
     tower = build_module(lambda: Qwen3ASREncoder(stem_only), load, AUDIO)
     tower.layers = torch.nn.ModuleList([
-        _streamed_layer(lambda: Qwen3ASRAudioEncoderLayer(audio), load, f"{AUDIO}layers.{i}.")
+        streamed(lambda: Qwen3ASRAudioEncoderLayer(audio), load, f"{AUDIO}layers.{i}.")
         for i in range(audio.encoder_layers)
     ])
     projector = build_module(lambda: Qwen3ASRMultiModalProjector(config), load, PROJ)
