@@ -308,12 +308,14 @@ _register_arch_commands()
 def recipe(ctx, recipes, out_root, junit, scratch):
     """Run conversion recipes (TOML files, see recipes/): every variant of every recipe, a summary table,
     exit 1 if any failed. A failing recipe does not stop the others."""
-    from smt_convert.converters.recipe import format_results, load_recipe, run_recipe, write_junit
+    from smt_convert.converters.recipe import format_results, load_recipe, prepare_recipes, run_recipe, write_junit
 
-    loaded = [load_recipe(p) for p in recipes]  # all recipe files are checked before any conversion starts
+    loaded = [load_recipe(p) for p in recipes]  # every recipe is checked before any conversion starts
+    sources, failed = prepare_recipes(loaded, scratch or out_root / ".sources")
     results = []
     for r in loaded:
-        results += run_recipe(r, out_root, scratch or out_root / ".sources", _reporter(ctx))
+        results += run_recipe(r, sources[r.name], out_root, _reporter(ctx)) if r.name in sources else \
+            [f for f in failed if f.recipe == r.name]
     click.echo(format_results(results))
     if junit:
         write_junit(results, junit)

@@ -405,7 +405,8 @@ def _verify_and_store_goldens(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: Con
         media = kind.load(opts.golden_input) if opts.golden_input else plugin.golden_media(hp)
         kind.save(media, golden / kind.golden_file)
     fields = opts.fields or plugin.golden_fields()
-    result = runner.run(media, fields=fields, language=opts.language, max_new_tokens=opts.max_new_tokens)
+    result = runner.run(media, fields=fields, language=opts.language, max_new_tokens=opts.max_new_tokens,
+                        keep_encoder=False)
     if media is not None:
         np.save(golden / "encoder.npy", result.media_embeds.astype(np.float32))
     top = np.argsort(-result.first_logits)[:10]

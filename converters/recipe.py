@@ -203,20 +203,35 @@ class Result:
     message: str = ""
 
 
-def run_recipe(recipe: Recipe, out_root: Path, scratch: Path, report) -> list[Result]:
-    """Every variant of one recipe; a failing variant does not stop the others. The variants share one
-    opened (and hashed) checkpoint, the encoder files already written and the Hugging Face reference."""
+def prepare_recipes(recipes: list[Recipe], scratch: Path) -> tuple[dict[str, Path], list[Result]]:
+    """Before any conversion: resolve every recipe's source (a `tiny` one is built here) and check the options
+    its architecture cannot take. A source that cannot be had fails that recipe's variants (the others run);
+    an option the model cannot use is a mistake in the recipe file and stops everything (SmtError)."""
+    from smt_convert.converters.checkpoint import Checkpoint
+    from smt_convert.converters.plugin import get_plugin
+
+    sources, failed = {}, []
+    for recipe in recipes:
+        try:
+            checkpoint = resolve_source(recipe, scratch)
+        except SmtError as exc:
+            failed += [Result(recipe.name, v.name, "error", 0.0, message=str(exc)) for v in recipe.variants]
+            continue
+        plugin = get_plugin(recipe.architecture)
+        check_options(recipe, plugin, plugin.read_hparams(Checkpoint.open(checkpoint), None))
+        sources[recipe.name] = checkpoint
+    return sources, failed
+
+
+def run_recipe(recipe: Recipe, checkpoint: Path, out_root: Path, report) -> list[Result]:
+    """Every variant of one (checked) recipe; a failing variant does not stop the others. The variants share
+    one opened (and hashed) checkpoint, the encoder files already written and the Hugging Face reference."""
     from smt_convert.converters.convert import ConvertOptions, SharedWork, convert
     from smt_convert.converters.plugin import get_plugin
 
     results = []
     shared = SharedWork()
     plugin = get_plugin(recipe.architecture)
-    try:
-        checkpoint = resolve_source(recipe, scratch)
-        check_options(recipe, plugin, plugin.read_hparams(shared.checkpoint(checkpoint), None))
-    except SmtError as exc:
-        return [Result(recipe.name, v.name, "error", 0.0, message=str(exc)) for v in recipe.variants]
     for variant in recipe.variants:
         out = out_root / recipe.name / variant.name
         opts = ConvertOptions(outtype=variant.outtype, onnx_dtype=variant.onnx_dtype, stem=recipe.stem, force=True,

@@ -114,13 +114,22 @@ class BundleRunner:
             from smt_convert.runtime.image import load_image, normalize, resize_rgb
 
             image = load_image(media) if isinstance(media, (str, Path)) else media
-            height, width = self.encoder().input_size
+            height, width = self.image_size()
             pixels = resize_rgb(image, width, height)
             host = self.bundle.config.get("vision_preprocess")
             if host:
                 pixels = normalize(pixels, host.get("rescale_factor", 1.0), host["image_mean"], host["image_std"])
             return pixels
         raise self._unsupported()
+
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the vision input, as the board reads it from config.json (the session checks it on load)."""
+        block = self.bundle.config.get("vision_model", {})
+        if "input_size" in block:
+            return int(block["input_size"]), int(block["input_size"])
+        if "input_height" in block and "input_width" in block:
+            return int(block["input_height"]), int(block["input_width"])
+        return self.encoder().input_size
 
     def encode(self, features: np.ndarray) -> np.ndarray:
         return self.encoder().encode(features)
@@ -203,7 +212,9 @@ class BundleRunner:
     # ---- run ------------------------------------------------------------------------------------
 
     def run(self, media=None, fields: dict | None = None, language: str | None = None,
-            max_new_tokens: int = 256) -> RunResult:
+            max_new_tokens: int = 256, keep_encoder: bool = True) -> RunResult:
+        """One answer. `keep_encoder=False` lets go of the encoder sessions once the media is encoded (the
+        converter's single golden run: the decoder then has the memory to itself)."""
         timings = {}
         media_embeds = None
         prefix = self.assistant_prefix(language)  # option errors before any heavy work
@@ -215,6 +226,8 @@ class BundleRunner:
             t0 = time.perf_counter()
             media_embeds = self.encode(features)
             timings["encode_s"] = time.perf_counter() - t0
+            if not keep_encoder:
+                self._encoder = None
         prompt = self.build_prompt(media_embeds, fields, prefix)
         t0 = time.perf_counter()
         gen = greedy_generate(self.decoder, prompt.embeds, prompt.positions, max_new_tokens, set(self.stop_ids()))

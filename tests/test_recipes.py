@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from smt_convert.converters.recipe import load_recipe
+from smt_convert.converters.recipe import load_recipe, prepare_recipes
 from smt_convert.main import OUTTYPE_CHOICES, ONNX_DTYPE_CHOICES, cli
 from smt_convert.runtime.errors import SmtError
 
@@ -93,5 +93,5 @@ def test_recipe_run_summary_junit_and_failure_isolation(tmp_path, monkeypatch):
 def test_options_the_architecture_cannot_use(tmp_path, extra, mentions):
     path = write(tmp_path, 'architecture = "qwen3-asr"\n[source]\ntiny = "qwen3-asr"\n[[variants]]\n' + extra)
     with pytest.raises(SmtError) as err:
-        load_recipe(path)
+        prepare_recipes([load_recipe(path)], tmp_path / "scratch")
     assert mentions in str(err.value) and str(path) in str(err.value)
