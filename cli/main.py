@@ -8,6 +8,7 @@ Errors a user can fix print one line and exit 2; a failed verification exits 1.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -80,6 +81,8 @@ def cli(ctx, quiet, verbose):
     if quiet and verbose:
         raise click.UsageError("--quiet and --verbose cannot be combined")
     ctx.obj = {"verbosity": 0 if quiet else 2 if verbose else 1}
+    if not verbose:  # transformers' own warnings (e.g. config keys it does not know) are noise in our output
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 @cli.command("list")
