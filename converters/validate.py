@@ -151,3 +151,22 @@ def image_size_hw(image_size, multiple: int) -> tuple[int, int]:
         raise SmtError(f"--image-size: {h}x{w} (height x width): both sides must be positive multiples of "
                        f"{multiple} (patch_size * spatial_merge_size)")
     return h, w
+
+
+@dataclass
+class RopeConfig:
+    """The rotary block of a text config, wherever transformers versions put it: `rope_parameters` (5.x) or
+    `rope_scaling` (4.x), with the theta from the block or the text level."""
+
+    block: ConfigReader         # the block itself (empty when absent), for family-specific keys
+    rope_type: str
+    theta: float
+
+
+def read_rope(text: ConfigReader, default_theta: float) -> RopeConfig:
+    key = "rope_parameters" if isinstance(text.data.get("rope_parameters"), dict) else "rope_scaling"
+    block = text.sub(key, required=False) or ConfigReader({}, text.path, text.field(key) + ".")
+    rope_type = block.get("rope_type", str, block.get("type", str, "default"))
+    outer = text.get("rope_theta", float, None)  # read (and type-checked) even when the block has its own
+    theta = block.get("rope_theta", float, None) or outer or default_theta
+    return RopeConfig(block, rope_type, float(theta))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from smt_convert.converters.validate import ConfigReader, image_size_hw, read_tie, require
+from smt_convert.converters.validate import ConfigReader, image_size_hw, read_rope, read_tie, require
 from smt_convert.runtime.errors import SmtError
 
 GGUF_ARCH = "paddleocr"
@@ -146,12 +146,11 @@ def read_text_hparams(config: dict, path: Path) -> TextHparams:
     """Text hyperparameters from a PaddleOCR-VL config.json, either layout. Errors name the file and field."""
     top = ConfigReader(config, path)
     text = top.sub("text_config") if config_layout(config) == NATIVE else top
-    rope_key = "rope_parameters" if isinstance(text.data.get("rope_parameters"), dict) else "rope_scaling"
-    rope = text.sub(rope_key, required=False) or ConfigReader({}, path, text.field(rope_key) + ".")
-    rope_type = rope.get("rope_type", str, rope.get("type", str, "default"))
-    require(rope_type == "default", path, rope.field("rope_type"),
-            f"'{rope_type}' scaling is not supported (llama.cpp's paddleocr uses plain M-RoPE)")
-    theta = rope.get("rope_theta", float, None) or text.get("rope_theta", float, DEFAULT_ROPE_THETA)
+    rope_config = read_rope(text, default_theta=DEFAULT_ROPE_THETA)
+    rope = rope_config.block
+    require(rope_config.rope_type == "default", path, rope.field("rope_type"),
+            f"'{rope_config.rope_type}' scaling is not supported (llama.cpp's paddleocr uses plain M-RoPE)")
+    theta = rope_config.theta
     section = rope.data.get("mrope_section", DEFAULT_MROPE_SECTION)
     if not (isinstance(section, list) and len(section) == 3
             and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in section)):

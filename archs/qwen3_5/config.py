@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from smt_convert.converters.validate import ConfigReader, image_size_hw, read_tie, require
+from smt_convert.converters.validate import ConfigReader, image_size_hw, read_rope, read_tie, require
 from smt_convert.runtime.decoders.qwen3vl import imrope_streams
 from smt_convert.runtime.errors import SmtError
 
@@ -174,11 +174,11 @@ def read_text_hparams(config: dict, path: Path, moe: bool | None = None) -> Text
     top, text = _text_reader(config, path)
     if moe is None:
         moe = is_moe_config(config)
-    rope_key = "rope_parameters" if "rope_parameters" in text.data else "rope_scaling"
-    rope = text.sub(rope_key, required=False) or ConfigReader({}, path, text.field(rope_key) + ".")
-    rope_type = rope.get("rope_type", str, rope.get("type", str, "default"))
-    require(rope_type == "default", path, rope.field("rope_type"), f"'{rope_type}' scaling is not supported")
-    theta = rope.get("rope_theta", float, None) or text.get("rope_theta", float, 10000.0)
+    rope_config = read_rope(text, default_theta=10000.0)
+    rope = rope_config.block
+    require(rope_config.rope_type == "default", path, rope.field("rope_type"),
+            f"'{rope_config.rope_type}' scaling is not supported")
+    theta = rope_config.theta
     partial = rope.get("partial_rotary_factor", float, None) or text.get("partial_rotary_factor", float, 0.25)
     section = rope.data.get("mrope_section", DEFAULT_MROPE_SECTION)
     if not (isinstance(section, list) and 1 <= len(section) <= 4

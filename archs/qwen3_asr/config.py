@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from smt_convert.converters.validate import ConfigReader, read_tie, require
+from smt_convert.converters.validate import ConfigReader, read_rope, read_tie, require
 from smt_convert.runtime.audio import conv_rows
 from smt_convert.runtime.errors import SmtError
 
@@ -76,12 +76,10 @@ def read_hparams(ckpt, opts=None, name: str = "qwen3-asr") -> Hparams:
     layout = "original" if "thinker_config" in ckpt.config else "native"
     root = top.sub("thinker_config") if layout == "original" else top
     text, audio = root.sub("text_config"), root.sub("audio_config")
-    rope_key = "rope_parameters" if "rope_parameters" in text.data else "rope_scaling"
-    rope = text.sub(rope_key, required=False) or ConfigReader({}, ckpt.config_path, text.field(rope_key) + ".")
-    rope_type = rope.get("rope_type", str, rope.get("type", str, "default"))
-    require(rope_type == "default" or "mrope_section" in rope.data, ckpt.config_path,
-            rope.field("rope_type"), f"'{rope_type}' scaling is not supported")
-    theta = text.get("rope_theta", float, None) or rope.get("rope_theta", float, 10000.0)
+    rope = read_rope(text, default_theta=10000.0)
+    require(rope.rope_type == "default" or "mrope_section" in rope.block.data, ckpt.config_path,
+            rope.block.field("rope_type"), f"'{rope.rope_type}' scaling is not supported")
+    theta = rope.theta
     hp = Hparams(
         layout=layout,
         vocab_size=text.get("vocab_size"),
