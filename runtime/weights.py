@@ -8,7 +8,8 @@ The decoders never hold a float32 copy of the whole model. They get, from one `W
 - `vector`: small 1-D tensors (norms, biases) as float32.
 
 How a `Linear` computes, decided on its first call (in that order):
-1. F32 tensors: matmul straight on the memory-mapped file (no copy; the page cache holds the bytes).
+1. F32 tensors: matmul straight on the memory-mapped file (no copy; the page cache holds the bytes). F16
+   tensors likewise, through ONNX Runtime (Cast + Gemm inside one call, exact; `qmatmul.HalfMatMul`).
 2. Q8_0 / Q4_0: ONNX Runtime MatMulNBits on the quantised weights (`qmatmul.py`: exact up to float32
    summation order), if its packed size (1.25 / 0.625 bytes per weight) fits the remaining budget.
 3. Any other type (F16, BF16, Q4_1, Q5_0, Q5_1, ...), and MoE experts: dequantised once to a float32 copy if
@@ -247,6 +248,9 @@ class Linear:
         if p.qtype == Q.F32:
             w = p.data
             kind = "mapped_f32"
+        elif p.qtype == Q.F16 and store.quant_matmul:
+            store.kinds["mapped_f16"] = store.kinds.get("mapped_f16", 0) + 1
+            return qmatmul.HalfMatMul(np.asarray(p.data), store.threads)
         elif store.admit(p.rows * self.in_features * 4):
             w = dequantize_rows(p.data, p.qtype).reshape(p.rows, self.in_features)
             store.release_pages(p.data)

@@ -258,6 +258,20 @@ def test_f32_weights_are_used_in_place(tmp_path):
     assert set(dec.weights.kinds) == {"mapped_f32"} and dec.weights.cached_bytes == 0
 
 
+def test_f16_weights_are_multiplied_from_the_mapping(tmp_path):
+    """F16 tensors go through onnxruntime's Cast + Gemm on the mapped file: nothing charged, and the logits equal
+    the float32 path's (dequantising f16 is exact, so only the summation order differs)."""
+    path = write_gguf(tmp_path / "f16.gguf", n_layer=2, qtype=Q.F16)
+    mapped = load_decoder(GGUFModel(path), budget=0)
+    ours = logits(mapped)
+    assert set(mapped.weights.kinds) == {"mapped_f16"} and mapped.weights.cached_bytes == 0
+    numpy_path = load_decoder(GGUFModel(path), budget="1G")
+    numpy_path.weights.quant_matmul = None
+    ref = logits(numpy_path)
+    assert set(numpy_path.weights.kinds) == {"cached_f32"}
+    assert rel(ours, ref) < 1e-6
+
+
 @pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_1, Q.F16])
 def test_embedding_rows_without_the_table(tmp_path, qtype):
     """Lookups dequantise only the rows asked for, whatever the type; the tied head is the same object."""
