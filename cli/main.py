@@ -170,11 +170,12 @@ def _convert_command(plugin_name: str | None):
     @click.argument("output", type=click.Path(path_type=Path))
     @_conversion_options
     @click.option("--stem", default=None, help="File-name prefix of the bundle files (default from the model).")
-    @click.option("--force", is_flag=True, help="Replace OUTPUT if it already holds something.")
+    @click.option("--force", is_flag=True, help="Replace OUTPUT when it holds an smt-convert bundle (a directory "
+                                                "holding anything else is never replaced).")
     @click.option("--no-verify", is_flag=True,
                   help="Skip the comparison with the Hugging Face model (goldens are still recorded).")
     @click.option("--max-new-tokens", default=16, show_default=True, type=click.IntRange(min=1),
-                  help="Greedy tokens compared with Hugging Face generate and stored as goldens.")
+                  help="Greedy tokens compared with the Hugging Face model's greedy choice and stored as goldens.")
     @_verbosity_options
     @click.pass_context
     def command(ctx, checkpoint, output, outtype, onnx_dtype, image_size, tokenizer_dir, stem, force, no_verify,
@@ -272,7 +273,7 @@ def run(ctx, bundle, audio, image, prompt, language, context, max_new_tokens, th
 @click.option("--reference", type=click.Path(path_type=Path), default=None,
               help="Hugging Face checkpoint to compare with (needs torch); without it, check hashes and goldens.")
 @click.option("--max-new-tokens", default=16, show_default=True, type=click.IntRange(min=1),
-              help="With --reference: greedy tokens compared with Hugging Face generate.")
+              help="With --reference: greedy tokens compared with the Hugging Face model's greedy choice.")
 @_verbosity_options
 @click.pass_context
 def verify(ctx, bundle, reference, max_new_tokens):

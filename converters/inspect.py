@@ -67,6 +67,8 @@ def format_plan(d: dict) -> str:
             io = lambda items: ", ".join(f"{x['name']} {x['shape']} {x['dtype']}" for x in items)
             extra = f"  {io(o['inputs'])} -> {io(o['outputs'])}"
         lines.append(f"  {o['file']:<48} {o['kind']:<22} {o['dtype']:<5} {_size(o['bytes']):>9}{extra}")
+    if any("inputs" in o for o in d["outputs"]):
+        lines.append("  (each .onnx with its weights beside it in <file>.onnx.data)")
     lines.append("  config.json, manifest.json, tokenizer files, golden/ (small)")
     sizes = d["sizes_by_choice"]
     lines.append("size by choice:")
