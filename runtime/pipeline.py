@@ -63,9 +63,12 @@ class BundleRunner:
         Hugging Face reference, so the two never hold memory at the same time). Loaded again on next use."""
         import gc
 
+        from smt_convert.runtime.qmatmul import trim_heap
+
         self._encoder = None
         self._decoder = None
         gc.collect()
+        trim_heap()
 
     @property
     def decoder(self):
@@ -227,7 +230,10 @@ class BundleRunner:
             media_embeds = self.encode(features)
             timings["encode_s"] = time.perf_counter() - t0
             if not keep_encoder:
+                from smt_convert.runtime.qmatmul import trim_heap
+
                 self._encoder = None
+                trim_heap()  # onnxruntime's freed buffers go back to the OS before the decoder loads
         prompt = self.build_prompt(media_embeds, fields, prefix)
         t0 = time.perf_counter()
         gen = greedy_generate(self.decoder, prompt.embeds, prompt.positions, max_new_tokens, set(self.stop_ids()))

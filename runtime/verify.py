@@ -57,9 +57,19 @@ class Row:
                 "ok": self.ok, "gate": self.gate}
 
 
+ROW_BLOCK = 64  # rows per block in the metrics below: a [positions, vocabulary] float64 copy would be GBs
+
+
 def nmse(x: np.ndarray, ref: np.ndarray) -> float:
-    ref = ref.astype(np.float64)
-    return float(np.sum((x.astype(np.float64) - ref) ** 2) / max(np.sum(ref ** 2), 1e-30))
+    """sum((x - ref)^2) / sum(ref^2), accumulated in float64 a block of rows at a time."""
+    x2, r2 = np.atleast_2d(x), np.atleast_2d(ref)
+    x2, r2 = x2.reshape(-1, x2.shape[-1]), r2.reshape(-1, r2.shape[-1])
+    err = total = 0.0
+    for i in range(0, r2.shape[0], ROW_BLOCK):
+        r = r2[i:i + ROW_BLOCK].astype(np.float64)
+        err += float(np.sum((x2[i:i + ROW_BLOCK].astype(np.float64) - r) ** 2))
+        total += float(np.sum(r ** 2))
+    return err / max(total, 1e-30)
 
 
 def cosine(x: np.ndarray, ref: np.ndarray) -> float:
@@ -79,7 +89,8 @@ def top1_agreement(logits: np.ndarray, ref: np.ndarray, tie_sigmas: float = 0.0)
     ours = np.argmax(logits, -1)
     if tie_sigmas <= 0:
         return float(np.mean(ours == np.argmax(ref, -1)))
-    rms = np.sqrt(np.mean((logits.astype(np.float64) - ref) ** 2, axis=-1))
+    rms = np.concatenate([np.sqrt(np.mean((logits[i:i + ROW_BLOCK].astype(np.float64) - ref[i:i + ROW_BLOCK]) ** 2,
+                                          axis=-1)) for i in range(0, len(ref), ROW_BLOCK)])
     chosen = np.take_along_axis(ref, ours[:, None], axis=-1)[:, 0]
     return float(np.mean(chosen >= ref.max(-1) - tie_sigmas * rms))
 
