@@ -102,6 +102,10 @@ class Checkpoint:
             if not isinstance(weight_map, dict) or not weight_map:
                 raise SmtError(f"{index_path}: weight_map: missing or empty")
             shards = sorted(set(weight_map.values()))
+            inside = root.resolve()
+            for shard in shards:  # confined before anything is opened: an index names files, not places
+                if not isinstance(shard, str) or Path(shard).is_absolute() or inside not in (root / shard).resolve().parents:
+                    raise SmtError(f"{index_path}: weight_map: shard {shard!r} is not a file inside {root}")
             missing = [s for s in shards if not (root / s).is_file()]
             if missing:
                 raise SmtError(f"{index_path}: weight_map: {len(missing)} shard(s) missing: {', '.join(missing)}")

@@ -138,9 +138,11 @@ def board_grid_notes(ny: int, nx: int) -> list[str]:
             "will differ from HF's; the runtime uses the real grid"]
 
 
-def image_size_hw(image_size, multiple: int) -> tuple[int, int]:
+def image_size_hw(image_size, multiple: int, patch: int | None = None, max_patches: int | None = None,
+                  why: str = "") -> tuple[int, int]:
     """(height, width) from N (square) or (height, width); both sides positive multiples of `multiple`
-    (patch size x spatial merge: the vision encoder's token grid must be whole)."""
+    (patch size x spatial merge: the vision encoder's token grid must be whole), and at most `max_patches`
+    patches of `patch` pixels (checked here, before anything is allocated for the grid)."""
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     try:
@@ -150,6 +152,9 @@ def image_size_hw(image_size, multiple: int) -> tuple[int, int]:
     if h <= 0 or w <= 0 or h % multiple or w % multiple:
         raise SmtError(f"--image-size: {h}x{w} (height x width): both sides must be positive multiples of "
                        f"{multiple} (patch_size * spatial_merge_size)")
+    if patch and max_patches and (h // patch) * (w // patch) > max_patches:
+        raise SmtError(f"--image-size: {h}x{w} is {(h // patch) * (w // patch)} patches; at most {max_patches} "
+                       f"({why})")
     return h, w
 
 

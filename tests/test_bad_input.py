@@ -379,3 +379,25 @@ def test_tokenizer_lacking_the_audio_tokens_is_refused_before_writing(ckpt, tmp_
     (ckpt / "tokenizer.json").write_text(json.dumps(data))
     fails("qwen3-asr", ckpt, tmp_path / "out", mentions=["tokenizer.json", "<|audio_start|>"])
     no_partial_output(tmp_path / "out")
+
+
+def test_index_shard_paths_stay_inside_the_checkpoint(sharded, tmp_path):
+    index = sharded / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    name = next(iter(data["weight_map"]))
+    for outside in ("../../etc/passwd", "/etc/passwd"):
+        data["weight_map"][name] = outside
+        index.write_text(json.dumps(data))
+        fails("inspect", sharded, mentions=["model.safetensors.index.json", "weight_map", outside, "not a file inside"])
+
+
+def test_image_bomb_is_refused_before_decoding(bundle, tmp_path):
+    from PIL import Image
+
+    Image.new("L", (12000, 12000)).save(tmp_path / "huge.png")
+    fails("run", bundle, "--audio", tmp_path / "huge.png", mentions=["huge.png"])  # wrong kind: still one line
+    from smt_convert.runtime.image import load_image
+
+    with pytest.raises(Exception) as err:
+        load_image(tmp_path / "huge.png")
+    assert "12000x12000" in str(err.value) and "megapixels" in str(err.value)

@@ -151,6 +151,12 @@ def test_image_size_must_be_a_multiple_of_28(ckpts, size):
     assert result.exit_code == 2 and "--image-size" in result.stderr and "28" in result.stderr
 
 
+def test_image_size_beyond_the_processors_max_pixels_is_refused(ckpts):
+    result = invoke("inspect", ckpts[0] / "native", "--image-size", "28000")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert "28000x28000" in result.stderr and "max_pixels" in result.stderr
+
+
 def test_projector_width_must_equal_text_width(ckpts, tmp_path):
     import torch
 

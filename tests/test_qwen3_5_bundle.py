@@ -145,6 +145,12 @@ def test_image_size_must_be_a_multiple_of_32(ckpts, size):
     assert result.exit_code == 2 and "--image-size" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_image_size_has_an_upper_bound_checked_before_building(ckpts):
+    result = invoke("inspect", ckpts / "dense", "--image-size", "28000")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert "28000x28000" in result.stderr and "at most 8192" in result.stderr
+
+
 def test_vision_width_must_equal_text_width(tmp_path):
     make_tiny_qwen3_5(tmp_path / "hf", vision_out_hidden=48)
     result = invoke("inspect", tmp_path / "hf")

@@ -289,4 +289,6 @@ def read_vision_hparams(config: dict, path: Path, pre: dict | None, pre_source: 
     return VisionHparams(hidden, v.get("intermediate_size"), v.get("num_hidden_layers"), heads, patch, merge, table,
                          v.get("layer_norm_eps", float, DEFAULT_VISION_LN_EPS), act,
                          rope.get("rope_theta", float, v.get("rope_theta", float, DEFAULT_VISION_ROPE_THETA)),
-                         image_size_hw(size, patch * merge), vision_preprocess(pre), pre_source)
+                         image_size_hw(size, patch * merge, patch, pixel_limits(pre)[1] // (patch * patch),
+                                       "the model's processor never makes more (preprocessor_config.json max_pixels)"),
+                         vision_preprocess(pre), pre_source)

@@ -22,6 +22,9 @@ VISION = "model.visual."
 HF_ARCHITECTURES_DENSE = ("Qwen3_5ForConditionalGeneration", "Qwen3_5ForCausalLM")
 HF_ARCHITECTURES_MOE = ("Qwen3_5MoeForConditionalGeneration", "Qwen3_5MoeForCausalLM")
 
+# Largest grid the vision graph is written for: full attention over N patches costs heads x N^2 x 4 bytes per
+# layer in onnxruntime (8192 patches, 16 heads: 4.3 GB), about 1448 x 1448 pixels at patch 16.
+MAX_PATCHES = 8192
 # HF's default when rope_parameters has no mrope_section (Qwen3_5TextRotaryEmbedding); upstream writes the
 # same default ([11, 11, 10, 0]) because llama.cpp requires qwen35*.rope.dimension_sections.
 DEFAULT_MROPE_SECTION = [11, 11, 10]
@@ -297,7 +300,8 @@ def read_vision(config: dict, path: Path, text_hidden: int, image_size=None, pre
     require(act in VISION_ACTIVATIONS, path, v.field("hidden_act"),
             f"'{act}' is not supported (expected one of {', '.join(VISION_ACTIVATIONS)})")
     rope = v.sub("rope_parameters", required=False) or ConfigReader({}, path, v.field("rope_parameters") + ".")
-    h, w = image_size_hw(side * patch if image_size is None else image_size, patch * merge)
+    h, w = image_size_hw(side * patch if image_size is None else image_size, patch * merge, patch, MAX_PATCHES,
+                         "the vision graph attends over all patches at once: memory grows with their square")
     if pre is not None:
         pr = ConfigReader(pre, pre_path)
         mean = tuple(float(x) for x in pr.get("image_mean", list, list(DEFAULT_IMAGE_MEAN)))
