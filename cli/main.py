@@ -258,7 +258,7 @@ def run(ctx, bundle, audio, image, prompt, language, context, max_new_tokens, th
     if not runner.manifest.get("verification", {}).get("passed", False):
         click.echo(f"warning: {bundle}: this bundle failed verification when it was converted", err=True)
     result = runner.run(media, fields={"context": context, "prompt": prompt}, language=language,
-                        max_new_tokens=max_new_tokens)
+                        max_new_tokens=max_new_tokens, keep_encoder=False)  # one answer: decode without it
     if as_json:
         click.echo(json.dumps({"text": result.text, "raw": result.raw_text, "tokens": result.tokens,
                                "timings": result.timings}, indent=1))
