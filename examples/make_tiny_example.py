@@ -6,9 +6,12 @@ transformers' own classes, the tokenizer is trained in-process).
 """
 
 import argparse
+import os
 from pathlib import Path
 
-from smt_convert.testing.checkpoints import TINY_BUILDERS
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # config-key warnings from transformers are noise here
+
+from smt_convert.testing.checkpoints import TINY_BUILDERS  # noqa: E402
 
 LAYOUTS = {"qwen3-asr", "paddleocr-vl"}  # the builders that can also write the original release layout
 
