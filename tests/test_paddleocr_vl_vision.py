@@ -211,10 +211,10 @@ def test_graph_matches_hf(model, written, size, dtype):
 def test_attention_in_query_blocks(model, tmp_path, monkeypatch):
     """At 812x812 the attention runs in blocks of query rows (ORT memory); force blocks of 3 rows (the last one
     shorter) on the tiny model and compare with HF as above."""
-    from smt_convert.archs.paddleocr_vl import vision_graph
+    from smt_convert.converters import onnx_graph
 
     h, w = SIZES[0]
-    monkeypatch.setattr(vision_graph, "ATTENTION_BLOCK_BYTES", 2 * 100 * 4 * 3)  # heads * S * float32 * 3 rows
+    monkeypatch.setattr(onnx_graph, "ATTENTION_BLOCK_BYTES", 2 * 100 * 4 * 3)  # heads * S * float32 * 3 rows
     path = _write(model.state_dict(), _hparams(model.config, (h, w)), "fp32", tmp_path)
     import onnx
 

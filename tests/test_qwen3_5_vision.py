@@ -207,6 +207,25 @@ def test_not_vacuous(model, written):
     assert _diff(wrong, VisionEncoder(written[(h, w, "fp32")]).encode(img))[0] > 100 * TOL["fp32"][0]
 
 
+def test_attention_in_query_blocks(model, tmp_path, monkeypatch):
+    """Large images run the attention in blocks of query rows (onnxruntime memory); force blocks of 5 rows (the
+    last one shorter) on the tiny model and compare with HF as above."""
+    import onnx
+
+    from smt_convert.converters import onnx_graph
+
+    h, w = SIZES[1]
+    patches, heads = (h // 16) * (w // 16), model.model.visual.config.num_heads
+    monkeypatch.setattr(onnx_graph, "ATTENTION_BLOCK_BYTES", heads * patches * 4 * 5)
+    path = _write(model.model.visual, (h, w), "fp32", tmp_path / "blocked.onnx")
+    softmaxes = sum(n.op_type == "Softmax" for n in onnx.load(str(path), load_external_data=False).graph.node)
+    assert softmaxes == model.model.visual.config.depth * -(-patches // 5)
+    enc = VisionEncoder(path)
+    for name, img in G.check_images(h, w, seed=7).items():
+        rel, cos = _diff(enc.encode(img), _hf_features(model.model.visual, _to_uint8(img))[0])
+        assert rel <= TOL["fp32"][0] and cos >= TOL["fp32"][1], (name, rel, cos)
+
+
 def test_other_mean_std(model, tmp_path):
     """mean/std/rescale come from the preprocessor config: the graph uses what it is given."""
     mean, std = (0.48, 0.45, 0.40), (0.27, 0.26, 0.28)

@@ -15,7 +15,7 @@ The math of transformers 5 `modeling_paddleocr_vl.py`:
 - 2-D ("axial") rotary: per patch (row, col), inv_freq = 1 / theta^(arange(0, hd/2, 2) / (hd/2)), angles
   cat(row * inv_freq, col * inv_freq) twice over head_dim, rotate_half; applied in float32 as HF does;
 - the layers (pre-LN, full attention over the one image, MLP with the config's GELU), `post_layernorm`; the
-  attention runs in blocks of query rows when its scores would exceed 64 MB (`chunked_attention`);
+  attention runs in blocks of query rows when its scores would exceed 64 MB (`converters.onnx_graph.blocked_attention`);
 - projector: LayerNorm (eps 1e-5), each 2 x 2 block concatenated in (in_row, in_col) order into one 4d row,
   blocks row-major, Linear -> GELU (erf) -> Linear.
 """
@@ -27,12 +27,11 @@ from functools import partial
 import numpy as np
 
 from smt_convert.archs.paddleocr_vl.config import PROJECTOR, VISION, VISION_ACTS, Hparams, VisionHparams
-from smt_convert.converters.onnx_graph import (EncoderGraph, GraphContext, Weights, attention, gelu, layer_norm,
-                                               linear)
+from smt_convert.converters.onnx_graph import (EncoderGraph, GraphContext, Weights, blocked_attention, gelu,
+                                               layer_norm, linear)
 
 EMBED = VISION + "embeddings."
 PROJECTOR_LN_EPS = 1e-5      # PaddleOCRProjector.pre_norm is built with this eps, whatever the config says
-ATTENTION_BLOCK_BYTES = 64 << 20   # float32 attention scores held at once (see chunked_attention)
 
 
 def vision_shapes(v: VisionHparams, text_hidden: int) -> dict[str, tuple[int, ...]]:
@@ -111,19 +110,6 @@ def apply_rotary(ctx: GraphContext, x, cos, sin, head_dim: int):
     return ctx.from_fp32(op.Add(op.Mul(x, cos), op.Mul(rotated, sin)))
 
 
-def chunked_attention(ctx: GraphContext, q, k, v, scale: float, heads: int, length: int):
-    """`attention` over [heads, S, hd] in blocks of query rows, so a runtime holds one block's float32 scores
-    ([heads, rows, S]) at a time instead of all [heads, S, S] (0.7 GB per layer at 812x812, twice: scores and
-    probabilities); the result is the same, row by row."""
-    rows = max(1, ATTENTION_BLOCK_BYTES // (heads * length * 4))
-    if rows >= length:
-        return attention(ctx, q, k, v, scale, rank=3)
-    op = ctx.op
-    blocks = [attention(ctx, op.Slice(q, ctx.ints([start]), ctx.ints([min(start + rows, length)]), ctx.ints([1])),
-                        k, v, scale, rank=3) for start in range(0, length, rows)]
-    return op.Concat(*blocks, axis=1)
-
-
 def self_attention(ctx: GraphContext, x, prefix: str, v: VisionHparams, rope):
     """Full multi-head attention over the image's patches with 2-D rotary q/k: [S, d] -> [S, d]."""
     op = ctx.op
@@ -134,7 +120,7 @@ def self_attention(ctx: GraphContext, x, prefix: str, v: VisionHparams, rope):
         y = apply_rotary(ctx, y, *rope, hd) if rotary else y
         return op.Transpose(y, perm=[1, 0, 2])
 
-    out = chunked_attention(ctx, project("q_proj", True), project("k_proj", True), project("v_proj", False),
+    out = blocked_attention(ctx, project("q_proj", True), project("k_proj", True), project("v_proj", False),
                             scale=hd ** -0.5, heads=heads, length=v.patch_grid[0] * v.patch_grid[1])
     out = op.Reshape(op.Transpose(out, perm=[1, 0, 2]), ctx.ints([-1, v.hidden_size]))
     return linear(ctx, out, f"{prefix}.out_proj")

@@ -22,9 +22,9 @@ VISION = "model.visual."
 HF_ARCHITECTURES_DENSE = ("Qwen3_5ForConditionalGeneration", "Qwen3_5ForCausalLM")
 HF_ARCHITECTURES_MOE = ("Qwen3_5MoeForConditionalGeneration", "Qwen3_5MoeForCausalLM")
 
-# Largest grid the vision graph is written for: full attention over N patches costs heads x N^2 x 4 bytes per
-# layer in onnxruntime (8192 patches, 16 heads: 4.3 GB), about 1448 x 1448 pixels at patch 16.
-MAX_PATCHES = 8192
+# Largest image Qwen3.5's processor makes when preprocessor_config.json does not say (Qwen3-VL's
+# size.longest_edge, in pixels): 65536 patches of 16 x 16.
+DEFAULT_MAX_PIXELS = 16777216
 # HF's default when rope_parameters has no mrope_section (Qwen3_5TextRotaryEmbedding); upstream writes the
 # same default ([11, 11, 10, 0]) because llama.cpp requires qwen35*.rope.dimension_sections.
 DEFAULT_MROPE_SECTION = [11, 11, 10]
@@ -300,8 +300,12 @@ def read_vision(config: dict, path: Path, text_hidden: int, image_size=None, pre
     require(act in VISION_ACTIVATIONS, path, v.field("hidden_act"),
             f"'{act}' is not supported (expected one of {', '.join(VISION_ACTIVATIONS)})")
     rope = v.sub("rope_parameters", required=False) or ConfigReader({}, path, v.field("rope_parameters") + ".")
-    h, w = image_size_hw(side * patch if image_size is None else image_size, patch * merge, patch, MAX_PATCHES,
-                         "the vision graph attends over all patches at once: memory grows with their square")
+    size = pre.get("size") if isinstance(pre, dict) and isinstance(pre.get("size"), dict) else {}
+    max_pixels = (pre or {}).get("max_pixels") or size.get("longest_edge") or size.get("max_pixels") \
+        or DEFAULT_MAX_PIXELS
+    h, w = image_size_hw(side * patch if image_size is None else image_size, patch * merge, patch,
+                         int(max_pixels) // (patch * patch),
+                         "the model's processor never makes more (preprocessor_config.json max_pixels)")
     if pre is not None:
         pr = ConfigReader(pre, pre_path)
         mean = tuple(float(x) for x in pr.get("image_mean", list, list(DEFAULT_IMAGE_MEAN)))

@@ -26,7 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from smt_convert.archs.qwen3_5.config import VISION, Hparams, VisionHparams
-from smt_convert.converters.onnx_graph import EncoderGraph, GraphContext, Weights, attention, gelu, layer_norm, linear
+from smt_convert.converters.onnx_graph import (EncoderGraph, GraphContext, Weights, blocked_attention, gelu,
+                                               layer_norm, linear)
 
 LN_EPS = 1e-6  # every LayerNorm of the tower and merger (nn.LayerNorm(..., eps=1e-6) in HF)
 
@@ -113,7 +114,7 @@ def _block(ctx: GraphContext, h, v: VisionHparams, prefix: str, cos, sin):
     q, k, val = (op.Gather(qkv, ctx.const(np.array(i, np.int64)), axis=0) for i in range(3))  # [heads, S, hd]
     q = op.Add(op.Mul(q, cos), op.Mul(_rotate_half(ctx, q, hd), sin))
     k = op.Add(op.Mul(k, cos), op.Mul(_rotate_half(ctx, k, hd), sin))
-    out = attention(ctx, q, k, val, hd ** -0.5, rank=3)
+    out = blocked_attention(ctx, q, k, val, hd ** -0.5, heads, s)
     out = op.Reshape(op.Transpose(out, perm=[1, 0, 2]), ctx.ints([s, d]))
     h = op.Add(h, linear(ctx, out, prefix + "attn.proj"))
     x = layer_norm(ctx, h, prefix + "norm2", LN_EPS)
