@@ -180,6 +180,8 @@ def _write_random(out: Path, shapes: dict[str, tuple[int, ...]], zero_centred_no
 def build_qwen3_asr(out: Path) -> None:
     from transformers import Qwen3ASRConfig, Qwen3ASRForConditionalGeneration
 
+    from smt_convert.testing.checkpoints import qwen3_asr_original_name
+
     build_bpe, _ = _tokenizer_builders()
     ids = build_bpe(out)  # Qwen3-ASR specials (default), ChatML template, tokenizer_config.json
     t, a = dict(QWEN3_ASR_0_6B["text"]), dict(QWEN3_ASR_0_6B["audio"])
@@ -189,17 +191,7 @@ def build_qwen3_asr(out: Path) -> None:
     shapes = _meta_shapes(Qwen3ASRForConditionalGeneration, config)
     shapes.pop("lm_head.weight", None)  # tied
 
-    def original(name: str) -> str:  # transformers-native name -> the original Qwen release's
-        if name.startswith("model.multi_modal_projector."):
-            rest = name[len("model.multi_modal_projector."):]
-            return "thinker.audio_tower." + rest.replace("linear_1", "proj1").replace("linear_2", "proj2")
-        if name.startswith("model.audio_tower."):
-            return "thinker.audio_tower." + name[len("model.audio_tower."):]
-        if name.startswith("model.language_model."):
-            return "thinker.model." + name[len("model.language_model."):]
-        return "thinker." + name
-
-    _write_random(out, {original(k): v for k, v in shapes.items()}, zero_centred_norms=False)
+    _write_random(out, {qwen3_asr_original_name(k): v for k, v in shapes.items()}, zero_centred_norms=False)
     cfg = config.to_dict()
     thinker = {"audio_config": cfg["audio_config"], "text_config": cfg["text_config"],
                "audio_token_id": cfg["audio_token_id"], "model_type": "qwen3_asr_thinker",
@@ -214,6 +206,8 @@ def build_qwen3_asr(out: Path) -> None:
 def build_paddleocr_vl(out: Path) -> None:
     from transformers import PaddleOCRVLConfig, PaddleOCRVLForConditionalGeneration
 
+    from smt_convert.testing.checkpoints import paddleocr_original_name
+
     _, build_spm = _tokenizer_builders()
     ids = build_spm(out)
     defaults = PaddleOCRVLConfig().to_dict()
@@ -225,16 +219,7 @@ def build_paddleocr_vl(out: Path) -> None:
     config = PaddleOCRVLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **tokens)
     shapes = _meta_shapes(PaddleOCRVLForConditionalGeneration, config)
 
-    def original(name: str) -> str:  # in-memory transformers name -> the original release's
-        if name.startswith("model.language_model."):
-            return "model." + name[len("model.language_model."):]
-        if name.startswith("model.visual."):
-            return name[len("model."):]
-        if name.startswith("model.projector."):
-            return "mlp_AR." + name[len("model.projector."):]
-        return name
-
-    _write_random(out, {original(k): v for k, v in shapes.items()}, zero_centred_norms=False)
+    _write_random(out, {paddleocr_original_name(k): v for k, v in shapes.items()}, zero_centred_norms=False)
     flat = {k: v for k, v in text.items() if k not in ("rope_parameters", "model_type", "architectures")}
     rope = text.get("rope_parameters") or {}
     cfg = {"architectures": ["PaddleOCRVLForConditionalGeneration"], "model_type": "paddleocr_vl", **flat,

@@ -41,7 +41,7 @@ def tiny_qwen3_asr_config(audio_token_id: int, tie: bool = True, **text_override
                           tie_word_embeddings=tie, initializer_range=0.1)
 
 
-def _original_name(name: str) -> str:
+def qwen3_asr_original_name(name: str) -> str:
     """Native transformers name -> the original Qwen release name."""
     if name.startswith("model.multi_modal_projector."):
         rest = name[len("model.multi_modal_projector."):].replace("linear_1", "proj1").replace("linear_2", "proj2")
@@ -100,7 +100,7 @@ def make_tiny_qwen3_asr(out_dir: Path, layout: str = "native", dtype=torch.float
     cfg = config.to_dict()
     cfg["architectures"] = ["Qwen3ASRForConditionalGeneration"]
     if layout == "original":
-        state = {_original_name(k): v for k, v in state.items()}
+        state = {qwen3_asr_original_name(k): v for k, v in state.items()}
         thinker = {"audio_config": cfg["audio_config"], "text_config": cfg["text_config"],
                    "audio_token_id": cfg["audio_token_id"], "model_type": "qwen3_asr_thinker",
                    "tie_word_embeddings": tie}
@@ -295,7 +295,7 @@ PADDLEOCR_PREPROCESSOR = {
 }
 
 
-def _paddleocr_original_name(name: str) -> str:
+def paddleocr_original_name(name: str) -> str:
     """Native (in-memory transformers) name -> the original release's name."""
     if name.startswith("model.language_model."):
         return "model." + name[len("model.language_model."):]
@@ -343,7 +343,7 @@ def make_tiny_paddleocr_vl(out_dir: Path, layout: str = "native", tokenizer_layo
                 p.normal_(0.0, 0.15)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     if layout == "original":
-        state = {_paddleocr_original_name(k): v for k, v in state.items()}
+        state = {paddleocr_original_name(k): v for k, v in state.items()}
         rope = text.pop("rope_parameters")
         cfg = {"architectures": ["PaddleOCRVLForConditionalGeneration"], "model_type": "paddleocr_vl", **text,
                "rope_scaling": {"mrope_section": rope["mrope_section"], "rope_type": "default", "type": "default"},
