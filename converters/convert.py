@@ -173,7 +173,7 @@ def prepare_output(out_dir: Path, force: bool) -> Path:
         if entries and not is_bundle(out_dir):
             shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
             raise SmtError(f"{out_dir}: holds files that are not an smt-convert bundle ({shown}); "
-                           "choose an empty or new directory" + ("" if force else ""))
+                           "choose an empty or new directory")
         if entries and not force:
             raise SmtError(f"{out_dir}: already holds a bundle (use --force to replace it)")
     parent = out_dir.resolve().parent

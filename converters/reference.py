@@ -34,10 +34,10 @@ class ReferenceCache:
             h.update(np.ascontiguousarray(host_input, dtype=np.float32).tobytes())
         return h.hexdigest()
 
-    def find(self, key: str, continuation: list[int], stop_ids: list[int]) -> ReferenceResult | None:
+    def find(self, key: str, continuation: list[int]) -> ReferenceResult | None:
         """A stored result whose logits decide the reference's greedy path against `continuation`."""
         for scored_on, result in self.results.get(key, []):
-            if _decided(result.logits, len(result.logits) - len(scored_on), scored_on, continuation, stop_ids):
+            if _decided(result.logits, len(result.logits) - len(scored_on), scored_on, continuation):
                 return result
         return None
 
@@ -45,20 +45,17 @@ class ReferenceCache:
         self.results.setdefault(key, []).append((list(continuation), result))
 
 
-def _decided(logits: np.ndarray, prompt_len: int, scored_on: list[int], continuation: list[int],
-             stop_ids: list[int]) -> bool:
+def _decided(logits: np.ndarray, prompt_len: int, scored_on: list[int], continuation: list[int]) -> bool:
     """Logits computed over `scored_on` give valid arg-maxes for every step whose prefix both sequences
     share; the comparison with `continuation` needs steps up to its first disagreement (or its end)."""
     common = 0
     while common < min(len(scored_on), len(continuation)) and scored_on[common] == continuation[common]:
         common += 1
-    for step in range(len(continuation) + 1):
-        if step > common:
-            return False
+    for step in range(min(common, len(continuation)) + 1):
         token = int(np.argmax(logits[prompt_len - 1 + step]))
         if step == len(continuation) or token != continuation[step]:
             return True
-    return True
+    return False
 
 
 def reference_tokens(logits: np.ndarray, prompt_len: int, continuation: list[int], stop_ids: list[int],
@@ -89,7 +86,7 @@ def compare_with_reference(plugin: ArchPlugin, ckpt, hp, runner, media, result, 
     ours = prompt_logits(runner, result.prompt)
     runner.release()  # the runtime's encoder and decoder are not needed while the reference holds its layers
     key = ReferenceCache.key(ckpt.root, host_input, prompt_ids)
-    ref = cache.find(key, result.tokens, stop_ids) if cache is not None else None
+    ref = cache.find(key, result.tokens) if cache is not None else None
     if ref is None:
         if report is not None:
             report.step("running the Hugging Face reference layer by layer")

@@ -208,14 +208,14 @@ def test_reference_cache_reuses_only_decided_results():
     cache = ReferenceCache()
     key = cache.key("ckpt", None, prompt)
     cache.add(key, truth, ReferenceResult(logits=_teacher_forced(prompt, truth)))
-    assert cache.find(key, truth, [STOP]) is not None                          # same continuation
+    assert cache.find(key, truth) is not None                          # same continuation
     differs_early = [(truth[0] + 1) % STOP] + truth[1:]
-    assert cache.find(key, differs_early, [STOP]) is not None                  # decided at step 0
-    assert cache.find(cache.key("ckpt", None, [1, 2]), truth, [STOP]) is None  # another prompt
+    assert cache.find(key, differs_early) is not None                  # decided at step 0
+    assert cache.find(cache.key("ckpt", None, [1, 2]), truth) is None  # another prompt
     # A variant that agrees with the reference where the cached path did not: its tokens beyond that point
     # were never scored, so the cache must not answer.
     wrong = list(truth)
     wrong[1] = (wrong[1] + 1) % STOP
     cache2 = ReferenceCache()
     cache2.add(key, wrong, ReferenceResult(logits=_teacher_forced(prompt, wrong)))
-    assert cache2.find(key, truth, [STOP]) is None
+    assert cache2.find(key, truth) is None
