@@ -60,10 +60,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from pathlib import Path
+
+from smt_convert.testing.llama_cpp_converter import (PRE_TOKENIZER_ENV, WRAPPER, cached_or_fetched,
+                                                      converter_command, converter_tree)
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 2**20
@@ -281,67 +283,23 @@ def ensure_checkpoint(name: str, workdir: Path, timeout: float) -> Path:
 
 # ---- llama.cpp's converter -----------------------------------------------------------------------------------
 
-def _llama_tree(d: Path) -> Path | None:
-    for cand in (d, d / "vendor" / "llama.cpp"):
-        if (cand / "convert_hf_to_gguf.py").is_file() and (cand / "gguf-py").is_dir():
-            return cand
-    return None
-
-
 def find_llama_cpp(arg: Path | None, workdir: Path) -> Path:
     """--llama-cpp, else $LLAMA_CPP_DIR, else a cached llama-cpp-python sdist (fetched once with pip)."""
     given = arg or (Path(os.environ["LLAMA_CPP_DIR"]) if os.environ.get("LLAMA_CPP_DIR") else None)
     if given is not None:
-        tree = _llama_tree(given.expanduser().resolve())
+        tree = converter_tree(given.expanduser().resolve())
         if tree is None:
             sys.exit(f"{given}: no convert_hf_to_gguf.py + gguf-py there (nor under vendor/llama.cpp)")
         return tree
-    cache = workdir / "llama-cpp-src"
-    for sub in sorted(cache.glob("llama_cpp_python-*")) if cache.is_dir() else []:
-        if sub.is_dir() and (tree := _llama_tree(sub)):
-            return tree
-    return download_llama_cpp(cache)
-
-
-def download_llama_cpp(cache: Path) -> Path:
-    """`pip download` the llama-cpp-python sdist (it vendors llama.cpp with its converter) and unpack it."""
-    cache.mkdir(parents=True, exist_ok=True)
-    print(f"fetching llama.cpp's converter (llama-cpp-python sdist) into {cache} ...", flush=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                    "llama-cpp-python", "-d", str(cache)], check=True, timeout=900)
-    (sdist,) = sorted(cache.glob("llama_cpp_python-*.tar.gz"))[-1:]
-    with tarfile.open(sdist) as tar:
-        tar.extractall(cache, filter="data")
-    tree = _llama_tree(cache / sdist.name[:-len(".tar.gz")])
-    if tree is None:
-        sys.exit(f"{sdist}: no vendor/llama.cpp/convert_hf_to_gguf.py inside")
-    return tree
-
-
-# Runs llama.cpp's convert_hf_to_gguf.py unmodified (its bundled gguf-py first on sys.path, as the script itself
-# arranges), except that an unknown BPE pre-tokenizer hash (our tiny tokenizer's) falls back to the real model's
-# pre-tokenizer name given in $BENCH_BPE_PRE.
-LLAMA_WRAPPER = """
-import os, runpy, sys
-tree = sys.argv[1]
-sys.path[0:0] = [tree, os.path.join(tree, "gguf-py")]
-import conversion.base as base
-_orig = base.TextModel.get_vocab_base_pre
-def _pre(self, tokenizer):
+    print(f"llama.cpp's converter: from {workdir / 'llama-cpp-src'} (fetched with pip the first time) ...", flush=True)
     try:
-        return _orig(self, tokenizer)
-    except NotImplementedError:
-        return os.environ["BENCH_BPE_PRE"]
-base.TextModel.get_vocab_base_pre = _pre
-sys.argv = [os.path.join(tree, "convert_hf_to_gguf.py")] + sys.argv[2:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
+        return cached_or_fetched(workdir / "llama-cpp-src")
+    except RuntimeError as exc:
+        sys.exit(f"llama.cpp's converter: {exc}")
 
 
 def llama_cmd(tree: Path, ckpt: Path, outfile: Path, outtype: str, mmproj: bool) -> list[str]:
-    cmd = [sys.executable, "-c", LLAMA_WRAPPER, str(tree), str(ckpt), "--outfile", str(outfile),
-           "--outtype", outtype]
-    return cmd + (["--mmproj"] if mmproj else [])
+    return converter_command(tree, ckpt, outfile, "--outtype", outtype, *(["--mmproj"] if mmproj else []))
 
 
 def smt_cmd(*args: str, overlay: Path | None = None) -> list[str]:
@@ -473,7 +431,7 @@ def case_command(case: str, ckpt: Path, out: Path, tree: Path | None,
     env = dict(os.environ)
     if case.startswith("llama-"):
         assert tree is not None
-        env["BENCH_BPE_PRE"] = "qwen35" if "qwen35" in case else "qwen2"
+        env[PRE_TOKENIZER_ENV] = "qwen35" if "qwen35" in case else "qwen2"
         env.pop("NO_LOCAL_GGUF", None)
         mmproj = case.endswith("-mmproj")
         outtype = "q8_0" if "qwen35" in case else "f16"
@@ -640,7 +598,7 @@ def main() -> None:
         print(f"[{case}] {desc} ...", flush=True)
         r = measure(cmd, workdir / "logs" / f"{case}.log", args.timeout, args.max_rss_gb * 2**30, env)
         r.update(tool=tool, what=desc, checkpoint=str(ckpt), output_mb=round(_size_mb(out), 1),
-                 command=[c if c != LLAMA_WRAPPER else "<llama wrapper>" for c in cmd])
+                 command=[c if c != WRAPPER else "<llama wrapper>" for c in cmd])
         results[case] = r
         print(f"  {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']} MB (tree {r['tree_rss_sampled_mb']} MB), "
               f"{_fmt_status(r)}; log {r['log']}", flush=True)

@@ -21,7 +21,8 @@ from smt_convert.runtime.errors import SmtError, Terminated
 OUTTYPE_CHOICES = ["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
 ONNX_DTYPE_CHOICES = ["fp32", "fp16", "int8"]
 # What the [convert] extra adds: a board's base install has none of these.
-CONVERSION_PACKAGES = {"torch", "transformers", "safetensors", "onnx", "onnx_ir", "onnxscript", "sentencepiece"}
+CONVERSION_PACKAGES = {"torch", "transformers", "safetensors", "onnx", "onnx_ir", "onnxscript", "sentencepiece",
+                       "huggingface_hub"}
 
 
 class SmtGroup(click.Group):
@@ -75,6 +76,7 @@ def cli(ctx, quiet, verbose):
       smt-convert list
       smt-convert inspect ./Qwen3-ASR-0.6B
       smt-convert qwen3-asr ./Qwen3-ASR-0.6B ./out --outtype q8_0
+      smt-convert qwen3-asr Qwen/Qwen3-ASR-0.6B ./out   (Hub repo id; HF_HUB_CACHE, HF_HUB_OFFLINE, HF_TOKEN apply)
       smt-convert run ./out --audio speech.wav --language English
       smt-convert verify ./out
     """
@@ -133,28 +135,55 @@ def _conversion_options(f):
         click.option("--tokenizer", "tokenizer_dir", default=None,
                      type=click.Path(path_type=Path, exists=True, file_okay=False),
                      help="Directory with the tokenizer files, when the checkpoint lacks them."),
+        click.option("--revision", default=None,
+                     help="Branch, tag or commit of a Hugging Face repo id CHECKPOINT (default main)."),
     ]
     for option in reversed(options):
         f = option(f)
     return f
 
 
+def _resolve_checkpoint(ctx, checkpoint: str, revision: str | None, what: str = "CHECKPOINT"):
+    """A local directory as given; a Hugging Face repo id ORG/NAME (no local path of that name) fetched through
+    the Hub cache (converters/hub.py)."""
+    from smt_convert.converters.hub import resolve_checkpoint
+
+    verbosity = ctx.find_root().obj["verbosity"]
+    resolved = resolve_checkpoint(checkpoint, revision, progress=verbosity >= 1, what=what)
+    if resolved.hub is not None:
+        _reporter(ctx).step(resolved.describe())
+    return resolved
+
+
 @cli.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint")
 @_conversion_options
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def inspect(checkpoint, outtype, onnx_dtype, image_size, tokenizer_dir, as_json):
-    """Validate CHECKPOINT and print what a conversion would produce (writes nothing)."""
+@click.option("--json", "as_json", is_flag=True, help="Print the plan (or the bundle's facts) as JSON.")
+@click.pass_context
+def inspect(ctx, checkpoint, outtype, onnx_dtype, image_size, tokenizer_dir, revision, as_json):
+    """Validate CHECKPOINT (a directory, or a Hugging Face repo id ORG/NAME) and print what a conversion would
+    produce (writes nothing but the Hub cache).
+
+    Given a bundle directory instead, print the facts its model card (README.md) states, from its manifest:
+    files and hashes, GGUF tensor types, ONNX I/O, how it was made, verification, known limits and the command
+    lines for the board. Nothing is loaded (works on a board install); the conversion options do not apply."""
+    if (Path(checkpoint) / "manifest.json").is_file():
+        _inspect_bundle(Path(checkpoint), as_json)
+        return
     from smt_convert.converters.checkpoint import Checkpoint
     from smt_convert.converters.convert import ConvertOptions, make_plan
     from smt_convert.converters.inspect import describe_plan
     from smt_convert.converters.plugin import detect_plugin
 
+    resolved = _resolve_checkpoint(ctx, checkpoint, revision)
+    checkpoint = resolved.directory
     ckpt = Checkpoint.open(checkpoint)
     plugin = detect_plugin(ckpt.config, ckpt.config_path)
     plan, _ = make_plan(plugin, checkpoint, ConvertOptions(outtype=outtype, onnx_dtype=onnx_dtype,
                                                            tokenizer_dir=tokenizer_dir, image_size=image_size))
     description = describe_plan(plan, ckpt)
+    if resolved.hub is not None:
+        description.update(resolved.hub.record())
     if as_json:
         click.echo(json.dumps(description, indent=1))
     else:
@@ -163,10 +192,17 @@ def inspect(checkpoint, outtype, onnx_dtype, image_size, tokenizer_dir, as_json)
         click.echo(format_plan(description))
 
 
+def _inspect_bundle(bundle: Path, as_json: bool) -> None:
+    from smt_convert.converters.card import bundle_facts, format_facts
+
+    facts = bundle_facts(bundle)
+    click.echo(json.dumps(facts, indent=1) if as_json else format_facts(facts, bundle))
+
+
 def _convert_command(plugin_name: str | None):
     """Build `smt-convert <arch>` (plugin fixed) or `smt-convert convert` (plugin detected from config.json)."""
 
-    @click.argument("checkpoint", type=click.Path(path_type=Path))
+    @click.argument("checkpoint")
     @click.argument("output", type=click.Path(path_type=Path))
     @_conversion_options
     @click.option("--stem", default=None, help="File-name prefix of the bundle files (default from the model).")
@@ -178,30 +214,29 @@ def _convert_command(plugin_name: str | None):
                   help="Greedy tokens compared with the Hugging Face model's greedy choice and stored as goldens.")
     @_verbosity_options
     @click.pass_context
-    def command(ctx, checkpoint, output, outtype, onnx_dtype, image_size, tokenizer_dir, stem, force, no_verify,
-                max_new_tokens):
+    def command(ctx, checkpoint, output, outtype, onnx_dtype, image_size, tokenizer_dir, revision, stem, force,
+                no_verify, max_new_tokens):
         from smt_convert.converters.checkpoint import read_json
         from smt_convert.converters.convert import ConvertOptions, convert
-        from smt_convert.converters.plugin import detect_plugin, get_plugin
+        from smt_convert.converters.plugin import detect_plugin, plugin_for_command
         from smt_convert.runtime.errors import VerificationFailed
         from smt_convert.runtime.verify import Row, format_table
 
-        config_path = Path(checkpoint) / "config.json"
+        resolved = _resolve_checkpoint(ctx, checkpoint, revision)
+        checkpoint = resolved.directory
+        config_path = checkpoint / "config.json"
         config = read_json(config_path, "config.json")
+        report = _reporter(ctx)
         if plugin_name:
-            plugin = get_plugin(plugin_name)
-            try:
-                detected = detect_plugin(config, config_path)
-            except SmtError:  # an unlabelled or unknown config: let the chosen plugin say what is wrong
-                detected = plugin
-            if detected.name != plugin.name:
-                raise SmtError(f"{config_path}: architectures: this is a {detected.name} checkpoint; "
-                               f"use `smt-convert {detected.name}`")
+            plugin, warning = plugin_for_command(plugin_name, config, config_path)
+            if warning:
+                report.warning(warning)
         else:
             plugin = detect_plugin(config, config_path)
         opts = ConvertOptions(outtype=outtype, onnx_dtype=onnx_dtype, tokenizer_dir=tokenizer_dir, stem=stem,
-                              force=force, verify=not no_verify, max_new_tokens=max_new_tokens, image_size=image_size)
-        manifest = convert(plugin, checkpoint, output, opts, _reporter(ctx))
+                              force=force, verify=not no_verify, max_new_tokens=max_new_tokens, image_size=image_size,
+                              hub=resolved.hub)
+        manifest = convert(plugin, checkpoint, output, opts, report)
         rows = [Row(**r) for r in manifest["verification"]["rows"]]
         click.echo(format_table(rows))
         if not manifest["verification"]["passed"]:
@@ -210,16 +245,19 @@ def _convert_command(plugin_name: str | None):
     return command
 
 
-cli.command("convert", help="Convert CHECKPOINT into a bundle at OUTPUT, detecting the architecture from "
-                            "config.json, then verify it and print the result table.")(_convert_command(None))
+cli.command("convert", help="Convert CHECKPOINT (a directory, or a Hugging Face repo id ORG/NAME with optional "
+                            "--revision) into a bundle at OUTPUT, detecting the architecture from config.json, then "
+                            "verify it and print the result table.")(_convert_command(None))
 
 
 def _register_arch_commands():
     from smt_convert.converters.plugin import all_plugins
 
     for plugin in all_plugins():
-        cli.command(plugin.name, help=f"Convert a {plugin.summary} checkpoint CHECKPOINT into a bundle at OUTPUT, "
-                                      f"then verify it against the Hugging Face model and print the result table.")(
+        cli.command(plugin.name, help=f"Convert a {plugin.summary} checkpoint CHECKPOINT (a directory, or a "
+                                      f"Hugging Face repo id ORG/NAME with optional --revision) into a bundle at "
+                                      f"OUTPUT, then verify it against the Hugging Face model and print the result "
+                                      f"table.")(
             _convert_command(plugin.name))
 
 
@@ -233,10 +271,13 @@ def _register_arch_commands():
 @click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1),
               help="Stop after this many generated tokens.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
-@click.option("--json", "as_json", is_flag=True, help="Print text, tokens and timings as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print text, tokens, host and timings as JSON.")
+@click.option("--host", type=click.Choice(["board", "hf"]), default="board", show_default=True,
+              help="Host preprocessing before the encoder: the board's own resize / log-mel (what the bundle meets "
+                   "on the device) or the Hugging Face processor's (what the model was trained with).")
 @_verbosity_options
 @click.pass_context
-def run(ctx, bundle, audio, image, prompt, language, context, max_new_tokens, threads, as_json):
+def run(ctx, bundle, audio, image, prompt, language, context, max_new_tokens, threads, as_json, host):
     """Run BUNDLE with the minimal runtime (no torch) and print the answer."""
     from smt_convert.runtime.bundle import Bundle
     from smt_convert.runtime.media import MODALITIES
@@ -254,34 +295,45 @@ def run(ctx, bundle, audio, image, prompt, language, context, max_new_tokens, th
         article = "an" if kind[0] in "aeiou" else "a"
         raise SmtError(f"{bundle}: this is {article} {kind} bundle; pass --{kind} FILE")
     media = MODALITIES[kind].load(given[kind]) if kind in given else None  # decoded and checked before loading
-    runner = BundleRunner(bundle, threads=threads)
+    if kind == "audio" and ctx.obj["verbosity"] >= 1:
+        from smt_convert.runtime.host import audio_warnings
+
+        for note in audio_warnings(media, opened.manifest["preprocessing"]):
+            click.echo(f"warning: {given[kind]}: {note}", err=True)
+    runner = BundleRunner(bundle, threads=threads, host=host)
     if not runner.manifest.get("verification", {}).get("passed", False):
         click.echo(f"warning: {bundle}: this bundle failed verification when it was converted", err=True)
     result = runner.run(media, fields={"context": context, "prompt": prompt}, language=language,
                         max_new_tokens=max_new_tokens, keep_encoder=False)  # one answer: decode without it
     if as_json:
         click.echo(json.dumps({"text": result.text, "raw": result.raw_text, "tokens": result.tokens,
-                               "timings": result.timings}, indent=1))
+                               "host": runner.host, "timings": result.timings}, indent=1))
     else:
         click.echo(result.text)
         if ctx.obj["verbosity"] >= 2:
-            click.echo(json.dumps(result.timings), err=True)
+            click.echo(json.dumps({"host": runner.host, **result.timings}), err=True)
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--reference", type=click.Path(path_type=Path), default=None,
-              help="Hugging Face checkpoint to compare with (needs torch); without it, check hashes and goldens.")
+@click.option("--reference", default=None,
+              help="Hugging Face checkpoint to compare with (a directory or a repo id ORG/NAME; needs torch); "
+                   "without it, check hashes and goldens.")
+@click.option("--revision", default=None, help="Branch, tag or commit of a repo id --reference (default main).")
 @click.option("--max-new-tokens", default=16, show_default=True, type=click.IntRange(min=1),
               help="With --reference: greedy tokens compared with the Hugging Face model's greedy choice.")
 @_verbosity_options
 @click.pass_context
-def verify(ctx, bundle, reference, max_new_tokens):
+def verify(ctx, bundle, reference, revision, max_new_tokens):
     """Re-verify BUNDLE: file hashes, golden vectors, and optionally the Hugging Face reference."""
     from smt_convert.runtime.bundle import Bundle
     from smt_convert.runtime.errors import VerificationFailed
     from smt_convert.runtime.verify import format_table, golden_rows, hash_rows
 
+    if revision is not None and reference is None:
+        raise SmtError("--revision: applies to a Hugging Face repo id given as --reference")
+    if reference is not None:  # resolved (fetched) first: a wrong repo id fails before the goldens run
+        reference = _resolve_checkpoint(ctx, reference, revision, what="--reference").directory
     rows = hash_rows(Bundle.open(bundle))
     if all(r.ok for r in rows):
         from smt_convert.runtime.pipeline import BundleRunner
@@ -305,17 +357,21 @@ _register_arch_commands()
 @click.option("--out", "out_root", type=click.Path(path_type=Path), default=Path("recipe-out"), show_default=True,
               help="Bundles go to OUT/<recipe name>/<variant>/.")
 @click.option("--junit", type=click.Path(path_type=Path), default=None, help="Also write JUnit XML here (for CI).")
+@click.option("--summary", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write a Markdown summary here (a CI job summary, e.g. \"$GITHUB_STEP_SUMMARY\").")
 @click.option("--scratch", type=click.Path(path_type=Path), default=None,
               help="Where tiny: sources are built (default: OUT/.sources).")
 @_verbosity_options
 @click.pass_context
-def recipe(ctx, recipes, out_root, junit, scratch):
+def recipe(ctx, recipes, out_root, junit, summary, scratch):
     """Run conversion recipes (TOML files, see recipes/): every variant of every recipe, a summary table,
     exit 1 if any failed. A failing recipe does not stop the others."""
-    from smt_convert.converters.recipe import format_results, load_recipe, prepare_recipes, run_recipe, write_junit
+    from smt_convert.converters.recipe import (format_results, load_recipe, prepare_recipes, run_recipe, write_junit,
+                                               write_summary)
 
     loaded = [load_recipe(p) for p in recipes]  # every recipe is checked before any conversion starts
-    sources, failed = prepare_recipes(loaded, scratch or out_root / ".sources")
+    sources, failed = prepare_recipes(loaded, scratch or out_root / ".sources",
+                                      progress=ctx.find_root().obj["verbosity"] >= 1)
     results = []
     for r in loaded:
         results += run_recipe(r, sources[r.name], out_root, _reporter(ctx)) if r.name in sources else \
@@ -323,6 +379,8 @@ def recipe(ctx, recipes, out_root, junit, scratch):
     click.echo(format_results(results))
     if junit:
         write_junit(results, junit)
+    if summary:
+        write_summary(results, summary)
     bad = [r for r in results if r.status != "pass"]
     for r in bad:
         click.echo(f"{r.status}: {r.recipe} {r.variant}: {r.message}", err=True)

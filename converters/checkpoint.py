@@ -133,6 +133,37 @@ class Checkpoint:
         except Exception as exc:
             raise SmtError(f"{info.file}: tensor {name}: cannot be read ({exc})") from None
 
+    def row_blocks(self, name: str, rows: int):
+        """Yield a 2-D tensor `rows` rows at a time (torch, stored dtype), reading only those rows."""
+        from safetensors import safe_open
+
+        info = self.tensors[name]
+        try:
+            with safe_open(str(info.file), framework="pt") as f:
+                sl = f.get_slice(name)
+                for start in range(0, info.shape[0], rows):
+                    yield sl[start:start + rows]
+        except Exception as exc:
+            raise SmtError(f"{info.file}: tensor {name}: cannot be read ({exc})") from None
+
+    def tensors_equal(self, a: str, b: str, block_bytes: int = 64 << 20) -> bool:
+        """Whether two tensors hold the same values, compared a block of rows at a time (an embedding and an
+        lm_head can each be a gigabyte; neither is loaded whole)."""
+        from safetensors import safe_open
+
+        ia, ib = self.tensors[a], self.tensors[b]
+        if ia.shape != ib.shape:
+            return False
+        rows = ia.shape[0] if ia.shape else 1
+        step = max(1, block_bytes // max(1, ia.nbytes // max(1, rows)))
+        with safe_open(str(ia.file), framework="pt") as fa, safe_open(str(ib.file), framework="pt") as fb:
+            sa, sb = fa.get_slice(a), fb.get_slice(b)
+            for start in range(0, rows, step):
+                block_a, block_b = sa[start:start + step], sb[start:start + step]
+                if not block_a.float().equal(block_b.float()):
+                    return False
+        return True
+
     def close(self) -> None:
         """Nothing stays open between reads; kept so callers can release a checkpoint explicitly."""
 

@@ -20,13 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from smt_convert import __version__
+from smt_convert.converters.card import CARD_FILE, add_card_records, render_card
 from smt_convert.converters.checkpoint import Checkpoint
+from smt_convert.converters.hub import HubSource
 from smt_convert.converters.onnx_graph import Weights
 from smt_convert.converters.onnx_write import ONNX_DTYPES, WrittenEncoder, write_encoder
 from smt_convert.converters.plugin import ArchPlugin, Plan
 from smt_convert.converters.reference import ReferenceCache, compare_with_reference
 from smt_convert.converters.report import Reporter
-from smt_convert.converters.text_gguf import OUTTYPES, tensor_nbytes, write_text_gguf
+from smt_convert.converters.text_gguf import OUTTYPES, tensor_nbytes, write_general_metadata, write_text_gguf
 from smt_convert.converters.tokenizer import build_vocab, export_runtime_tokenizer, find_tokenizer, write_vocab
 from smt_convert.converters.validate import check_tensors
 from smt_convert.runtime import verify as V
@@ -36,6 +38,7 @@ from smt_convert.runtime.media import modality
 
 SUPPORTED_WEIGHT_DTYPES = {"F32", "F16", "BF16"}
 PARTIAL_MARKER = ".smt-convert-partial"   # inside a temporary output: the pid of the run that writes it
+GOLDEN_HOST = "board"   # goldens run the board's own host preprocessing: what `verify` on a board checks
 
 
 @dataclass
@@ -77,6 +80,7 @@ class ConvertOptions:
     fields: dict | None = None
     image_size: int | tuple[int, int] | None = None   # vision models only
     shared: SharedWork | None = None     # a recipe's shared work (None: a single conversion)
+    hub: HubSource | None = None         # the checkpoint came from the Hugging Face Hub (repo, commit)
 
 
 def make_plan(plugin: ArchPlugin, checkpoint_dir: Path, opts: ConvertOptions) -> tuple[Plan, Checkpoint]:
@@ -115,7 +119,7 @@ def make_plan(plugin: ArchPlugin, checkpoint_dir: Path, opts: ConvertOptions) ->
                 golden_file=modality(facts.modality).golden_file,
                 text_tensors=tensors, text_types={k: v.name for k, v in types.items()}, text_bytes=text_bytes,
                 encoders=encoders, dropped=found.dropped, tokenizer=tokenizer, vocab=vocab, params=params,
-                notes=plugin.plan_notes(hp))
+                notes=[n for n in [facts.tie_note] if n] + plugin.plan_notes(hp))
     return plan, ckpt
 
 
@@ -280,7 +284,10 @@ def _write_bundle(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions,
     files = {"text": plan.text_file, **{e.role: e.file for e in encoders}}
     tokenizer_files = _write_side_files(plan, files, tmp)
     source = opts.shared.source_record(ckpt) if opts.shared else ckpt.source_record()
+    if opts.hub is not None:
+        source = {**source, **opts.hub.record()}
     manifest = _manifest_skeleton(plan, source, records, encoders, tokenizer_files)
+    add_card_records(manifest, plan.plugin.board_flags, ckpt.root, opts)
     manifest["timings"] = timings
     # The runtime reads the manifest, so a provisional one (complete: false, no hashes) goes in first.
     _write_manifest(tmp, manifest, complete=False)
@@ -304,6 +311,17 @@ def _checked(ckpt: Checkpoint, name: str) -> np.ndarray:
     return arr
 
 
+def _checked_blocks(ckpt: Checkpoint, name: str, rows: int):
+    """`_checked`, a block of rows at a time (large tensors: the peak is one float32 block)."""
+    import torch
+
+    for block in ckpt.row_blocks(name, rows):
+        arr = block.to(torch.float32).numpy()
+        if not np.isfinite(arr).all():
+            raise SmtError(f"{ckpt.tensors[name].file}: tensor {name}: holds non-finite values (NaN or inf)")
+        yield arr
+
+
 def _write_text(plan: Plan, ckpt: Checkpoint, tmp: Path, report: Reporter):
     """Stream the text GGUF (metadata, tokenizer, tensors one at a time)."""
     import gguf
@@ -311,7 +329,8 @@ def _write_text(plan: Plan, ckpt: Checkpoint, tmp: Path, report: Reporter):
     plugin, hp, vocab = plan.plugin, plan.hparams, plan.vocab
 
     def metadata(writer):
-        plugin.text_metadata(writer, hp, plan.stem)
+        write_general_metadata(writer, ckpt.root, plan.stem)
+        plugin.text_metadata(writer, hp)
         writer.add_file_type(OUTTYPES[plan.outtype][1])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         write_vocab(writer, vocab)
@@ -320,7 +339,8 @@ def _write_text(plan: Plan, ckpt: Checkpoint, tmp: Path, report: Reporter):
     types = {k: gguf.GGMLQuantizationType[v] for k, v in plan.text_types.items()}
     with report.progress(len(plan.text_tensors), "text gguf") as update:
         return write_text_gguf(tmp / plan.text_file, plan.text_arch, plan.text_tensors, types,
-                               lambda name: _checked(ckpt, name), metadata, on_tensor=lambda i, n, name: update(name))
+                               lambda name: _checked(ckpt, name), metadata, on_tensor=lambda i, n, name: update(name),
+                               load_blocks=lambda name, rows: _checked_blocks(ckpt, name, rows))
 
 
 def checkpoint_weights(ckpt: Checkpoint, to_ckpt) -> Weights:
@@ -396,7 +416,7 @@ def _verify_and_store_goldens(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: Con
     from smt_convert.runtime.pipeline import BundleRunner
 
     plugin, hp = plan.plugin, plan.hparams
-    runner = BundleRunner(tmp, require_complete=False)
+    runner = BundleRunner(tmp, require_complete=False, host=GOLDEN_HOST)
     golden = tmp / GOLDEN_DIR
     golden.mkdir()
     kind = modality(plan.modality)
@@ -405,6 +425,8 @@ def _verify_and_store_goldens(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: Con
         media = kind.load(opts.golden_input) if opts.golden_input else plugin.golden_media(hp)
         kind.save(media, golden / kind.golden_file)
     fields = opts.fields or plugin.golden_fields()
+    # the encoder on the hf host path first: the golden run below (board path) then releases the encoder
+    hf_embeds = runner.encode(runner.features(media, host="hf")) if media is not None else None
     result = runner.run(media, fields=fields, language=opts.language, max_new_tokens=opts.max_new_tokens,
                         keep_encoder=False)
     if media is not None:
@@ -422,6 +444,8 @@ def _verify_and_store_goldens(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: Con
     (golden / "expected.json").write_text(json.dumps(expected, indent=1))
     # Re-running the goldens here would repeat the whole run (minutes for a large vision tower) to compare it
     # with itself; `smt-convert verify` re-runs them on the target, which is where they can fail.
+    if media is not None:
+        rows += V.host_path_rows(result.media_embeds, hf_embeds, kind.name)
     stored = len(list(golden.iterdir()))
     rows.append(V.Row("goldens", "stored", f"{stored} files in {GOLDEN_DIR}/", "re-run by `smt-convert verify`",
                       True, gate=False))
@@ -451,7 +475,7 @@ def _manifest_skeleton(plan: Plan, source: dict, records, encoders: list[Written
         "dropped_tensors": plan.dropped,
         "encoders": [e.record() for e in encoders],
         "onnx_dtype": plan.onnx_dtype,
-        "preprocessing": plugin.preprocessing(hp),
+        "preprocessing": {**plugin.preprocessing(hp), **({"host": GOLDEN_HOST} if kind.has_media else {})},
         "prompt": plugin.prompt_record(hp),
         "tokenizer_files": tokenizer_files,
         "golden": {"directory": GOLDEN_DIR, "input": kind.golden_file,
@@ -465,10 +489,13 @@ def _write_manifest(root: Path, manifest: dict, complete: bool) -> None:
     a complete manifest is not a bundle."""
     manifest["complete"] = complete
     if complete:
-        manifest["files"] = [
-            {"path": p.relative_to(root).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in (MANIFEST, PARTIAL_MARKER)
-        ]
+        card = root / CARD_FILE
+        entry = lambda p: {"path": p.relative_to(root).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
+        manifest["files"] = [entry(p) for p in sorted(root.rglob("*"))
+                             if p.is_file() and p.name not in (MANIFEST, PARTIAL_MARKER) and p != card]
+        # The card shows the manifest as JSON has it and the other files' hashes; then it is listed like them.
+        card.write_text(render_card(json.loads(json.dumps(manifest, default=_json_default))), encoding="utf-8")
+        manifest["files"] = sorted(manifest["files"] + [entry(card)], key=lambda e: Path(e["path"]))
     (root / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_json_default) + "\n")
 
 

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
+from smt_convert.converters.card import human_size
 from smt_convert.converters.plugin import Plan
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def describe_plan(plan: Plan, ckpt) -> dict:
@@ -52,7 +45,8 @@ def describe_plan(plan: Plan, ckpt) -> dict:
 
 
 def format_plan(d: dict) -> str:
-    lines = [f"checkpoint   {d['checkpoint']}",
+    hub = f" (Hugging Face {d['repo']} at commit {d['revision']})" if "repo" in d else ""
+    lines = [f"checkpoint   {d['checkpoint']}{hub}",
              f"architecture {d['architecture']} ({d['layout']} layout, weights {'/'.join(d['weight_dtypes'])} "
              f"in {len(d['weight_files'])} file(s))",
              "parameters   " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in d["parameters"].items()),
@@ -66,14 +60,14 @@ def format_plan(d: dict) -> str:
         if "inputs" in o:
             io = lambda items: ", ".join(f"{x['name']} {x['shape']} {x['dtype']}" for x in items)
             extra = f"  {io(o['inputs'])} -> {io(o['outputs'])}"
-        lines.append(f"  {o['file']:<48} {o['kind']:<22} {o['dtype']:<5} {_size(o['bytes']):>9}{extra}")
+        lines.append(f"  {o['file']:<48} {o['kind']:<22} {o['dtype']:<5} {human_size(o['bytes']):>9}{extra}")
     if any("inputs" in o for o in d["outputs"]):
         lines.append("  (each .onnx with its weights beside it in <file>.onnx.data)")
     lines.append("  config.json, manifest.json, tokenizer files, golden/ (small)")
     sizes = d["sizes_by_choice"]
     lines.append("size by choice:")
-    lines.append("  --outtype     " + "  ".join(f"{k} {_size(v)}" for k, v in sizes["text"].items()))
-    lines.append("  --onnx-dtype  " + "  ".join(f"{k} {'>=' if k == 'int8' else ''}{_size(v)}"
+    lines.append("  --outtype     " + "  ".join(f"{k} {human_size(v)}" for k, v in sizes["text"].items()))
+    lines.append("  --onnx-dtype  " + "  ".join(f"{k} {'>=' if k == 'int8' else ''}{human_size(v)}"
                                               for k, v in sizes["encoders"].items()))
     if d["dropped_tensors"]:
         lines.append(f"not converted ({len(d['dropped_tensors'])} tensors):")

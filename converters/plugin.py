@@ -81,6 +81,27 @@ def detect_plugin(config: dict, config_path) -> "ArchPlugin":
     raise SmtError(f"{config_path}: architectures: {shown} is not supported (supported: {', '.join(known)})")
 
 
+def plugin_for_command(name: str, config: dict, config_path) -> tuple["ArchPlugin", str | None]:
+    """The plugin of an explicit `smt-convert <name>` command, and a warning when the checkpoint declares a class
+    that plugin does not list (a different family is an error: the user picked the wrong command)."""
+    plugin = get_plugin(name)
+    archs = config.get("architectures") or []
+    try:
+        detected = detect_plugin(config, config_path)
+    except SmtError:  # unknown or unlabelled: the chosen plugin's own checks say what is wrong
+        detected = plugin
+    if detected.name != plugin.name:
+        raise SmtError(f"{config_path}: architectures: this is a {detected.name} checkpoint; "
+                       f"use `smt-convert {detected.name}`")
+    declared = archs[0] if isinstance(archs, list) and archs else None
+    if declared is None:
+        return plugin, f"{config_path}: architectures: not declared; converting as {name}"
+    if declared not in plugin.hf_architectures:
+        return plugin, (f"{config_path}: architectures: {declared} is not a class {name} knows "
+                        f"({', '.join(plugin.hf_architectures)}); converting as {name}")
+    return plugin, None
+
+
 @dataclass
 class TextTensor:
     """One tensor of the text GGUF: which checkpoint tensors it is made from and how."""
@@ -156,6 +177,7 @@ class ModelFacts:
     modality: str               # "audio", "image" or "text" (no encoder)
     rope_sections: list[int]    # rope.dimension_sections written to the GGUF ([] when not M-RoPE)
     default_stem: str           # file-name prefix of the bundle's files
+    tie_note: str | None = None  # how tied embeddings were decided, when config.json alone did not say
 
 
 @dataclass
@@ -172,6 +194,7 @@ class ReferenceRequest:
     prompt_ids: list[int]
     continuation: list[int]
     stop_ids: list[int]
+    host: str = "hf"  # the host path that made host_input ("board" or "hf", runtime/host.py)
 
 
 @dataclass
@@ -196,6 +219,9 @@ class ArchPlugin(abc.ABC):
     text_arch: ClassVar[str]                     # GGUF architecture, for `smt-convert list` (facts() decides)
     tokens: ClassVar[TokenRules]
     lossy_nmse_scale: ClassVar[float] = 1.0      # widens lossy text NMSE bounds (MoE routing flips)
+    # Flags the board's llama-mtmd-cli / llama-server need for this family, recorded in the bundle's board command
+    # lines: `--jinja` when the GGUF's chat template is not one llama.cpp recognises (llama-chat.cpp) without it.
+    board_flags: ClassVar[tuple[str, ...]] = ()
 
     # ---- checkpoint ------------------------------------------------------------------------------
 
@@ -241,8 +267,8 @@ class ArchPlugin(abc.ABC):
         return choose_types(tensors, outtype)
 
     @abc.abstractmethod
-    def text_metadata(self, writer, hp, name: str) -> None:
-        """The architecture's GGUF metadata keys (vocabulary and file type are written by shared code)."""
+    def text_metadata(self, writer, hp) -> None:
+        """The architecture's GGUF metadata keys (general.*, vocabulary and file type are written by shared code)."""
 
     # ---- encoders --------------------------------------------------------------------------------
 

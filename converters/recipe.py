@@ -4,10 +4,12 @@
     architecture = "qwen3-asr"
     stem = "Qwen3-ASR-0.6B"              # optional bundle file prefix
 
-    [source]                             # exactly one of: path, env (+ optional path), tiny
+    [source]                             # exactly one of: path, env (+ optional path), tiny, repo (+ revision)
     env = "SMT_MODEL_CACHE"              # a directory named by this environment variable ...
     path = "Qwen3-ASR-0.6B"              # ... and a path inside it (alone: relative to this file)
     # tiny = "qwen3-asr"                 # a tiny random checkpoint built in-process
+    # repo = "Qwen/Qwen3-ASR-0.6B"       # a Hugging Face repo id, through the Hub cache (HF_HUB_CACHE,
+    # revision = "main"                  # HF_HUB_OFFLINE, HF_TOKEN); branch, tag or commit (default main)
 
     [[variants]]                         # one bundle per variant
     outtype = "q4_0"
@@ -35,6 +37,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from smt_convert.converters.hub import ResolvedCheckpoint, download, looks_like_repo_id
 from smt_convert.converters.onnx_write import ONNX_DTYPES
 from smt_convert.converters.text_gguf import OUTTYPES
 from smt_convert.runtime.errors import SmtError
@@ -158,16 +161,22 @@ def check_options(recipe: Recipe, plugin, hp) -> None:
 
 
 def _source(data: dict, path: Path) -> dict:
-    src = _Table(data, path, "source.", {"path": str, "env": str, "tiny": str})
-    if ("tiny" in data and len(data) > 1) or not data:
-        raise SmtError(f"{path}: source: give exactly one of path, env (+ path) or tiny")
-    kind = "tiny" if "tiny" in data else "env" if "env" in data else "path"
-    return {"kind": kind, "path": src.get("path"), "env": src.get("env"), "tiny": src.get("tiny")}
+    src = _Table(data, path, "source.", {"path": str, "env": str, "tiny": str, "repo": str, "revision": str})
+    if set(data) not in ({"path"}, {"env"}, {"env", "path"}, {"tiny"}, {"repo"}, {"repo", "revision"}):
+        raise SmtError(f"{path}: source: give exactly one of path, env (+ path), tiny or repo (+ revision)")
+    kind = next((k for k in ("tiny", "repo", "env") if k in data), "path")
+    if kind == "repo" and not looks_like_repo_id(src.get("repo")):
+        raise SmtError(f"{path}: source.repo: expected a Hugging Face repo id ORG/NAME, got {data['repo']!r}")
+    return {"kind": kind, "path": src.get("path"), "env": src.get("env"), "tiny": src.get("tiny"),
+            "repo": src.get("repo"), "revision": src.get("revision")}
 
 
-def resolve_source(recipe: Recipe, scratch: Path) -> Path:
-    """The checkpoint directory for a recipe; `tiny:` sources are built under `scratch` (once)."""
+def resolve_source(recipe: Recipe, scratch: Path, progress: bool = True) -> ResolvedCheckpoint:
+    """The checkpoint directory for a recipe; `tiny:` sources are built under `scratch` (once), `repo:` ones
+    fetched into (or found in) the Hugging Face cache."""
     src = recipe.source
+    if src["kind"] == "repo":
+        return download(src["repo"], src["revision"], progress, what=f"{recipe.path}: source.repo")
     if src["kind"] == "tiny":
         from smt_convert.testing.checkpoints import TINY_BUILDERS
 
@@ -178,7 +187,7 @@ def resolve_source(recipe: Recipe, scratch: Path) -> Path:
         out = scratch / f"tiny-{src['tiny']}"
         if not (out / "config.json").is_file():
             builder(out)
-        return out
+        return ResolvedCheckpoint(out)
     if src["kind"] == "env":
         base = os.environ.get(src["env"])
         if not base:
@@ -188,7 +197,7 @@ def resolve_source(recipe: Recipe, scratch: Path) -> Path:
         directory = (recipe.path.parent / src["path"]).resolve()
     if not directory.is_dir():
         raise SmtError(f"{recipe.path}: source: checkpoint directory {directory} not found")
-    return directory
+    return ResolvedCheckpoint(directory)
 
 
 @dataclass
@@ -203,7 +212,8 @@ class Result:
     message: str = ""
 
 
-def prepare_recipes(recipes: list[Recipe], scratch: Path) -> tuple[dict[str, Path], list[Result]]:
+def prepare_recipes(recipes: list[Recipe], scratch: Path,
+                    progress: bool = True) -> tuple[dict[str, ResolvedCheckpoint], list[Result]]:
     """Before any conversion: resolve every recipe's source (a `tiny` one is built here) and check the options
     its architecture cannot take. A source that cannot be had fails that recipe's variants (the others run);
     an option the model cannot use is a mistake in the recipe file and stops everything (SmtError)."""
@@ -213,17 +223,17 @@ def prepare_recipes(recipes: list[Recipe], scratch: Path) -> tuple[dict[str, Pat
     sources, failed = {}, []
     for recipe in recipes:
         try:
-            checkpoint = resolve_source(recipe, scratch)
+            checkpoint = resolve_source(recipe, scratch, progress)
         except SmtError as exc:
             failed += [Result(recipe.name, v.name, "error", 0.0, message=str(exc)) for v in recipe.variants]
             continue
         plugin = get_plugin(recipe.architecture)
-        check_options(recipe, plugin, plugin.read_hparams(Checkpoint.open(checkpoint), None))
+        check_options(recipe, plugin, plugin.read_hparams(Checkpoint.open(checkpoint.directory), None))
         sources[recipe.name] = checkpoint
     return sources, failed
 
 
-def run_recipe(recipe: Recipe, checkpoint: Path, out_root: Path, report) -> list[Result]:
+def run_recipe(recipe: Recipe, checkpoint: ResolvedCheckpoint, out_root: Path, report) -> list[Result]:
     """Every variant of one (checked) recipe; a failing variant does not stop the others. The variants share
     one opened (and hashed) checkpoint, the encoder files already written and the Hugging Face reference."""
     from smt_convert.converters.convert import ConvertOptions, SharedWork, convert
@@ -238,11 +248,11 @@ def run_recipe(recipe: Recipe, checkpoint: Path, out_root: Path, report) -> list
                               verify=recipe.verify, max_new_tokens=recipe.max_new_tokens,
                               thresholds=recipe.thresholds, golden_input=recipe.verify_input,
                               language=recipe.language, fields=_fields(recipe),
-                              image_size=variant.image_size, shared=shared)
+                              image_size=variant.image_size, shared=shared, hub=checkpoint.hub)
         report.step(f"recipe {recipe.name}: {variant.name}")
         t0 = time.perf_counter()
         try:
-            manifest = convert(plugin, checkpoint, out, opts, report)
+            manifest = convert(plugin, checkpoint.directory, out, opts, report)
         except SmtError as exc:
             results.append(Result(recipe.name, variant.name, "error", time.perf_counter() - t0, message=str(exc)))
             continue
@@ -278,16 +288,48 @@ def _worst(manifest: dict) -> str:
     return ", ".join(parts) or "goldens only"
 
 
-def format_results(results: list[Result]) -> str:
+RESULT_HEADER = ("recipe", "variant", "status", "time", "gguf", "encoders", "verification")
+
+
+def result_cells(results: list[Result], message_width: int | None = 80) -> list[tuple[str, ...]]:
+    """RESULT_HEADER's cells per variant: the printed table and the Markdown summary show the same."""
     def mb(n):
         return f"{n / 2**20:.1f}M" if n else "-"
 
-    header = ("recipe", "variant", "status", "time", "gguf", "encoders", "verification")
-    body = [(r.recipe, r.variant, r.status.upper(), f"{r.seconds:.0f}s", mb(r.sizes.get("text", 0)),
-             mb(r.sizes.get("encoders", 0)), r.worst if r.status != "error" else r.message[:80]) for r in results]
+    return [(r.recipe, r.variant, r.status.upper(), f"{r.seconds:.0f}s", mb(r.sizes.get("text", 0)),
+             mb(r.sizes.get("encoders", 0)), r.worst if r.status != "error" else r.message[:message_width])
+            for r in results]
+
+
+def format_results(results: list[Result]) -> str:
+    header, body = RESULT_HEADER, result_cells(results)
     widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
+def format_summary(results: list[Result]) -> str:
+    """Markdown for a CI job summary (e.g. `--summary "$GITHUB_STEP_SUMMARY"`): the counts, the printed table's
+    rows with each bundle's directory, and every failure's whole message."""
+    from smt_convert.converters.card import markdown_table
+
+    n = {status: sum(r.status == status for r in results) for status in ("pass", "fail", "error")}
+    lines = ["## smt-convert recipes", "",
+             f"{len(results)} variants: {n['pass']} passed, {n['fail']} failed verification, {n['error']} could not "
+             f"be converted ({sum(r.seconds for r in results):.0f} s in all).", ""]
+    rows = [(*cells, f"`{r.output}`" if r.output else "-")
+            for cells, r in zip(result_cells(results, message_width=None), results)]
+    lines += markdown_table((*RESULT_HEADER, "bundle"), rows) + [""]
+    bad = [r for r in results if r.status != "pass"]
+    if bad:
+        lines += ["### Not passed", ""] + [f"- {r.recipe} {r.variant} ({r.status}): {r.message or r.worst}"
+                                           for r in bad] + [""]
+    return "\n".join(lines)
+
+
+def write_summary(results: list[Result], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(format_summary(results), encoding="utf-8")
 
 
 def write_junit(results: list[Result], path: Path) -> None:

@@ -91,7 +91,7 @@ def compare_with_reference(plugin: ArchPlugin, ckpt, hp, runner, media, result, 
         if report is not None:
             report.step("running the Hugging Face reference layer by layer")
         request = ReferenceRequest(media=media, host_input=host_input, prompt_ids=prompt_ids,
-                                   continuation=list(result.tokens), stop_ids=stop_ids)
+                                   continuation=list(result.tokens), stop_ids=stop_ids, host=runner.host)
         ref = plugin.reference(ckpt, hp, request)
         if cache is not None:
             cache.add(key, result.tokens, ref)

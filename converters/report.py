@@ -19,6 +19,10 @@ class Reporter:
         if self.verbosity >= 1:
             print(f"[{time.perf_counter() - self._t0:6.1f}s] {message}", file=self.stream, flush=True)
 
+    def warning(self, message: str) -> None:
+        """Shown even with --quiet: something the user should know about the result."""
+        print(f"warning: {message}", file=self.stream, flush=True)
+
     def detail(self, message: str) -> None:
         if self.verbosity >= 2:
             print(f"          {message}", file=self.stream, flush=True)

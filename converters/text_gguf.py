@@ -73,6 +73,25 @@ def convert_array(data: np.ndarray, qtype: Q) -> np.ndarray:
     return quantize(data, qtype)
 
 
+BLOCK_ELEMS = 1 << 23   # float32 elements converted at a time for a plain tensor (32 MiB)
+
+
+def convert_in_blocks(shape: tuple[int, ...], qtype: Q, blocks) -> np.ndarray:
+    """The converted tensor built from float32 row blocks (`blocks`: iterable of arrays [rows, ...] in order),
+    so the peak is the output plus one block, not the whole tensor in float32 as well. Every type converts row
+    by row (quantisation blocks run along the last axis), so the bytes equal `convert_array` of the whole."""
+    rows = shape[0]
+    out_shape = shape if qtype in (Q.F32, Q.F16) else quant_shape_to_byte_shape(shape, qtype)
+    out = np.empty(out_shape, dtype={Q.F32: np.float32, Q.F16: np.float16}.get(qtype, np.uint8))
+    start = 0
+    for block in blocks:
+        out[start:start + block.shape[0]] = convert_array(block, qtype)
+        start += block.shape[0]
+    if start != rows:
+        raise SmtError(f"tensor: {start} rows read, {rows} expected")
+    return out
+
+
 def write_text_gguf(
     path: Path,
     arch: str,
@@ -81,10 +100,13 @@ def write_text_gguf(
     load: Callable[[str], np.ndarray],    # checkpoint name -> float32 array
     add_metadata: Callable[[gguf.GGUFWriter], None],
     on_tensor: Callable[[int, int, str], None] | None = None,
+    load_blocks: Callable[[str, int], object] | None = None,  # (name, rows per block) -> float32 row blocks
 ) -> list[dict]:
-    """Write the GGUF at `path`; returns one record per tensor (name, type, shape, bytes) for the manifest."""
+    """Write the GGUF at `path`; returns one record per tensor (name, type, shape, bytes) for the manifest.
+    `add_metadata` runs after the tensor infos are added, so it can count parameters as llama.cpp does.
+    A large tensor taken as it is from one checkpoint tensor is converted a block of rows at a time when
+    `load_blocks` is given (the embedding table is the largest tensor of these models)."""
     writer = gguf.GGUFWriter(str(path), arch)
-    add_metadata(writer)
     records = []
     for t in tensors:
         qtype = types[t.name]
@@ -95,6 +117,7 @@ def write_text_gguf(
             byte_shape = quant_shape_to_byte_shape(t.shape, qtype)
             writer.add_tensor_info(t.name, byte_shape, np.dtype(np.uint8), nbytes, raw_dtype=qtype)
         records.append({"name": t.name, "type": qtype.name, "shape": list(t.shape), "bytes": nbytes})
+    add_metadata(writer)
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -102,7 +125,12 @@ def write_text_gguf(
         for i, t in enumerate(tensors):
             if on_tensor:
                 on_tensor(i, len(tensors), t.name)
-            data = convert_array(t.build(load), types[t.name])
+            plain = t.transform is None and len(t.sources) == 1 and len(t.shape) == 2
+            if load_blocks is not None and plain and np.prod(t.shape) > BLOCK_ELEMS:
+                data = convert_in_blocks(t.shape, types[t.name],
+                                         load_blocks(t.sources[0], max(1, BLOCK_ELEMS // t.shape[1])))
+            else:
+                data = convert_array(t.build(load), types[t.name])
             writer.write_tensor_data(data)
             del data
     except OSError as exc:
@@ -112,12 +140,30 @@ def write_text_gguf(
     return records
 
 
-def write_decoder_metadata(writer: gguf.GGUFWriter, hp, name: str, feed_forward: bool = True) -> None:
+def write_general_metadata(writer: gguf.GGUFWriter, model_dir: Path, name: str) -> None:
+    """general.* as llama.cpp's converter writes them, derived by gguf-py's own `Metadata` (model card front
+    matter in README.md, config.json's _name_or_path, the directory name, generation_config.json's sampling
+    settings; else a size label from the parameter count of the tensors already added), except general.name:
+    ours is the bundle stem (llama.cpp titles the directory name, a commit hash for a Hub snapshot)."""
+    import yaml  # gguf-py's Metadata reads the model card's front matter with it
+
+    total, shared, expert, experts = writer.get_total_parameter_count()
+    try:
+        meta = gguf.Metadata.load(None, model_dir, name, total)
+    except yaml.YAMLError as exc:
+        card = model_dir / "README.md"
+        raise SmtError(f"{card}: front matter: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if meta.size_label is None and total > 0:
+        meta.size_label = gguf.size_label(total, shared, expert, experts)
+    writer.add_type(gguf.GGUFType.MODEL)
+    meta.set_gguf_meta_model(writer)
+
+
+def write_decoder_metadata(writer: gguf.GGUFWriter, hp, feed_forward: bool = True) -> None:
     """The keys every llama.cpp decoder here reads (TextModel.set_gguf_parameters upstream), from a plugin's
     text hparams (attributes: max_position_embeddings, hidden_size, num_layers, intermediate_size, num_heads,
     num_kv_heads, head_dim, rope_theta, rope_sections, rms_norm_eps). key/value_length are always written:
-    these models' head_dim is not hidden/heads."""
-    writer.add_name(name)
+    these models' head_dim is not hidden/heads. general.* (name included) is write_general_metadata's."""
     writer.add_context_length(hp.max_position_embeddings)
     writer.add_embedding_length(hp.hidden_size)
     writer.add_block_count(hp.num_layers)

@@ -110,9 +110,23 @@ def check_tensors(
     return result
 
 
-def read_tie(readers: list[ConfigReader], default: bool) -> bool:
-    """`tie_word_embeddings` may sit at several config levels (top, thinker_config, text_config); transformers
-    follows the outermost. Levels that disagree are refused rather than guessed: a wrong guess drops lm_head."""
+@dataclass(frozen=True)
+class TieConfig:
+    """What config.json says about tied embeddings: the value of the level the model class reads (or the
+    family's default) and every level that states one (dotted field -> value)."""
+
+    value: bool
+    levels: dict[str, bool]
+
+    @property
+    def disagree(self) -> bool:
+        return len(set(self.levels.values())) > 1
+
+
+def read_tie(readers: list[ConfigReader], default: bool) -> TieConfig:
+    """`tie_word_embeddings` may sit at several levels (top, thinker_config, text_config), and transformers'
+    `save_pretrained` writes levels that disagree (Qwen3-ASR: top true, text_config false). `readers[0]` is the
+    level the model class reads; the weights settle the rest (`settle_tie`)."""
     levels = {}
     for r in readers:
         if "tie_word_embeddings" in r.data:
@@ -120,10 +134,39 @@ def read_tie(readers: list[ConfigReader], default: bool) -> bool:
             if not isinstance(value, bool):
                 raise SmtError(f"{r.path}: {r.field('tie_word_embeddings')}: expected true/false, found {value!r}")
             levels[r.field("tie_word_embeddings")] = value
-    if len(set(levels.values())) > 1:
-        shown = ", ".join(f"{k}={str(v).lower()}" for k, v in levels.items())
-        raise SmtError(f"{readers[0].path}: tie_word_embeddings: the config levels disagree ({shown})")
-    return next(iter(levels.values()), default)
+    governing = readers[0].field("tie_word_embeddings")
+    return TieConfig(levels.get(governing, default), levels)
+
+
+@dataclass(frozen=True)
+class TieDecision:
+    tied: bool
+    note: str | None = None    # why, when the config alone did not decide it (recorded in the manifest)
+
+
+def settle_tie(config: TieConfig, ckpt, embed: str, head: str = "lm_head.weight") -> TieDecision:
+    """Tied or not, as transformers 5 loads the checkpoint, with the weights as the final word:
+    - `head` present and different from `embed`: untied (transformers keeps both, whatever the config says);
+    - `head` present and equal: tied if the config says so (same numbers either way);
+    - `head` absent: tied when any config level says tied (nothing else gives the model an output layer);
+      absent with every level untied is refused (nothing settles it; transformers would make a random one)."""
+    shown = ", ".join(f"{k}={str(v).lower()}" for k, v in config.levels.items())
+    if head in ckpt.tensors:
+        if not config.value:
+            return TieDecision(False)
+        if ckpt.tensors_equal(embed, head):
+            return TieDecision(True, f"tie_word_embeddings: {head} equals {embed.rsplit('.', 2)[-2]}: tied"
+                                     + (f" (config levels {shown})" if config.disagree else ""))
+        return TieDecision(False, f"tie_word_embeddings: the config says tied ({shown or 'default'}) but {head} "
+                                  "differs from the embeddings: converted untied, as transformers loads it")
+    if config.value or any(config.levels.values()):
+        note = (f"tie_word_embeddings: config levels disagree ({shown}); no {head} in the checkpoint: tied"
+                if config.disagree or not config.value else None)
+        return TieDecision(True, note)
+    if embed not in ckpt.tensors:
+        return TieDecision(False)  # the missing-tensor check names what is missing
+    raise SmtError(f"{ckpt.config_path}: tie_word_embeddings: false ({shown or 'the default'}), but the checkpoint "
+                   f"has no {head}: nothing gives the model an output layer")
 
 
 def board_grid_notes(ny: int, nx: int) -> list[str]:

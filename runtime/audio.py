@@ -102,8 +102,16 @@ def _power_mel(signal: np.ndarray, params: MelParams) -> np.ndarray:
     """|STFT|^2 through the mel filters, torch.stft(center=True, reflect) semantics, last frame dropped."""
     half = params.n_fft // 2
     padded = np.pad(signal.astype(np.float64), (half, half), mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(padded, params.n_fft)[:: params.hop_length]
-    frames = frames[:-1]  # the extractor drops the last STFT frame
+    return mel_power(padded, params, drop_last=True)  # the extractor drops the last STFT frame
+
+
+def mel_power(padded: np.ndarray, params: MelParams, drop_last: bool = False) -> np.ndarray:
+    """Mel power [num_mel_bins, frames] of an already padded signal: periodic-Hann frames every hop_length
+    samples, |rfft|^2, Slaney filters (float64, a block of frames at a time)."""
+    frames = np.lib.stride_tricks.sliding_window_view(np.asarray(padded, np.float64), params.n_fft)
+    frames = frames[:: params.hop_length]
+    if drop_last:
+        frames = frames[:-1]
     window = _periodic_hann(params.n_fft)
     filters = mel_filters(params)
     out = np.empty((params.num_mel_bins, frames.shape[0]), dtype=np.float64)

@@ -53,12 +53,14 @@ class Bundle:
 
     def required_files(self) -> list[str]:
         """Every file the bundle needs: the GGUF, each encoder and its data, config.json, the tokenizer files,
-        the goldens and the board's extra files (everything config.json points at)."""
+        the goldens, the model card (when the manifest names one) and the board's extra files (everything
+        config.json points at)."""
         m = self.manifest
         need = [m["text"]["file"], BOARD_CONFIG]
         for enc in m["encoders"]:
             need += [enc["file"]] + ([enc["data_file"]] if enc.get("data_file") else [])
         need += list(m.get("tokenizer_files", []))
+        need += [m["card"]] if m.get("card") else []
         golden = m["golden"]
         need += [f"{golden['directory']}/{name}" for name in golden["files"]]
         return need + self.config_paths()
@@ -184,6 +186,8 @@ def validate_manifest(m: dict, path: Path, complete: bool = True) -> None:
     for i, name in enumerate(need(golden, "files", list, "golden.")):
         if not isinstance(name, str):
             raise SmtError(f"{path}: golden.files[{i}]: expected str, found {type(name).__name__}")
+    if m.get("card") is not None:
+        need(m, "card", str, "")
     for i, name in enumerate(m.get("tokenizer_files", [])):
         if not isinstance(name, str):
             raise SmtError(f"{path}: tokenizer_files[{i}]: expected str, found {type(name).__name__}")

@@ -47,10 +47,16 @@ class RunResult:
 class BundleRunner:
     """Loads a bundle once; `run()` answers one prompt with at most one media item."""
 
-    def __init__(self, bundle_dir: str | Path, threads: int | None = None, require_complete: bool = True):
+    def __init__(self, bundle_dir: str | Path, threads: int | None = None, require_complete: bool = True,
+                 host: str | None = None):
+        """`host`: "board" or "hf" host preprocessing (runtime/host.py); None: the one the bundle's goldens
+        were computed with."""
+        from smt_convert.runtime.host import check_host, recorded_host
+
         t0 = time.perf_counter()
         self.bundle = Bundle.open(bundle_dir, require_complete)
         self.manifest = self.bundle.manifest
+        self.host = check_host(host) if host is not None else recorded_host(self.manifest)
         self.prompt_rule = self.manifest["prompt"]
         self.tokenizer = RuntimeTokenizer(self.bundle.root)
         self._decoder = load_decoder(GGUFModel(self.bundle.text_gguf))
@@ -104,21 +110,25 @@ class BundleRunner:
                 raise self._unsupported()
         return self._encoder
 
-    def features(self, media) -> np.ndarray:
-        """Host preprocessing for one media item: audio -> log-mel; image -> resized [1,3,H,W] pixels
-        (raw 0..255, or normalised when the board config has a vision_preprocess block)."""
+    def features(self, media, host: str | None = None) -> np.ndarray:
+        """Host preprocessing for one media item on `host` (default: the runner's): audio -> log-mel;
+        image -> resized [1,3,H,W] pixels (raw 0..255, or normalised when the board config has a
+        vision_preprocess block)."""
+        from smt_convert.runtime import host as hosts
+
+        host = host or self.host
         if self.modality == "audio":
-            from smt_convert.runtime.audio import MelParams, load_audio, log_mel
+            from smt_convert.runtime.audio import MelParams, load_audio
 
             params = MelParams.from_dict(self.manifest["preprocessing"])
             wave = load_audio(media, params.sample_rate) if isinstance(media, (str, Path)) else media
-            return log_mel(np.asarray(wave, dtype=np.float32), params)
+            return hosts.audio_features(np.asarray(wave, dtype=np.float32), params, host)
         if self.modality == "image":
-            from smt_convert.runtime.image import load_image, normalize, resize_rgb
+            from smt_convert.runtime.image import load_image, normalize
 
             image = load_image(media) if isinstance(media, (str, Path)) else media
             height, width = self.image_size()
-            pixels = resize_rgb(image, width, height)
+            pixels = hosts.image_pixels(image, width, height, host)
             host = self.bundle.config.get("vision_preprocess")
             if host:
                 pixels = normalize(pixels, host.get("rescale_factor", 1.0), host["image_mean"], host["image_std"])

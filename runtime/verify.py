@@ -202,15 +202,56 @@ def golden_rows(runner) -> list[Row]:
     return rows
 
 
-def format_table(rows: list[Row]) -> str:
+# The board's host preprocessing vs the Hugging Face-faithful one: encoder outputs on the golden input. Reported,
+# never gated: the difference is the board's design, not a conversion error. The typical ranges are what the tiny
+# models measured on speech-like audio at normal level and on natural, document and noise images, with margin
+# (README, "Host preprocessing: board vs Hugging Face"); a value outside is flagged in the threshold column: the
+# input meets a board behaviour hard (quiet audio: cosine 0.992 / rel 0.19 at 2% volume; a loud first frame).
+HOST_PATH_TYPICAL = {
+    "audio": {"cosine": 0.999, "rel_max_abs": 0.15},   # measured 0.99957-0.99999 / 0.014-0.12
+    "image": {"cosine": 0.9999, "rel_max_abs": 0.05},  # measured 0.99985-0.999999 / 0.0018-0.023
+}
+
+
+def host_path_rows(board: np.ndarray, hf: np.ndarray, modality: str) -> list[Row]:
+    """Informational rows: encoder rows from the board's host path vs from the hf host path (same bundle).
+    When the board has more rows (the final audio frame it keeps), the rows both have are compared."""
+    label = "host board vs hf"
+    rows = []
+    n = min(board.shape[0], hf.shape[0])
+    if board.shape != hf.shape:
+        rows.append(Row(label, "encoder rows", f"{board.shape[0]} vs {hf.shape[0]}", "reported", True, gate=False))
+    if n == 0 or board.shape[1:] != hf.shape[1:]:
+        return rows
+    c, r = cosine(board[:n], hf[:n]), rel_max_abs(board[:n], hf[:n])
+    suffix = "" if board.shape == hf.shape else f" (first {n} rows)"
+    typical = HOST_PATH_TYPICAL[modality]
+
+    def note(inside: bool, bound: str) -> str:
+        return f"info; typically {bound}" if inside else f"info; OUTSIDE the typical {bound}"
+
+    return rows + [
+        Row(label, "cosine" + suffix, c, note(c >= typical["cosine"], f">= {typical['cosine']}"), True, gate=False),
+        Row(label, "rel max abs" + suffix, r, note(r <= typical["rel_max_abs"], f"<= {typical['rel_max_abs']}"),
+            True, gate=False)]
+
+
+TABLE_HEADER = ("check", "metric", "value", "threshold", "result")
+
+
+def table_cells(rows: list[Row]) -> list[tuple[str, ...]]:
+    """Printed cells per row, TABLE_HEADER's columns: the CLI's table and the model card's show the same text."""
     def fmt(v):
         if isinstance(v, str):
             return v
         return f"{v:.6g}"
 
-    header = ("check", "metric", "value", "threshold", "result")
-    body = [(r.check, r.metric, fmt(r.value), r.threshold, "info" if not r.gate else "PASS" if r.ok else "FAIL")
+    return [(r.check, r.metric, fmt(r.value), r.threshold, "info" if not r.gate else "PASS" if r.ok else "FAIL")
             for r in rows]
+
+
+def format_table(rows: list[Row]) -> str:
+    header, body = TABLE_HEADER, table_cells(rows)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])

@@ -1,6 +1,7 @@
 """The SMT board host's vision encoder, in onnxruntime: one static [1, 3, H, W] float32 input, rows out.
 
-Host logic (SMT contract): decode to RGB, antialiased bilinear resize to exactly H x W (runtime/image.py),
+Host logic (SMT contract): decode to RGB, antialiased bilinear resize to exactly H x W (runtime/host.py: the
+board's own resize or Pillow's),
 feed raw 0..255 (Qwen3-VL family; the graph normalises) or host-normalised values (PaddleOCR), and read
 output 0 as [N, hidden] (a leading batch axis of 1 is accepted and dropped).
 """
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SmtError
-from .image import resize_rgb
+from .host import DEFAULT_HOST, image_pixels
 from .onnx_session import open_session
 
 
@@ -81,13 +82,13 @@ class VisionEncoder:
             raise SmtError(f"{self.path}: output: expected [N, hidden], got {list(out.shape)}")
         return np.ascontiguousarray(out, dtype=np.float32)
 
-    def encode_image(self, img: np.ndarray) -> np.ndarray:
+    def encode_image(self, img: np.ndarray, host: str = DEFAULT_HOST) -> np.ndarray:
         """uint8 [H0, W0, 3] RGB -> [N, hidden]: the host's resize to the static size, then `encode`.
 
         Raw 0..255 values are fed (Qwen3-VL family); a PaddleOCR host normalises first (image.normalize).
         """
         h, w = self._input_size
-        return self.encode(resize_rgb(img, w, h))
+        return self.encode(image_pixels(img, w, h, host))
 
     def input_output_contract(self) -> dict:
         """Names, shapes and dtypes, for the bundle manifest."""

@@ -250,7 +250,7 @@ class Linear:
             kind = "mapped_f32"
         elif p.qtype == Q.F16 and store.quant_matmul:
             store.kinds["mapped_f16"] = store.kinds.get("mapped_f16", 0) + 1
-            return qmatmul.HalfMatMul(np.asarray(p.data), store.threads)
+            return qmatmul.HalfMatMul(np.asarray(p.data), store.threads, release=store.release_pages)
         elif store.admit(p.rows * self.in_features * 4):
             w = dequantize_rows(p.data, p.qtype).reshape(p.rows, self.in_features)
             store.release_pages(p.data)

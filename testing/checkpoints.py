@@ -1,7 +1,11 @@
 """Tiny, randomly initialised checkpoints written from the real transformers classes, in every layout we
 accept. Used by the tests, the `tiny:` recipe sources and examples/make_tiny_example.py (no download).
 
-Builders (recipe `source.tiny = "<name>"`): "qwen3-asr", "qwen3.5", "qwen3.5-moe", "qwen3.5-text".
+Models are written the way users' checkpoints are: by transformers' own `save_pretrained` (which reverses its
+load-time renames and writes the tie flags it writes); the original releases' layouts, which transformers does not
+write, by hand.
+
+Builders (recipe `source.tiny = "<name>"`): "qwen3-asr", "qwen3.5", "qwen3.5-moe", "qwen3.5-text", "paddleocr-vl".
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ def tiny_builder(name: str):
 
 
 def tiny_qwen3_asr_config(audio_token_id: int, tie: bool = True, **text_overrides):
+    """A tiny Qwen3ASRConfig. Tied is transformers' default (the top level); untied sets the top level false.
+    text_config keeps its own default (false), so a tied model saved by transformers has config levels that
+    disagree (top true, text_config false), as users' checkpoints do."""
     from transformers import Qwen3ASRConfig
 
     audio = dict(num_mel_bins=128, d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
@@ -34,11 +41,11 @@ def tiny_qwen3_asr_config(audio_token_id: int, tie: bool = True, **text_override
     text = dict(model_type="qwen3", vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
                 rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, rms_norm_eps=1e-6,
-                tie_word_embeddings=tie, initializer_range=0.1)
+                initializer_range=0.1)
     text.update(text_overrides)
     audio["output_dim"] = text["hidden_size"]
     return Qwen3ASRConfig(audio_config=audio, text_config=text, audio_token_id=audio_token_id,
-                          tie_word_embeddings=tie, initializer_range=0.1)
+                          initializer_range=0.1, **({} if tie else {"tie_word_embeddings": False}))
 
 
 def qwen3_asr_original_name(name: str) -> str:
@@ -53,17 +60,32 @@ def qwen3_asr_original_name(name: str) -> str:
     return "thinker." + name
 
 
-def _quiet_save(model, out_dir: Path) -> None:
-    """save_pretrained without its progress bar (recipes run these under --quiet)."""
+def _quiet_save(model, out_dir: Path, dtype=None, max_shard_size: int | None = None) -> None:
+    """transformers' own `save_pretrained` (as users' checkpoints are written), without its progress bar
+    (recipes run these under --quiet). `dtype` converts a copy; `max_shard_size` (bytes) writes shards and
+    model.safetensors.index.json."""
+    import copy
+
     from transformers.utils import logging as hf_logging
 
     enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        model.save_pretrained(out_dir)
+        if dtype is not None and dtype != torch.float32:
+            model = copy.deepcopy(model).to(dtype)
+        kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+        model.save_pretrained(out_dir, **kwargs)
     finally:
         if enabled:
             hf_logging.enable_progress_bar()
+
+
+def shard_size(model, shards: int, dtype=torch.float32) -> int | None:
+    """A `max_shard_size` (bytes) that splits `model` into about `shards` files (None: one file)."""
+    if shards <= 1:
+        return None
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return sum(p.numel() for p in model.parameters()) * itemsize // shards + 1
 
 
 def _write_safetensors(out_dir: Path, tensors: dict, shards: int) -> None:
@@ -85,7 +107,10 @@ def _write_safetensors(out_dir: Path, tensors: dict, shards: int) -> None:
 @tiny_builder("qwen3-asr")
 def make_tiny_qwen3_asr(out_dir: Path, layout: str = "native", dtype=torch.float32, shards: int = 1,
                         tie: bool = True, tokenizer_layout: str = "tokenizer.json", seed: int = 0) -> dict:
-    """Write a tiny Qwen3-ASR checkpoint; returns {"config", "ids", "model"} (model in float32)."""
+    """Write a tiny Qwen3-ASR checkpoint; returns {"config", "ids", "model"} (model in float32).
+
+    layout "native": written by transformers' `save_pretrained` (tied: top-level tie true, text_config false,
+    no lm_head); "original": the Qwen release (`thinker_config`, `thinker.*` names), written by hand."""
     from transformers import Qwen3ASRForConditionalGeneration
 
     out_dir = Path(out_dir)
@@ -94,22 +119,22 @@ def make_tiny_qwen3_asr(out_dir: Path, layout: str = "native", dtype=torch.float
     config = tiny_qwen3_asr_config(ids["<|audio_pad|>"], tie=tie)
     torch.manual_seed(seed)
     model = Qwen3ASRForConditionalGeneration(config).eval()
+    if layout == "native":
+        _quiet_save(model, out_dir, dtype, shard_size(model, shards, dtype))
+        return {"config": config, "ids": ids, "model": model}
+    if layout != "original":
+        raise ValueError(layout)
     state = {k: v.detach().to(dtype).contiguous().clone() for k, v in model.state_dict().items()}
     if tie:
         state.pop("lm_head.weight", None)
     cfg = config.to_dict()
-    cfg["architectures"] = ["Qwen3ASRForConditionalGeneration"]
-    if layout == "original":
-        state = {qwen3_asr_original_name(k): v for k, v in state.items()}
-        thinker = {"audio_config": cfg["audio_config"], "text_config": cfg["text_config"],
-                   "audio_token_id": cfg["audio_token_id"], "model_type": "qwen3_asr_thinker",
-                   "tie_word_embeddings": tie}
-        thinker["text_config"]["rope_scaling"] = {"mrope_section": [3, 3, 2], "interleaved": True,
-                                                   "rope_type": "default"}
-        cfg = {"architectures": ["Qwen3ASRForConditionalGeneration"], "model_type": "qwen3_asr",
-               "thinker_config": thinker, "support_languages": ["Chinese", "English"]}
-    elif layout != "native":
-        raise ValueError(layout)
+    state = {qwen3_asr_original_name(k): v for k, v in state.items()}
+    cfg["text_config"]["tie_word_embeddings"] = tie
+    thinker = {"audio_config": cfg["audio_config"], "text_config": cfg["text_config"],
+               "audio_token_id": cfg["audio_token_id"], "model_type": "qwen3_asr_thinker", "tie_word_embeddings": tie}
+    thinker["text_config"]["rope_scaling"] = {"mrope_section": [3, 3, 2], "interleaved": True, "rope_type": "default"}
+    cfg = {"architectures": ["Qwen3ASRForConditionalGeneration"], "model_type": "qwen3_asr",
+           "thinker_config": thinker, "support_languages": ["Chinese", "English"]}
     _write_safetensors(out_dir, state, shards)
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
     return {"config": config, "ids": ids, "model": model}
@@ -244,7 +269,7 @@ def scale_qwen3_5_weights(model, seed: int = 0) -> None:
 @tiny_builder("qwen3.5")
 def make_tiny_qwen3_5(out_dir: Path, moe: bool = False, text_only: bool = False, dtype=torch.float32,
                       tie: bool = True, seed: int = 0, with_preprocessor: bool = True,
-                      vision_out_hidden: int | None = None) -> dict:
+                      vision_out_hidden: int | None = None, shards: int = 1) -> dict:
     """Write a tiny Qwen3.5 checkpoint with transformers' own `save_pretrained` (config.json with
     `architectures`, model.safetensors, generation_config.json; MoE experts come out per expert), plus the
     tokenizer files and, for the multimodal models, a preprocessor_config.json like the real one.
@@ -265,12 +290,7 @@ def make_tiny_qwen3_5(out_dir: Path, moe: bool = False, text_only: bool = False,
     scale_qwen3_5_weights(model, seed)
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    if dtype == torch.float32:
-        _quiet_save(model, out_dir)
-    else:
-        import copy
-
-        _quiet_save(copy.deepcopy(model).to(dtype), out_dir)
+    _quiet_save(model, out_dir, dtype, shard_size(model, shards, dtype))
     if not text_only and with_preprocessor:
         (out_dir / "preprocessor_config.json").write_text(json.dumps(QWEN3_5_PREPROCESSOR, indent=2) + "\n")
     return {"config": config, "ids": ids, "model": model}
@@ -307,12 +327,16 @@ def paddleocr_original_name(name: str) -> str:
 
 
 @tiny_builder("paddleocr-vl")
-def make_tiny_paddleocr_vl(out_dir: Path, layout: str = "native", tokenizer_layout: str = "both",
-                           seed: int = 0, text_overrides: dict | None = None, auto_map: bool = False) -> dict:
+def make_tiny_paddleocr_vl(out_dir: Path, layout: str = "saved", tokenizer_layout: str = "both", seed: int = 0,
+                           text_overrides: dict | None = None, auto_map: bool = False, tie: bool = False,
+                           dtype=torch.float32, shards: int = 1) -> dict:
     """A tiny PaddleOCR-VL (ERNIE-4.5 text with M-RoPE, SigLIP-style vision, mlp_AR projector) with a
-    SentencePiece tokenizer trained in-process. layout: "native" (transformers names, nested config) or
-    "original" (the release: flat config, model.* / visual.* / mlp_AR.* names; `auto_map` like the release's
-    custom-code entries, which must never run)."""
+    SentencePiece tokenizer trained in-process. layout:
+    - "saved": transformers' own `save_pretrained` (nested config, the release's tensor names written back);
+    - "native": nested config with transformers' in-memory names (`model.language_model.*`, `model.visual.*`,
+      `model.projector.*`), written by hand;
+    - "original": the release (flat config, `model.*` / `visual.*` / `mlp_AR.*`; `auto_map` like the release's
+      custom-code entries, which must never run), written by hand."""
     from transformers import PaddleOCRVLConfig, PaddleOCRVLForConditionalGeneration
 
     from smt_convert.testing.tokenizers import build_spm_tokenizer
@@ -323,14 +347,14 @@ def make_tiny_paddleocr_vl(out_dir: Path, layout: str = "native", tokenizer_layo
     vocab = max(ids.values()) + 1 + 16
     text = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=32, max_position_embeddings=4096, rms_norm_eps=1e-5,
-                use_bias=False, hidden_act="silu", tie_word_embeddings=False,
+                use_bias=False, hidden_act="silu", tie_word_embeddings=tie,
                 rope_parameters={"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [6, 5, 5]},
                 **(text_overrides or {}))
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56,
                   patch_size=14, spatial_merge_size=2)
     tokens = dict(image_token_id=ids["<|IMAGE_PLACEHOLDER|>"], vision_start_token_id=ids["<|IMAGE_START|>"],
                   vision_end_token_id=ids["<|IMAGE_END|>"], video_token_id=ids["<|IMAGE_PLACEHOLDER|>"])
-    config = PaddleOCRVLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **tokens)
+    config = PaddleOCRVLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tie, **tokens)
     torch.manual_seed(seed)
     model = PaddleOCRVLForConditionalGeneration(config).eval()
     with torch.no_grad():  # scaled so logits and image features are far from flat
@@ -341,7 +365,13 @@ def make_tiny_paddleocr_vl(out_dir: Path, layout: str = "native", tokenizer_layo
                 p.normal_(0.0, 1.0)
             else:
                 p.normal_(0.0, 0.15)
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(PADDLEOCR_PREPROCESSOR, indent=2) + "\n")
+    if layout == "saved":
+        _quiet_save(model, out_dir, dtype, shard_size(model, shards, dtype))
+        return {"config": config, "ids": ids, "model": model}
+    state = {k: v.detach().to(dtype).contiguous().clone() for k, v in model.state_dict().items()}
+    if tie:
+        state.pop("lm_head.weight", None)
     if layout == "original":
         state = {paddleocr_original_name(k): v for k, v in state.items()}
         rope = text.pop("rope_parameters")
@@ -359,7 +389,6 @@ def make_tiny_paddleocr_vl(out_dir: Path, layout: str = "native", tokenizer_layo
         cfg["architectures"] = ["PaddleOCRVLForConditionalGeneration"]
     else:
         raise ValueError(layout)
-    _write_safetensors(out_dir, state, 1)
+    _write_safetensors(out_dir, state, shards)
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
-    (out_dir / "preprocessor_config.json").write_text(json.dumps(PADDLEOCR_PREPROCESSOR, indent=2) + "\n")
     return {"config": config, "ids": ids, "model": model}

@@ -12,6 +12,7 @@ import ctypes
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +108,7 @@ def write_gguf(hp, state, path: Path, layout=C.NATIVE_LAYOUT, vocab=None, outtyp
     tensors = T.text_tensors(hp, layout)
 
     def metadata(writer):
-        T.write_text_metadata(writer, hp, "tiny-paddleocr-vl")
+        T.write_text_metadata(writer, hp)
         if vocab is not None:
             from smt_convert.converters.tokenizer import write_vocab
 
@@ -419,9 +420,12 @@ def test_transformers_loads_original_layout_as_we_read_it(built, tmp_path):
 
 def test_save_pretrained_roundtrip(built, tmp_path):
     """The released checkpoint loaded and re-saved by transformers 5.24: nested config that says tied, the
-    ORIGINAL tensor names, and the distinct lm_head. detect_text_layout + resolve_tie give the right GGUF
+    ORIGINAL tensor names, and the distinct lm_head. detect_text_layout + settle_tie give the right GGUF
     (equal to HF's logits); the config flag alone would have dropped the LM head."""
     from safetensors.numpy import load_file, save_file
+
+    from smt_convert.converters.checkpoint import Checkpoint
+    from smt_convert.converters.validate import settle_tie
 
     model, native_path, _ = built
     src, out = tmp_path / "src", tmp_path / "out"
@@ -437,16 +441,19 @@ def test_save_pretrained_roundtrip(built, tmp_path):
     assert layout == C.ORIGINAL_LAYOUT
     hp = C.read_text_hparams(config, out / "config.json")
     assert hp.tie_embeddings and "lm_head.weight" in state
-    hp = T.resolve_tie(hp, state, state.__getitem__)
-    assert not hp.tie_embeddings and hp == hparams_of(model)
+    decision = settle_tie(hp.tie_config, Checkpoint.open(out), "model.embed_tokens.weight")
+    assert not decision.tied and "differs from the embeddings" in decision.note
+    hp = replace(hp, tie_embeddings=False, tie_config=None)
+    assert hp == replace(hparams_of(model), tie_config=None)
     path = write_gguf(hp, state, tmp_path / "resaved.gguf", layout)
     a, b = GGUFModel(native_path), GGUFModel(path)
     assert a.tensor_names() == b.tensor_names()
     for name in a.tensor_names():
         np.testing.assert_array_equal(a.tensor(name), b.tensor(name))
     # a truly tied checkpoint stays tied
-    tied = dict(state, **{"lm_head.weight": state["model.embed_tokens.weight"]})
-    assert T.resolve_tie(C.read_text_hparams(config, out / "config.json"), tied, tied.__getitem__).tie_embeddings
+    save_file(dict(state, **{"lm_head.weight": state["model.embed_tokens.weight"]}), str(out / "model.safetensors"))
+    assert settle_tie(hp.tie_config or C.read_text_hparams(config, out / "config.json").tie_config,
+                      Checkpoint.open(out), "model.embed_tokens.weight").tied
 
 
 def test_config_errors():
@@ -469,9 +476,12 @@ def test_config_errors():
     assert "hidden_act" in err(hidden_act="gelu")
     assert err(vocab_size="big").startswith("/x/config.json: vocab_size:")
     native = json.loads(native_config().to_json_string())
-    native["text_config"]["tie_word_embeddings"] = True
-    with pytest.raises(SmtError, match="tie_word_embeddings"):
+    native["text_config"]["tie_word_embeddings"] = True  # levels that disagree: read, the weights settle it
+    assert C.read_text_hparams(native, Path("/x/config.json")).tie_config.disagree
+    native["text_config"]["tie_word_embeddings"] = "yes"
+    with pytest.raises(SmtError, match="text_config.tie_word_embeddings"):
         C.read_text_hparams(native, Path("/x/config.json"))
+    native["text_config"]["tie_word_embeddings"] = True
     native["text_config"]["hidden_size"] = None
     with pytest.raises(SmtError, match="text_config.hidden_size"):
         C.read_text_hparams(native, Path("/x/config.json"))

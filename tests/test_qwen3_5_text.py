@@ -94,7 +94,7 @@ def write_gguf(model, path: Path, outtype: str = "f32", vocab=None) -> Path:
     tensors = T.text_tensors(hp, prefix=C.CAUSAL_PREFIX)
 
     def metadata(writer):
-        T.write_text_metadata(writer, hp, "tiny-qwen3.5")
+        T.write_text_metadata(writer, hp)
         if vocab is not None:
             from smt_convert.converters.tokenizer import write_vocab
 

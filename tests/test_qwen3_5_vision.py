@@ -282,7 +282,7 @@ def test_runtime_png_path(model, written, tmp_path):
     assert np.array_equal(pixels, expect)
     assert np.array_equal(resize_rgb(src[:h, :w], w, h)[0].transpose(1, 2, 0), src[:h, :w])  # same size: unchanged
     enc = VisionEncoder(written[(h, w, "fp32")])
-    out = enc.encode_image(img)
+    out = enc.encode_image(img, host="hf")
     assert np.array_equal(out, enc.encode(pixels))
     ref, _ = _hf_features(model.model.visual, pixels[0].transpose(1, 2, 0).astype(np.uint8))
     rel, cos = _diff(out, ref)

@@ -216,7 +216,7 @@ def test_run_transcribes_stereo_44k_and_long_audio(f32_bundle, native_ckpt, tmp_
     sf.write(wav, stereo, 44100, subtype="PCM_16")
     result = invoke("run", f32_bundle, "--audio", wav, "--language", "English", "--json", "--max-new-tokens", "8")
     assert result.exit_code == 0, result.output
-    assert len(json.loads(result.output)["tokens"]) > 0
+    assert len(json.loads(result.stdout)["tokens"]) > 0
 
     runner = BundleRunner(f32_bundle)
     wave = load_audio(wav)

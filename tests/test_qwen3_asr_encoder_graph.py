@@ -61,7 +61,7 @@ class HFEncoder:
         state.update({f"model.multi_modal_projector.{k}": v for k, v in self.projector.state_dict().items()})
         self.state = {k: v.detach().float().numpy() for k, v in state.items()}
         self.weights = Weights(load=lambda n: self.state[n], shape=lambda n: tuple(self.state[n].shape))
-        ckpt = SimpleNamespace(config=config.to_dict(), config_path="config.json")
+        ckpt = SimpleNamespace(config=config.to_dict(), config_path="config.json", tensors={})  # config only
         self.hp: Hparams = read_hparams(ckpt)
 
     def features(self, feats: torch.Tensor, mask: torch.Tensor) -> np.ndarray:

@@ -158,7 +158,8 @@ def test_vocab_invariants(spm_dirs, layout):
     # padding
     assert v.tokens[603:] == [f"[PAD{i}]" for i in range(603, VOCAB)]
     assert set(v.types[603:]) == {UNUSED} and set(v.scores[603:]) == {PAD_SCORE}
-    assert v.special_ids == {"bos": 1, "eos": 2, "unk": 0, "pad": 0}
+    # sep = tokenizer_config's sep_token <|end_of_sentence|>, as llama.cpp's converter writes it (seperator_token_id)
+    assert v.special_ids == {"bos": 1, "eos": 2, "unk": 0, "sep": 4, "pad": 0}
     assert v.chat_template and v.chat_template.startswith("{%- if add_generation_prompt")
 
 

@@ -11,11 +11,11 @@ Plain Python only (no numpy, no torch): the board-side tools import this too.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from smt_convert.converters.validate import ConfigReader, image_size_hw, read_rope, read_tie, require
+from smt_convert.converters.validate import ConfigReader, TieConfig, image_size_hw, read_rope, read_tie, require
 from smt_convert.runtime.errors import SmtError
 
 GGUF_ARCH = "paddleocr"
@@ -63,6 +63,8 @@ class TextHparams:
     mrope_section: list[int]          # (t, h, w) rotary pairs, sum == head_dim / 2
     max_position_embeddings: int
     tie_embeddings: bool
+    tie_config: TieConfig | None = field(default=None, compare=False)  # what config.json says
+    tie_note: str | None = field(default=None, compare=False)  # why, when the weights decided it
 
     @property
     def rope_sections(self) -> list[int]:
@@ -129,9 +131,20 @@ ORIGINAL_LAYOUT = TextLayout(ORIGINAL)
 class Hparams:
     text: TextHparams
     vision: VisionHparams
-    layout: str                       # config layout (decides the vision/projector tensor names)
+    layout: str                       # vision/projector tensor names: "native" (model.visual.*) or "original"
     text_layout: TextLayout
     image_token_id: int
+    config_layout: str = NATIVE       # config.json nested (transformers 5) or flat (the release)
+
+    @property
+    def layout_description(self) -> str:
+        """For the manifest: transformers' `save_pretrained` pairs a nested config with the original names."""
+        if self.layout == self.text_layout.kind == self.config_layout:
+            return self.layout
+        config = "nested config" if self.config_layout == NATIVE else "flat config"
+        if self.layout == self.text_layout.kind:
+            return f"{config}, {self.layout} tensor names"
+        return f"{config}, {self.text_layout.kind} text / {self.layout} vision tensor names"
 
 
 # ---- text config ---------------------------------------------------------------------------------------
@@ -157,6 +170,7 @@ def read_text_hparams(config: dict, path: Path) -> TextHparams:
         raise SmtError(f"{path}: {rope.field('mrope_section')}: expected a list of 3 non-negative integers "
                        f"(t, h, w), found {section!r}")
     heads = text.get("num_attention_heads")
+    tie = read_tie([top, text] if top is not text else [top], default=True)
     hp = TextHparams(
         vocab_size=text.get("vocab_size"),
         hidden_size=text.get("hidden_size"),
@@ -169,7 +183,8 @@ def read_text_hparams(config: dict, path: Path) -> TextHparams:
         rope_theta=float(theta),
         mrope_section=[int(s) for s in section],
         max_position_embeddings=text.get("max_position_embeddings", int, DEFAULT_CONTEXT),
-        tie_embeddings=read_tie([top, text] if top is not text else [top], default=True),
+        tie_embeddings=tie.value,   # what the config says; the plugin settles it from the weights
+        tie_config=tie,
     )
     _check_text(hp, text, rope, path)
     return hp
@@ -198,6 +213,12 @@ def detect_text_layout(names: Iterable[str]) -> TextLayout:
     kind = NATIVE if any(n.startswith(TEXT_PREFIX) for n in names) else ORIGINAL
     p = (TEXT_PREFIX if kind == NATIVE else ORIGINAL_PREFIX) + "layers.0."
     return TextLayout(kind, p + "self_attn.qkv_proj.weight" in names, p + "mlp.up_gate_proj.weight" in names)
+
+
+def detect_vision_layout(names: Iterable[str]) -> str:
+    """Vision/projector names from the tensors: native `model.visual.*` or the release's `visual.*`/`mlp_AR.*`
+    (which transformers 5.24's `save_pretrained` writes back, whatever the config layout)."""
+    return NATIVE if any(n.startswith("model.visual.") or n.startswith(PROJECTOR) for n in names) else ORIGINAL
 
 
 def vision_to_ckpt(layout: str):

@@ -5,8 +5,9 @@ writes the vision encoder + projector ONNX, prompt.py holds the prompt / preproc
 the streamed Hugging Face reference.
 
 Checkpoints: the original release (flat config, `visual.*`, `mlp_AR.*`, `model.*`; custom-code `auto_map`
-entries are never executed) and the transformers-native layout (`model.visual.*`, `model.projector.*`,
-`model.language_model.*`).
+entries are never executed), what transformers 5's `save_pretrained` writes (nested config, the release's tensor
+names) and the in-memory transformers names (`model.visual.*`, `model.projector.*`, `model.language_model.*`):
+tensor names are detected from the tensors, never from the config's layout.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from __future__ import annotations
 import numpy as np
 
 from smt_convert.archs.paddleocr_vl import prompt
-from smt_convert.archs.paddleocr_vl.config import (GGUF_ARCH, HF_ARCHITECTURES, PROJECTOR, Hparams, config_layout,
-                                                   detect_text_layout, read_text_hparams, read_vision_hparams,
-                                                   vision_to_ckpt)
-from smt_convert.archs.paddleocr_vl.text import (expected_text_tensors, ignored_text_tensors, resolve_tie,
-                                                 text_tensor_types, text_tensors, write_text_metadata)
+from dataclasses import replace
+
+from smt_convert.archs.paddleocr_vl.config import (GGUF_ARCH, HF_ARCHITECTURES, LM_HEAD, PROJECTOR, Hparams,
+                                                   config_layout, detect_text_layout, detect_vision_layout,
+                                                   read_text_hparams, read_vision_hparams, vision_to_ckpt)
+from smt_convert.archs.paddleocr_vl.text import (expected_text_tensors, ignored_text_tensors, text_tensor_types,
+                                                 text_tensors, write_text_metadata)
 from smt_convert.converters.plugin import (ArchPlugin, EncoderOutput, ModelFacts, ReferenceRequest, ReferenceResult,
                                            TextTensor, TokenRules, register)
-from smt_convert.converters.validate import ConfigReader, require
+from smt_convert.converters.validate import ConfigReader, require, settle_tie
 from smt_convert.runtime.errors import SmtError
 
 UNUSED_VISION = {
@@ -42,6 +45,7 @@ class PaddleOCRVLPlugin(ArchPlugin):
         "config.json (with vision_preprocess), tokenizer files, golden/, manifest.json",
     ]
     tokens = TokenRules(pre=None, eos="</s>")    # SentencePiece: tokenizer model "llama", no pre-tokenizer
+    board_flags = ("--jinja",)  # the ERNIE chat template is not one of llama.cpp's built-in (non-jinja) templates
 
     @classmethod
     def matches(cls, config: dict) -> bool:
@@ -54,8 +58,10 @@ class PaddleOCRVLPlugin(ArchPlugin):
 
         path = ckpt.config_path
         text = read_text_hparams(ckpt.config, path)
-        text = resolve_tie(text, ckpt.tensors, lambda n: ckpt.load(n).float().numpy())
-        layout = config_layout(ckpt.config)
+        text_layout = detect_text_layout(ckpt.tensors)
+        decision = settle_tie(text.tie_config, ckpt, text_layout.prefix + "embed_tokens.weight", LM_HEAD)
+        text = replace(text, tie_embeddings=decision.tied, tie_note=decision.note)
+        layout = detect_vision_layout(ckpt.tensors)
         pre_path = ckpt.root / "preprocessor_config.json"
         pre = read_json(pre_path) if pre_path.is_file() else {}
         vision = read_vision_hparams(ckpt.config, path, pre, pre_path.name if pre else "transformers defaults",
@@ -63,7 +69,7 @@ class PaddleOCRVLPlugin(ArchPlugin):
         image_token = ConfigReader(ckpt.config, path).get("image_token_id", int, 100295)
         require(image_token < text.vocab_size, path, "image_token_id",
                 f"{image_token} is outside the vocabulary ({text.vocab_size})")
-        hp = Hparams(text, vision, layout, detect_text_layout(ckpt.tensors), image_token)
+        hp = Hparams(text, vision, layout, text_layout, image_token, config_layout(ckpt.config))
         proj_out = ckpt.tensors.get(vision_to_ckpt(layout)(PROJECTOR + "linear_2.weight"))
         if proj_out is not None and proj_out.shape[0] != text.hidden_size:
             raise SmtError(f"{proj_out.file}: tensor {proj_out.name}: projector output width {proj_out.shape[0]} "
@@ -71,8 +77,9 @@ class PaddleOCRVLPlugin(ArchPlugin):
         return hp
 
     def facts(self, hp: Hparams) -> ModelFacts:
-        return ModelFacts(layout=hp.layout, vocab_size=hp.text.vocab_size, text_arch=GGUF_ARCH, modality="image",
-                          rope_sections=hp.text.rope_sections, default_stem="PaddleOCR-VL")
+        return ModelFacts(layout=hp.layout_description, vocab_size=hp.text.vocab_size, text_arch=GGUF_ARCH,
+                          modality="image", rope_sections=hp.text.rope_sections, default_stem="PaddleOCR-VL",
+                          tie_note=hp.text.tie_note)
 
     def canonical_to_checkpoint(self, hp: Hparams):
         """Vision / projector names are canonical; text names are already the checkpoint's (see text.py)."""
@@ -94,8 +101,8 @@ class PaddleOCRVLPlugin(ArchPlugin):
     def text_types(self, tensors, outtype: str) -> dict:
         return text_tensor_types(tensors, outtype)
 
-    def text_metadata(self, writer, hp: Hparams, name: str) -> None:
-        write_text_metadata(writer, hp.text, name)
+    def text_metadata(self, writer, hp: Hparams) -> None:
+        write_text_metadata(writer, hp.text)
 
     # ---- encoder -------------------------------------------------------------------------------
 

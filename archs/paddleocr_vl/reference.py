@@ -68,7 +68,7 @@ def reference(ckpt, hp: Hparams, request: ReferenceRequest) -> ReferenceResult:
         pixels = torch.from_numpy(np.asarray(request.host_input, dtype=np.float32))
         encoder = vision_rows(cfg, hp, load_vision, pixels)
         if request.media is not None:
-            rows.append(host_pixels_row(hp, request.media, request.host_input))
+            rows.append(host_pixels_row(hp, request.media, request.host_input, request.host))
     ids = list(request.prompt_ids) + list(request.continuation)
     logits = text_logits(cfg, hp, load_text, ids, encoder)
     return ReferenceResult(logits=logits, encoder=None if encoder is None else encoder.numpy(), rows=rows)
@@ -112,14 +112,15 @@ def vision_rows(cfg, hp: Hparams, load, pixels: torch.Tensor) -> torch.Tensor:
         return projector(h, grid_thw)
 
 
-def host_pixels_row(hp: Hparams, media: np.ndarray, host_input: np.ndarray) -> Row:
-    """The runtime's host normalisation vs HF's own image processor (resize off) on the same resized image."""
+def host_pixels_row(hp: Hparams, media: np.ndarray, host_input: np.ndarray, host: str = "hf") -> Row:
+    """The runtime's host normalisation vs HF's own image processor (resize off) on the same resized image
+    (resized on `host`, the path the runtime took)."""
     from transformers.models.paddleocr_vl.image_processing_pil_paddleocr_vl import PaddleOCRVLImageProcessorPil
 
-    from smt_convert.runtime.image import resize_rgb
+    from smt_convert.runtime.host import image_pixels
 
     h, w = hp.vision.image_size
-    resized = resize_rgb(media, w, h)[0].transpose(1, 2, 0).astype(np.uint8)
+    resized = image_pixels(media, w, h, host)[0].transpose(1, 2, 0).astype(np.uint8)
     p = hp.vision.preprocess
     processor = PaddleOCRVLImageProcessorPil(do_resize=False, rescale_factor=p["rescale_factor"],
                                              image_mean=p["image_mean"], image_std=p["image_std"])

@@ -16,12 +16,11 @@ Only numpy is imported (no torch): the board-side tools import this too.
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
-from smt_convert.archs.paddleocr_vl.config import (LM_HEAD, NATIVE_LAYOUT, ORIGINAL_PREFIX, TEXT_PREFIX, TextHparams,
+from smt_convert.archs.paddleocr_vl.config import (LM_HEAD, NATIVE_LAYOUT, TEXT_PREFIX, TextHparams,
                                                    TextLayout)
 from smt_convert.converters.plugin import TextTensor
 
@@ -57,26 +56,6 @@ def expected_text_tensors(hp: TextHparams, layout: TextLayout = NATIVE_LAYOUT) -
     if not hp.tie_embeddings:
         shapes[LM_HEAD] = (hp.vocab_size, H)
     return shapes
-
-
-def resolve_tie(hp: TextHparams, names: Iterable[str], load: Callable[[str], np.ndarray]) -> TextHparams:
-    """The tie setting transformers really loads, from the checkpoint: a config that says tied but a
-    checkpoint whose `lm_head.weight` differs from the embedding is untied (transformers 5 then keeps both and
-    only warns; upstream llama.cpp writes every tensor present, so `output.weight` too). This is the common
-    case: transformers 5.24 reads the released flat config (tie_word_embeddings false) as tied (its BC rule
-    copies text_config's default true) and `save_pretrained` writes tie true with the distinct lm_head.
-    A config that says untied stays untied (a missing lm_head is then a missing-tensor error)."""
-    names = set(names)
-    if not hp.tie_embeddings or LM_HEAD not in names:
-        return hp
-    embed = None
-    for prefix in (TEXT_PREFIX, ORIGINAL_PREFIX):
-        if prefix + "embed_tokens.weight" in names:
-            embed = load(prefix + "embed_tokens.weight")
-            break
-    if embed is not None and np.array_equal(load(LM_HEAD), embed):
-        return hp
-    return replace(hp, tie_embeddings=False)
 
 
 def ignored_text_tensors(hp: TextHparams, layout: TextLayout = NATIVE_LAYOUT) -> dict[str, str]:
@@ -155,10 +134,10 @@ def canonical_text_sources(hp: TextHparams, layout: TextLayout) -> dict[str, Tex
     return sources
 
 
-def write_text_metadata(writer, hp: TextHparams, name: str) -> None:
+def write_text_metadata(writer, hp: TextHparams) -> None:
     """The paddleocr keys llama.cpp's loader reads, with the values upstream's converter writes. key/value_length
     are always written: ERNIE-4.5-0.3B's head_dim (128) is not hidden/heads (64). No `rope.dimension_count`:
     upstream writes none and llama.cpp defaults n_rot to key_length. Tied embeddings need no key."""
     from smt_convert.converters.text_gguf import write_decoder_metadata
 
-    write_decoder_metadata(writer, hp, name)
+    write_decoder_metadata(writer, hp)

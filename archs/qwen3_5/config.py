@@ -8,10 +8,11 @@ No torch is imported here (numpy only, through the runtime's M-RoPE rule): board
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from smt_convert.converters.validate import ConfigReader, image_size_hw, read_rope, read_tie, require
+from smt_convert.converters.validate import (ConfigReader, TieConfig, image_size_hw, read_rope, read_tie, require,
+                                             settle_tie)
 from smt_convert.runtime.decoders.qwen3vl import imrope_streams
 from smt_convert.runtime.errors import SmtError
 
@@ -63,6 +64,8 @@ class TextHparams:
     moe_intermediate_size: int = 0
     shared_expert_intermediate_size: int = 0
     mtp_layers: int = 0               # MTP blocks in the checkpoint (not converted)
+    tie_config: TieConfig | None = field(default=None, compare=False)  # what config.json says
+    tie_note: str | None = field(default=None, compare=False)  # why, when the weights decided it
 
     @property
     def gguf_arch(self) -> str:
@@ -197,6 +200,7 @@ def read_text_hparams(config: dict, path: Path, moe: bool | None = None) -> Text
         raise SmtError(f"{path}: {text.field('layer_types')}: expected a list of '{LINEAR}'/'{FULL}'")
     hidden = text.get("hidden_size")
     heads = text.get("num_attention_heads")
+    tie = read_tie([top, text] if top is not text else [top], default=False)  # Qwen3.5: untied
     hp = TextHparams(
         moe=moe,
         vocab_size=text.get("vocab_size"),
@@ -218,7 +222,8 @@ def read_text_hparams(config: dict, path: Path, moe: bool | None = None) -> Text
         linear_value_head_dim=text.get("linear_value_head_dim"),
         linear_num_key_heads=text.get("linear_num_key_heads"),
         linear_num_value_heads=text.get("linear_num_value_heads"),
-        tie_embeddings=read_tie([top, text] if top is not text else [top], default=False),  # Qwen3.5: untied
+        tie_embeddings=tie.value,  # what the config says; read_hparams settles it from the weights
+        tie_config=tie,
         mtp_layers=int(text.data.get("mtp_num_hidden_layers") or 0),
     )
     if moe:
@@ -361,4 +366,6 @@ def read_hparams(ckpt, opts, moe: bool) -> Hparams:
         require(image_token < text.vocab_size, ckpt.config_path, "image_token_id",
                 f"{image_token} is outside the vocabulary ({text.vocab_size})")
     experts = detect_expert_layout(ckpt.tensors, prefix) if text.moe else "fused"
+    decision = settle_tie(text.tie_config, ckpt, prefix + "embed_tokens.weight")
+    text = replace(text, tie_embeddings=decision.tied, tie_note=decision.note)
     return Hparams(text, vision, prefix, experts, hf_class, image_token)

@@ -35,6 +35,7 @@ class Qwen35Plugin(ArchPlugin):
     # from qwen2); <|im_end|> ends an assistant turn. No bos (add_bos_token false). The checkpoint's own chat
     # template (it handles thinking and images).
     tokens = TokenRules(pre="qwen35", eos="<|im_end|>", eot="<|im_end|>", bos=None, chat_template=None)
+    board_flags = ()  # ChatML template: llama.cpp's built-in chatml gives the prompt the runtime verified
 
     @classmethod
     def matches(cls, config: dict) -> bool:
@@ -48,7 +49,8 @@ class Qwen35Plugin(ArchPlugin):
     def facts(self, hp: Hparams) -> ModelFacts:
         return ModelFacts(layout=hp.layout, vocab_size=hp.text.vocab_size, text_arch=hp.text.gguf_arch,
                           modality="image" if hp.vision is not None else "text",
-                          rope_sections=hp.text.rope_sections, default_stem=hp.default_stem)
+                          rope_sections=hp.text.rope_sections, default_stem=hp.default_stem,
+                          tie_note=hp.text.tie_note)
 
     def canonical_to_checkpoint(self, hp: Hparams):
         return lambda name: name
@@ -75,8 +77,8 @@ class Qwen35Plugin(ArchPlugin):
     def text_types(self, tensors: list[TextTensor], outtype: str) -> dict:
         return text.text_tensor_types(tensors, outtype)
 
-    def text_metadata(self, writer, hp: Hparams, name: str) -> None:
-        text.write_text_metadata(writer, hp.text, name)
+    def text_metadata(self, writer, hp: Hparams) -> None:
+        text.write_text_metadata(writer, hp.text)
 
     # ---- encoder ----------------------------------------------------------------------------------------
 

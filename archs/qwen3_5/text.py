@@ -268,12 +268,12 @@ def text_tensor_types(tensors: list[TextTensor], outtype: str) -> dict:
 # ---- metadata -----------------------------------------------------------------------------------
 
 
-def write_text_metadata(writer, hp: TextHparams, name: str) -> None:
+def write_text_metadata(writer, hp: TextHparams) -> None:
     """The qwen35 / qwen35moe keys llama.cpp's loader reads (src/models/qwen35*.cpp, llama-model.cpp), with
     the values upstream's converter writes. No `nextn_predict_layers`: MTP is not converted."""
     from smt_convert.converters.text_gguf import write_decoder_metadata
 
-    write_decoder_metadata(writer, hp, name, feed_forward=not hp.moe)  # MoE configs have no dense FFN width
+    write_decoder_metadata(writer, hp, feed_forward=not hp.moe)  # MoE configs have no dense FFN width
     writer.add_rope_dimension_count(hp.rope_dim)
     # Gated DeltaNet: conv kernel, head size (k == v), key heads (groups), value heads, value width.
     writer.add_ssm_conv_kernel(hp.linear_conv_kernel)
@@ -292,15 +292,8 @@ def write_text_metadata(writer, hp: TextHparams, name: str) -> None:
 
 
 def check_weights(ckpt, hp: Hparams) -> None:
-    """Vocabulary size = embedding rows; a "tied" lm_head really equals the embedding."""
+    """Vocabulary size = embedding rows (tied or not is decided from the weights in config.read_hparams)."""
     embed = ckpt.tensors.get(hp.prefix + "embed_tokens.weight")
     if embed is not None and embed.shape[0] != hp.text.vocab_size:
         raise SmtError(f"{ckpt.config_path}: vocab_size: {hp.text.vocab_size} but {embed.name} in "
                        f"{embed.file.name} has {embed.shape[0]} rows")
-    head = ckpt.tensors.get("lm_head.weight")
-    if hp.text.tie_embeddings and head is not None and embed is not None:
-        import torch
-
-        if not torch.equal(ckpt.load(head.name), ckpt.load(embed.name)):
-            raise SmtError(f"{ckpt.config_path}: tie_word_embeddings: true, but lm_head.weight differs from "
-                           f"{embed.name}; the config is wrong for these weights")

@@ -7,9 +7,9 @@ under `thinker_config`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
-from smt_convert.converters.validate import ConfigReader, read_rope, read_tie, require
+from smt_convert.converters.validate import ConfigReader, TieConfig, read_rope, read_tie, require, settle_tie
 from smt_convert.runtime.audio import conv_rows
 from smt_convert.runtime.errors import SmtError
 
@@ -39,6 +39,8 @@ class Hparams:
     n_window_infer: int
     activation: str
     audio_token_id: int
+    tie_config: TieConfig | None = field(default=None, compare=False)  # what config.json says
+    tie_note: str | None = field(default=None, compare=False)  # why, when the weights decided it
 
     @property
     def conv_freq_bins(self) -> int:
@@ -80,6 +82,7 @@ def read_hparams(ckpt, opts=None, name: str = "qwen3-asr") -> Hparams:
     require(rope.rope_type == "default" or "mrope_section" in rope.block.data, ckpt.config_path,
             rope.block.field("rope_type"), f"'{rope.rope_type}' scaling is not supported")
     theta = rope.theta
+    tie = _read_tie(top, root, text)
     hp = Hparams(
         layout=layout,
         vocab_size=text.get("vocab_size"),
@@ -92,7 +95,7 @@ def read_hparams(ckpt, opts=None, name: str = "qwen3-asr") -> Hparams:
         rms_norm_eps=text.get("rms_norm_eps", float, 1e-6),
         rope_theta=float(theta),
         max_position_embeddings=text.get("max_position_embeddings", int, 65536),
-        tie_embeddings=_read_tie(top, root, text),
+        tie_embeddings=tie.value,  # what the config says; settled from the weights below
         num_mel_bins=audio.get("num_mel_bins", int, 128),
         d_model=audio.get("d_model"),
         encoder_layers=audio.get("encoder_layers"),
@@ -104,6 +107,7 @@ def read_hparams(ckpt, opts=None, name: str = "qwen3-asr") -> Hparams:
         n_window_infer=audio.get("n_window_infer", int, 800),
         activation=audio.get("activation_function", str, "gelu"),
         audio_token_id=root.get("audio_token_id", int, 151676),
+        tie_config=tie,
     )
     path = ckpt.config_path
     require(hp.output_dim == hp.hidden_size, path, audio.field("output_dim"),
@@ -123,11 +127,16 @@ def read_hparams(ckpt, opts=None, name: str = "qwen3-asr") -> Hparams:
             f"{hp.n_window} gives {2 * hp.n_window}-frame chunks; the board feeds 100-frame chunks (n_window 50)")
     require(0 <= hp.audio_token_id < hp.vocab_size, path, root.field("audio_token_id"),
             f"{hp.audio_token_id} is outside the vocabulary (vocab_size {hp.vocab_size})")
-    return hp
+    thinker = "thinker." if layout == "original" else ""
+    embed = f"{thinker}model.embed_tokens.weight" if layout == "original" else "model.language_model.embed_tokens.weight"
+    decision = settle_tie(hp.tie_config, ckpt, embed, f"{thinker}lm_head.weight")
+    return replace(hp, tie_embeddings=decision.tied, tie_note=decision.note)
 
 
-def _read_tie(top: ConfigReader, root: ConfigReader, text: ConfigReader) -> bool:
-    """At the top, in thinker_config or in text_config; absent means tied (both released sizes are)."""
+def _read_tie(top: ConfigReader, root: ConfigReader, text: ConfigReader) -> TieConfig:
+    """At the top, in thinker_config or in text_config; absent means tied (both released sizes are).
+    transformers' Qwen3ASRForConditionalGeneration reads the top level; its `save_pretrained` writes
+    `text_config.tie_word_embeddings: false` under a tied top level."""
     return read_tie([top, root, text] if root is not top else [top, text], default=True)
 
 

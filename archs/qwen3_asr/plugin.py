@@ -33,6 +33,7 @@ class Qwen3ASRPlugin(ArchPlugin):
     # As upstream writes Qwen3-ASR: qwen2 pre-tokenizer, <|im_end|> as eos/eot (and as the never-added bos).
     tokens = TokenRules(pre="qwen2", eos="<|im_end|>", eot="<|im_end|>", bos="<|im_end|>",
                         chat_template=prompt.CHAT_TEMPLATE)
+    board_flags = ()  # ChatML template: llama.cpp detects it (<|im_start|>) and applies its built-in chatml
 
     @classmethod
     def matches(cls, config: dict) -> bool:
@@ -49,7 +50,8 @@ class Qwen3ASRPlugin(ArchPlugin):
 
     def facts(self, hp: Hparams) -> ModelFacts:
         return ModelFacts(layout=hp.layout, vocab_size=hp.vocab_size, text_arch=self.text_arch, modality="audio",
-                          rope_sections=hp.rope_sections, default_stem=config.default_stem(hp))
+                          rope_sections=hp.rope_sections, default_stem=config.default_stem(hp),
+                          tie_note=hp.tie_note)
 
     def canonical_to_checkpoint(self, hp: Hparams):
         return text.canonical_to_checkpoint(hp)
@@ -68,8 +70,8 @@ class Qwen3ASRPlugin(ArchPlugin):
     def text_tensors(self, hp: Hparams):
         return text.text_tensors(hp)
 
-    def text_metadata(self, writer, hp: Hparams, name: str) -> None:
-        text.text_metadata(writer, hp, name)
+    def text_metadata(self, writer, hp: Hparams) -> None:
+        text.text_metadata(writer, hp)
 
     # ---- encoder ------------------------------------------------------------------------------------
 

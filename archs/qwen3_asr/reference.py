@@ -17,12 +17,15 @@ from smt_convert.archs.qwen3_asr.config import Hparams
 from smt_convert.archs.qwen3_asr.text import AUDIO, PROJ, TEXT
 from smt_convert.converters.plugin import ReferenceRequest, ReferenceResult
 from smt_convert.converters.reference_stream import build_module, streamed
+from smt_convert.runtime.audio import MelParams, log_mel
 from smt_convert.runtime.verify import Row
 
 ATTENTION = "sdpa"  # what transformers picks by default for these classes on CPU
 FEATURE_MAX_ABS = 1e-4  # log-mel units; measured ~8e-6 (float32 FFT differences between numpy and torch)
-# The board zero-pads the last feature chunk; HF's processor pads it with log-mel-of-silence values. Only the
-# rows next to the audio's end differ (measured cosine 0.9995 on the 2.6 s golden of the tiny model).
+# HF's encoder on the runtime's features (the board's host path: its log-mel, zero-padded last chunk) vs on HF's
+# processor output (its log-mel, the last chunk padded with log-mel-of-silence). Reported, not gated: the
+# difference is the board's design. Measured cosine on the tiny model's 2.6 s golden: 0.9995 with the hf log-mel
+# (padding only), 0.99995 with the board's (README, "Host preprocessing: board vs Hugging Face").
 PROCESSOR_PATH_COSINE = 0.99
 LM_HEAD_BLOCK = 16384  # vocabulary rows per float32 block of the output projection
 
@@ -137,8 +140,8 @@ def lm_head(h, head) -> np.ndarray:
 
 def reference(ckpt, hp: Hparams, to_ckpt: Callable[[str], str], request: ReferenceRequest) -> ReferenceResult:
     """Encoder rows for the runtime's own features (zero-padded as the board pads), logits over prompt +
-    continuation, and two family rows: the runtime's log-mel vs HF's feature extractor, and how far HF's
-    processor path (its own features and padding) is from the board's."""
+    continuation, and two family rows: the runtime's hf-path log-mel vs HF's feature extractor, and how far HF's
+    processor path (its own features and padding) is from the runtime's host path (the board's, at conversion)."""
     config = hf_config(hp)
 
     def load(canonical: str):
@@ -148,7 +151,8 @@ def reference(ckpt, hp: Hparams, to_ckpt: Callable[[str], str], request: Referen
     processor = hf_extractor(request.media, hp)
     encoder, processor_path = audio_features_pair(config, load, board, processor)
     logits = text_logits(config, load, request.prompt_ids, request.continuation, encoder)
-    rows = [features_row(request.host_input, processor[0][0, :, : int(processor[1].sum())].numpy()),
+    hf_path = log_mel(np.asarray(request.media, dtype=np.float32), MelParams(num_mel_bins=hp.num_mel_bins))
+    rows = [features_row(hf_path, processor[0][0, :, : int(processor[1].sum())].numpy()),
             processor_path_row(encoder, processor_path)]
     return ReferenceResult(logits=logits, encoder=encoder, rows=rows, extra={"encoder_rows": int(encoder.shape[0])})
 
@@ -177,18 +181,25 @@ def hf_extractor(wave: np.ndarray, hp: Hparams):
 
 
 def features_row(ours: np.ndarray, hf: np.ndarray) -> Row:
+    """The runtime's Hugging Face-faithful log-mel (the hf host path) vs HF's feature extractor."""
     if ours.shape != hf.shape:
         return Row("features", "shape", f"{list(ours.shape)} vs {list(hf.shape)}", "equal", False)
     diff = float(np.max(np.abs(ours - hf)))
-    return Row("features", "max abs vs HF extractor", diff, f"<= {FEATURE_MAX_ABS:g}", diff <= FEATURE_MAX_ABS)
+    return Row("features", "hf path max abs vs HF extractor", diff, f"<= {FEATURE_MAX_ABS:g}",
+               diff <= FEATURE_MAX_ABS)
 
 
-def processor_path_row(board_path: np.ndarray, processor_path: np.ndarray) -> Row:
-    """HF's encoder on the board's zero-padded features vs on its processor's own padding (the last chunk)."""
-    if board_path.shape != processor_path.shape:
-        return Row("encoder vs HF processor", "shape", f"{list(board_path.shape)} vs {list(processor_path.shape)}",
-                   "equal", False)
-    a, b = board_path.astype(np.float64).ravel(), processor_path.astype(np.float64).ravel()
+def processor_path_row(runtime_path: np.ndarray, processor_path: np.ndarray) -> Row:
+    """HF's encoder on the runtime's host path (features and zero-padded last chunk) vs on HF's processor path.
+    The board keeps one more frame for some clip lengths (one more row for whole seconds): then the rows both
+    have are compared."""
+    n = min(runtime_path.shape[0], processor_path.shape[0])
+    if n == 0 or runtime_path.shape[1:] != processor_path.shape[1:]:
+        return Row("encoder vs HF processor", "shape", f"{list(runtime_path.shape)} vs {list(processor_path.shape)}",
+                   "comparable", False)
+    a, b = runtime_path[:n].astype(np.float64).ravel(), processor_path[:n].astype(np.float64).ravel()
     c = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-    return Row("encoder vs HF processor", "cosine (last chunk padding)", c, f">= {PROCESSOR_PATH_COSINE}",
-               c >= PROCESSOR_PATH_COSINE)
+    rows = "" if runtime_path.shape == processor_path.shape else \
+        f", first {n} of {runtime_path.shape[0]} vs {processor_path.shape[0]} rows"
+    return Row("encoder vs HF processor", f"cosine (host path{rows})", c,
+               f"info; typically >= {PROCESSOR_PATH_COSINE}", True, gate=False)

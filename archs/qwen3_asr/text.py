@@ -105,21 +105,14 @@ def ignored_tensors(hp: Hparams) -> dict[str, str]:
 
 
 def check_weights(ckpt, hp: Hparams) -> None:
-    """Config-vs-weights checks that need more than shapes, with clearer messages than a shape mismatch."""
+    """Config-vs-weights checks that need more than shapes, with clearer messages than a shape mismatch.
+    (Tied or not is decided from the weights in config.read_hparams.)"""
     to_ckpt = canonical_to_checkpoint(hp)
     prefix = "thinker_config." if hp.layout == "original" else ""
     embed = ckpt.tensors.get(to_ckpt(TEXT + "embed_tokens.weight"))
     if embed is not None and embed.shape[0] != hp.vocab_size:
         raise SmtError(f"{ckpt.config_path}: {prefix}text_config.vocab_size: {hp.vocab_size} but {embed.name} in "
                        f"{embed.file.name} has {embed.shape[0]} rows")
-    head = ckpt.tensors.get(to_ckpt("lm_head.weight"))
-    if hp.tie_embeddings and head is not None and embed is not None:
-        # A tied checkpoint may still store lm_head; it is only safe to drop if it is the embedding.
-        import torch
-
-        if not torch.equal(ckpt.load(head.name), ckpt.load(embed.name)):
-            raise SmtError(f"{ckpt.config_path}: tie_word_embeddings: true, but {head.name} differs from "
-                           f"{embed.name}; the config is wrong for these weights")
 
 
 def text_tensors(hp: Hparams) -> list[TextTensor]:
@@ -142,9 +135,9 @@ def text_tensors(hp: Hparams) -> list[TextTensor]:
     return out
 
 
-def text_metadata(writer, hp: Hparams, name: str) -> None:
+def text_metadata(writer, hp: Hparams) -> None:
     """The qwen3vl keys upstream llama.cpp reads (no deepstack layers for an audio model)."""
     from smt_convert.converters.text_gguf import write_decoder_metadata
 
-    write_decoder_metadata(writer, hp, name)
+    write_decoder_metadata(writer, hp)
     writer.add_num_deepstack_layers(0)

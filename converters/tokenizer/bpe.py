@@ -25,6 +25,7 @@ from .vocab import (
     added_from_config,
     added_info,
     looks_special,
+    resolve_add_eos,
     resolve_special_ids,
 )
 
@@ -95,7 +96,10 @@ def parts_from_vocab_merges(directory: Path, config: dict) -> BpeParts:
         for content, i in read_json(legacy).items():
             added[int(i)] = AddedInfo(content, special=looks_special(content))
     added.update(added_from_config(config))
-    return BpeParts(vocab, read_merges_txt(directory / "merges.txt"), added, vocab_path)
+    # The post-processor transformers gives this layout's fast tokenizer (and export.py the runtime copy): it adds
+    # no bos/eos, so add_bos/add_eos come out as from the same tokenizer's tokenizer.json.
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    return BpeParts(vocab, read_merges_txt(directory / "merges.txt"), added, vocab_path, byte_level)
 
 
 def parts_from_auto(source: TokenizerSource) -> BpeParts:
@@ -204,5 +208,6 @@ def build_bpe_vocab(
         scores=None,
         special_ids=resolve_special_ids(lookup, parts.origin, source.config, eot_token, eos_token),
         add_bos=resolve_add_bos(source.config, parts.post_processor),
+        add_eos=resolve_add_eos(source.config, parts.post_processor),
         chat_template=source.chat_template,
     )

@@ -29,6 +29,7 @@ from .vocab import (
     added_from_config,
     added_info,
     looks_special,
+    resolve_add_eos,
     resolve_special_ids,
 )
 
@@ -295,6 +296,7 @@ def build_spm_vocab(
         scores=scores,
         special_ids=resolve_special_ids(lookup, parts.origin, source.config, eot_token, eos_token),
         add_bos=resolve_spm_add_bos(source.config, parts.post_processor),
+        add_eos=resolve_add_eos(source.config, parts.post_processor),
         chat_template=source.chat_template,
         add_space_prefix=resolve_add_space_prefix(source.config, parts),
     )

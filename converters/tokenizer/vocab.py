@@ -34,10 +34,11 @@ class GgufVocab:
     types: list[int]
     merges: list[str]
     scores: list[float] | None
-    special_ids: dict[str, int]  # "bos","eos","eot","pad","unk" as available
+    special_ids: dict[str, int]  # "bos","eos","eot","unk","sep","pad","mask" as available
     add_bos: bool | None
     chat_template: str | None
     add_space_prefix: bool | None = None  # SentencePiece only; None leaves llama.cpp's default (true)
+    add_eos: bool | None = None
 
 
 @dataclass
@@ -95,9 +96,11 @@ def token_content(value: Any) -> str | None:
 def resolve_special_ids(
     lookup: dict[str, int], origin: Path, config: dict, eot_token: str | None, eos_token: str | None
 ) -> dict[str, int]:
-    """Map bos/eos/eot/pad/unk to ids by their strings in `lookup` (token text -> id); `origin` names errors."""
+    """Map bos/eos/eot/unk/sep/pad/mask to ids by their strings in `lookup` (token text -> id); `origin` names
+    errors. The tokenizer_config keys are those llama.cpp's SpecialVocab reads and can write (not cls: gguf has no
+    key for it)."""
     ids: dict[str, int] = {}
-    for key in ("bos", "eos", "pad", "unk"):
+    for key in ("bos", "eos", "unk", "sep", "pad", "mask"):
         text = token_content(config.get(f"{key}_token"))
         if text is not None and text in lookup:
             ids[key] = lookup[text]
@@ -108,6 +111,28 @@ def resolve_special_ids(
     if eot_token is not None and eot_token in lookup:
         ids["eot"] = lookup[eot_token]
     return ids
+
+
+def resolve_add_eos(config: dict, post_processor: dict | None) -> bool | None:
+    """Whether the tokenizer appends eos (tokenizer.ggml.add_eos_token). tokenizer_config's add_eos_token, which
+    transformers follows too; else the tokenizer.json post-processor as llama.cpp's SpecialVocab reads it:
+    ByteLevel appends nothing, RobertaProcessing appends </s>, a TemplateProcessing whose single-sequence template
+    ends in a special token appends it. None (key not written) when neither says."""
+    value = config.get("add_eos_token")
+    if isinstance(value, bool):
+        return value
+    if not isinstance(post_processor, dict):
+        return None
+    found = None
+    for proc in post_processor.get("processors") or [post_processor]:
+        kind = proc.get("type")
+        single = proc.get("single") or []
+        if kind == "ByteLevel" and found is None:
+            found = False
+        elif kind == "RobertaProcessing" or (kind == "TemplateProcessing" and len(single) > 1
+                                              and "SpecialToken" in single[-1]):
+            found = True
+    return found
 
 
 def build_vocab(
@@ -131,7 +156,7 @@ def build_vocab(
 
 
 def write_vocab(writer: "gguf.GGUFWriter", vocab: GgufVocab) -> None:
-    """Write tokenizer.ggml.* keys (model, pre, tokens, types, scores, merges, special ids, add_bos,
+    """Write tokenizer.ggml.* keys (model, pre, tokens, types, scores, merges, special ids, add_bos, add_eos,
     add_space_prefix, template)."""
     writer.add_tokenizer_model(vocab.model)
     writer.add_tokenizer_pre(vocab.pre)
@@ -145,6 +170,8 @@ def write_vocab(writer: "gguf.GGUFWriter", vocab: GgufVocab) -> None:
         getattr(writer, f"add_{key}_token_id")(token_id)
     if vocab.add_bos is not None:
         writer.add_add_bos_token(vocab.add_bos)
+    if vocab.add_eos is not None:
+        writer.add_add_eos_token(vocab.add_eos)
     if vocab.add_space_prefix is not None:
         writer.add_add_space_prefix(vocab.add_space_prefix)
     if vocab.chat_template is not None:
