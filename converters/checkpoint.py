@@ -170,17 +170,18 @@ class Checkpoint:
     def dtypes(self) -> set[str]:
         return {t.dtype for t in self.tensors.values()}
 
-    def source_record(self, hash_weights: bool = True) -> dict:
-        """What the manifest says about the input: config hash and per-file weight hashes."""
+    def source_record(self, hash_weights: bool = True, sha256=sha256_file) -> dict:
+        """What the manifest says about the input: config hash and per-file weight hashes (`sha256`: path ->
+        hex digest, e.g. a BackgroundHashes' that started on the weight files when the conversion did)."""
         record = {
             "directory": str(self.root.resolve()),
-            "config_sha256": sha256_file(self.config_path),
+            "config_sha256": sha256(self.config_path),
             "weight_files": [],
         }
         for path in self.weight_files:
             entry = {"file": path.name, "size": path.stat().st_size}
             if hash_weights:
-                entry["sha256"] = sha256_file(path)
+                entry["sha256"] = sha256(path)
             record["weight_files"].append(entry)
         return record
 

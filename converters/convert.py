@@ -22,6 +22,7 @@ import numpy as np
 from smt_convert import __version__
 from smt_convert.converters.card import CARD_FILE, add_card_records, render_card
 from smt_convert.converters.checkpoint import Checkpoint
+from smt_convert.converters.hashing import BackgroundHashes
 from smt_convert.converters.hub import HubSource
 from smt_convert.converters.onnx_graph import Weights
 from smt_convert.converters.onnx_write import ONNX_DTYPES, WrittenEncoder, write_encoder
@@ -58,10 +59,10 @@ class SharedWork:
             self.checkpoints[key] = Checkpoint.open(directory)
         return self.checkpoints[key]
 
-    def source_record(self, ckpt: Checkpoint) -> dict:
+    def source_record(self, ckpt: Checkpoint, sha256) -> dict:
         key = str(ckpt.root.resolve())
         if key not in self.source_records:
-            self.source_records[key] = ckpt.source_record()
+            self.source_records[key] = ckpt.source_record(sha256=sha256)
         return self.source_records[key]
 
 
@@ -252,15 +253,19 @@ def convert(plugin: ArchPlugin, checkpoint_dir: Path, out_dir: Path, opts: Conve
         report.step(f"note: {note}")
     tmp = prepare_output(out_dir, opts.force)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    hashes = BackgroundHashes()
+    if not (opts.shared and str(ckpt.root.resolve()) in opts.shared.source_records):
+        hashes.submit(ckpt.config_path, *ckpt.weight_files)  # read beside the conversion, not after it
     try:
-        manifest = _write_bundle(plan, ckpt, tmp, opts, report)
+        manifest = _write_bundle(plan, ckpt, tmp, opts, report, hashes)
         manifest["timings"]["total_s"] = round(time.perf_counter() - t_start, 2)
-        _write_manifest(tmp, manifest, complete=True)
+        _write_manifest(tmp, manifest, complete=True, sha256=hashes.sha256)
         finish_output(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
+        hashes.close()
         signal.signal(signal.SIGTERM, previous)
     if opts.shared is not None:
         for key, (path, written) in list(opts.shared.encoders.items()):
@@ -270,20 +275,26 @@ def convert(plugin: ArchPlugin, checkpoint_dir: Path, out_dir: Path, opts: Conve
     return manifest
 
 
-def _write_bundle(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions, report: Reporter) -> dict:
-    """The four stages: text GGUF, encoder ONNX, board/runtime side files, verification with goldens."""
+def _write_bundle(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions, report: Reporter,
+                  hashes: BackgroundHashes) -> dict:
+    """The four stages: text GGUF, encoder ONNX, board/runtime side files, verification with goldens. Each
+    large file is handed to `hashes` as soon as it is complete."""
     timings = {}
     t0 = time.perf_counter()
     records = _write_text(plan, ckpt, tmp, report)
+    hashes.submit(tmp / plan.text_file)
     timings["text_gguf_s"] = round(time.perf_counter() - t0, 2)
 
     t0 = time.perf_counter()
     encoders = _write_encoders(plan, ckpt, tmp, opts, report)
+    for e in encoders:
+        hashes.submit(*[tmp / f for f in (e.file, e.data_file) if f])
     timings["onnx_s"] = round(time.perf_counter() - t0, 2)
 
     files = {"text": plan.text_file, **{e.role: e.file for e in encoders}}
     tokenizer_files = _write_side_files(plan, files, tmp)
-    source = opts.shared.source_record(ckpt) if opts.shared else ckpt.source_record()
+    source = (opts.shared.source_record(ckpt, hashes.sha256) if opts.shared
+              else ckpt.source_record(sha256=hashes.sha256))
     if opts.hub is not None:
         source = {**source, **opts.hub.record()}
     manifest = _manifest_skeleton(plan, source, records, encoders, tokenizer_files)
@@ -484,13 +495,13 @@ def _manifest_skeleton(plan: Plan, source: dict, records, encoders: list[Written
     }
 
 
-def _write_manifest(root: Path, manifest: dict, complete: bool) -> None:
+def _write_manifest(root: Path, manifest: dict, complete: bool, sha256=sha256_file) -> None:
     """The final manifest hashes every file and says complete; it is written last, so a directory without
     a complete manifest is not a bundle."""
     manifest["complete"] = complete
     if complete:
         card = root / CARD_FILE
-        entry = lambda p: {"path": p.relative_to(root).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
+        entry = lambda p: {"path": p.relative_to(root).as_posix(), "size": p.stat().st_size, "sha256": sha256(p)}
         manifest["files"] = [entry(p) for p in sorted(root.rglob("*"))
                              if p.is_file() and p.name not in (MANIFEST, PARTIAL_MARKER) and p != card]
         # The card shows the manifest as JSON has it and the other files' hashes; then it is listed like them.

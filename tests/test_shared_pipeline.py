@@ -255,3 +255,23 @@ def test_a_bundle_written_in_blocks_is_byte_identical(tmp_path, monkeypatch):
         assert result.exit_code == 0, result.stderr
         files[name] = next(out.glob("*.gguf")).read_bytes()
     assert files["whole"] == files["blocks"]
+
+
+def test_background_hashes_are_used_only_for_unchanged_files(tmp_path):
+    import hashlib
+    import os
+
+    from smt_convert.converters.hashing import BackgroundHashes
+
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"x" * 100_000)
+    b.write_bytes(b"y" * 10)
+    hashes = BackgroundHashes()
+    hashes.submit(a, b)
+    assert hashes.sha256(a) == hashlib.sha256(b"x" * 100_000).hexdigest()
+    hashes.sha256(b)                                   # finished on the worker
+    b.write_bytes(b"z" * 11)                           # changed afterwards: hashed again, not the stale result
+    os.utime(b, ns=(1, 1))
+    assert hashes.sha256(b) == hashlib.sha256(b"z" * 11).hexdigest()
+    assert hashes.sha256(tmp_path / "a.bin") == hashes.sha256(a)   # never submitted under this spelling: same key
+    hashes.close()
