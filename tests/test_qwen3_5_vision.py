@@ -121,7 +121,7 @@ def _write(visual, size, dtype, path, **kw):
     assert report.inputs == [{"name": "pixel_values", "shape": [1, 3, h, w], "dtype": "float32"}]
     assert report.outputs == [{"name": "image_embeds", "shape": [(h // 32) * (w // 32), visual.config.out_hidden_size],
                                "dtype": "float32"}]
-    assert len(report.checks) == 3  # warm-up zeros + the builder's two images
+    assert report.checks == []  # static: run by the golden run, not the writer
     return path
 
 
