@@ -296,7 +296,7 @@ def result_cells(results: list[Result], message_width: int | None = 80) -> list[
     def mb(n):
         return f"{n / 2**20:.1f}M" if n else "-"
 
-    return [(r.recipe, r.variant, r.status.upper(), f"{r.seconds:.0f}s", mb(r.sizes.get("text", 0)),
+    return [(r.recipe, r.variant, r.status.upper(), f"{r.seconds:.1f}s", mb(r.sizes.get("text", 0)),
              mb(r.sizes.get("encoders", 0)), r.worst if r.status != "error" else r.message[:message_width])
             for r in results]
 

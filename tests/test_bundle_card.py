@@ -388,7 +388,7 @@ def test_recipe_summary(bundles, tmp_path):
     gguf_file = next((tmp_path / "out" / "good" / "q8_0-fp32-56").glob("*.gguf"))
     assert by_name["good"][4] == f"{gguf_file.stat().st_size / 2**20:.1f}M"
     assert by_name["good"][7].strip("`") == str(tmp_path / "out" / "good" / "q8_0-fp32-56")
-    assert by_name["strict"][6].startswith("nmse ") and re.fullmatch(r"\d+s", by_name["strict"][3])
+    assert by_name["strict"][6].startswith("nmse ") and re.fullmatch(r"\d+\.\ds", by_name["strict"][3])
     not_passed = text[text.index("### Not passed"):]
     assert "strict q4_0-fp32-56 (fail): text logits nmse" in not_passed
     assert "missing f16-fp32 (error):" in not_passed and "not found" in not_passed
