@@ -269,7 +269,7 @@ def scale_qwen3_5_weights(model, seed: int = 0) -> None:
 @tiny_builder("qwen3.5")
 def make_tiny_qwen3_5(out_dir: Path, moe: bool = False, text_only: bool = False, dtype=torch.float32,
                       tie: bool = True, seed: int = 0, with_preprocessor: bool = True,
-                      vision_out_hidden: int | None = None, shards: int = 1) -> dict:
+                      vision_out_hidden: int | None = None, shards: int = 1, layout: str = "saved") -> dict:
     """Write a tiny Qwen3.5 checkpoint with transformers' own `save_pretrained` (config.json with
     `architectures`, model.safetensors, generation_config.json; MoE experts come out per expert), plus the
     tokenizer files and, for the multimodal models, a preprocessor_config.json like the real one.
@@ -277,6 +277,8 @@ def make_tiny_qwen3_5(out_dir: Path, moe: bool = False, text_only: bool = False,
     text: hidden 64, 4 layers [linear x3, full], linear key heads 2 / value heads 4, vocab 512 (MoE: 4 experts,
     top-2, expert ffn 32, shared expert 48); vision: depth 2, hidden 32, heads 2, patch 16, merge 2, 8x8
     position table (default image 128x128), out_hidden_size = text hidden unless `vision_out_hidden`.
+    layout "saved": as `save_pretrained` writes it (MoE experts one tensor per expert); "released": the Hub
+    release's weights (the in-memory names, MoE experts fused into `experts.gate_up_proj` / `down_proj`).
     Returns {"config", "ids" (added token -> id), "model" (float32, eval)}.
     """
     out_dir = Path(out_dir)
@@ -291,6 +293,15 @@ def make_tiny_qwen3_5(out_dir: Path, moe: bool = False, text_only: bool = False,
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     _quiet_save(model, out_dir, dtype, shard_size(model, shards, dtype))
+    if layout == "released":  # the Hub release: transformers' in-memory names, MoE experts fused
+        for old_file in [*out_dir.glob("model*.safetensors"), out_dir / "model.safetensors.index.json"]:
+            old_file.unlink(missing_ok=True)
+        state = {k: v.detach().to(dtype).contiguous().clone() for k, v in model.state_dict().items()}
+        if tie:
+            state.pop("lm_head.weight", None)
+        _write_safetensors(out_dir, state, shards)
+    elif layout != "saved":
+        raise ValueError(layout)
     if not text_only and with_preprocessor:
         (out_dir / "preprocessor_config.json").write_text(json.dumps(QWEN3_5_PREPROCESSOR, indent=2) + "\n")
     return {"config": config, "ids": ids, "model": model}

@@ -39,6 +39,8 @@ CASES = {
                                           "Qwen3_5ForConditionalGeneration"),
     "qwen3.5-moe-saved-untied": (make_tiny_qwen3_5, dict(moe=True, tie=False), "qwen3.5-moe",
                                  "Qwen3_5MoeForConditionalGeneration"),
+    "qwen3.5-moe-released-fused-sharded": (make_tiny_qwen3_5, dict(moe=True, layout="released", shards=2),
+                                           "qwen3.5-moe", "Qwen3_5MoeForConditionalGeneration"),
     "qwen3.5-text-saved-tied-f16": (make_tiny_qwen3_5, dict(text_only=True, dtype=F16), "qwen3.5",
                                     "Qwen3_5ForCausalLM"),
     "qwen3.5-moe-text-saved-untied-sharded": (make_tiny_qwen3_5, dict(moe=True, text_only=True, tie=False, shards=2),
@@ -48,6 +50,8 @@ CASES = {
                                        "PaddleOCRVLForConditionalGeneration"),
     "paddle-native-names": (make_tiny_paddleocr_vl, dict(layout="native"), "paddleocr-vl",
                             "PaddleOCRVLForConditionalGeneration"),
+    "paddle-original-release": (make_tiny_paddleocr_vl, dict(layout="original", shards=2), "paddleocr-vl",
+                                "PaddleOCRVLForConditionalGeneration"),
 }
 
 
