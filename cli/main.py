@@ -193,10 +193,9 @@ def inspect(ctx, checkpoint, outtype, onnx_dtype, image_size, tokenizer_dir, rev
 
 
 def _inspect_bundle(bundle: Path, as_json: bool) -> None:
-    from smt_convert.converters.card import bundle_facts, format_facts
+    from smt_convert.converters.card import bundle_report
 
-    facts = bundle_facts(bundle)
-    click.echo(json.dumps(facts, indent=1) if as_json else format_facts(facts, bundle))
+    click.echo(bundle_report(bundle, as_json))
 
 
 def _convert_command(plugin_name: str | None):
@@ -217,11 +216,12 @@ def _convert_command(plugin_name: str | None):
     def command(ctx, checkpoint, output, outtype, onnx_dtype, image_size, tokenizer_dir, revision, stem, force,
                 no_verify, max_new_tokens):
         from smt_convert.converters.checkpoint import read_json
-        from smt_convert.converters.convert import ConvertOptions, convert
+        from smt_convert.converters.convert import ConvertOptions, check_output, convert
         from smt_convert.converters.plugin import detect_plugin, plugin_for_command
         from smt_convert.runtime.errors import VerificationFailed
         from smt_convert.runtime.verify import Row, format_table
 
+        check_output(Path(output), force)  # before a Hub checkpoint is fetched, not after
         resolved = _resolve_checkpoint(ctx, checkpoint, revision)
         checkpoint = resolved.directory
         config_path = checkpoint / "config.json"
@@ -237,7 +237,7 @@ def _convert_command(plugin_name: str | None):
                               force=force, verify=not no_verify, max_new_tokens=max_new_tokens, image_size=image_size,
                               hub=resolved.hub)
         manifest = convert(plugin, checkpoint, output, opts, report)
-        rows = [Row(**r) for r in manifest["verification"]["rows"]]
+        rows = [Row.from_dict(r) for r in manifest["verification"]["rows"]]
         click.echo(format_table(rows))
         if not manifest["verification"]["passed"]:
             raise VerificationFailed(f"{output}: verification failed (bundle kept; see manifest.json)")

@@ -98,14 +98,16 @@ def front_matter_scalars(path: Path) -> dict[str, str]:
 
 # ---- what the card says ------------------------------------------------------------------------------------
 
-def bundle_facts(root: Path) -> dict:
-    """`card_facts` of the bundle at `root` (its manifest checked as `run` and `verify` check it); a manifest
-    lacking a field the card states is one line naming the file and the field."""
+def bundle_report(root: Path, as_json: bool = False) -> str:
+    """`smt-convert inspect BUNDLE`: the card's facts of the bundle at `root` as JSON or for a terminal (its
+    manifest checked as `run` and `verify` check it); a manifest lacking or mangling a field the card states is
+    one line naming the file and the field."""
     from smt_convert.runtime.bundle import Bundle
 
     manifest = Bundle.open(root).manifest
     try:
-        return card_facts(manifest)
+        facts = card_facts(manifest)
+        return json.dumps(facts, indent=1) if as_json else format_facts(facts, root)
     except KeyError as exc:
         raise SmtError(f"{Path(root) / MANIFEST}: {exc.args[0]}: missing (the model card states it)") from None
     except (TypeError, AttributeError, ValueError) as exc:
@@ -373,7 +375,7 @@ def _made(f: dict) -> list[str]:
 def _verification(f: dict) -> list[str]:
     v = f["verification"]
     reference = v["reference"] or "none (goldens only)"
-    rows = [Row(**r) for r in v["rows"]]
+    rows = [Row.from_dict(r) for r in v["rows"]]
     return ["## Verification", "",
             f"The bundle run by smt-convert's minimal runtime, compared with: {reference}. Rows marked info are "
             "reported, not gated; the thresholds are smt-convert's, per type (its README, \"Verification "
@@ -410,7 +412,7 @@ def format_facts(f: dict, bundle: Path) -> str:
         io = lambda items: ", ".join(f"{x['name']} {shape(x['shape'])} {x['dtype']}" for x in items)
         lines.append(f"encoder       {e['file']} ({e['role']}, {e['dtype']}): {io(e['inputs'])} -> {io(e['outputs'])}")
     if v["rows"]:
-        lines += ["verification rows:"] + ["  " + line for line in format_table([Row(**r) for r in v["rows"]])
+        lines += ["verification rows:"] + ["  " + line for line in format_table([Row.from_dict(r) for r in v["rows"]])
                                            .splitlines()]
     lines.append("on the board, from the bundle directory:")
     lines += [f"  {c}" for c in f["board"]["commands"].values()] + [f"  ({n})" for n in f["board"]["notes"]]

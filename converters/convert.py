@@ -168,9 +168,9 @@ def is_bundle(directory: Path) -> bool:
         manifest["tool"].get("name") == "smt-convert"
 
 
-def prepare_output(out_dir: Path, force: bool) -> Path:
+def check_output(out_dir: Path, force: bool) -> None:
     """Refuse a non-empty output unless it is a bundle and --force is given (never replace what we did not
-    write); sweep what killed runs left beside it; return a fresh temporary directory next to it."""
+    write). Cheap: the CLI runs it before fetching a Hub checkpoint too."""
     if out_dir.exists() and not out_dir.is_dir():
         raise SmtError(f"{out_dir}: exists and is not a directory")
     if out_dir.is_dir():
@@ -181,6 +181,12 @@ def prepare_output(out_dir: Path, force: bool) -> Path:
                            "choose an empty or new directory")
         if entries and not force:
             raise SmtError(f"{out_dir}: already holds a bundle (use --force to replace it)")
+
+
+def prepare_output(out_dir: Path, force: bool) -> Path:
+    """`check_output`, then sweep what killed runs left beside it and return a fresh temporary directory next
+    to it."""
+    check_output(out_dir, force)
     parent = out_dir.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -254,9 +260,9 @@ def convert(plugin: ArchPlugin, checkpoint_dir: Path, out_dir: Path, opts: Conve
     tmp = prepare_output(out_dir, opts.force)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     hashes = BackgroundHashes()
-    if not (opts.shared and str(ckpt.root.resolve()) in opts.shared.source_records):
-        hashes.submit(ckpt.config_path, *ckpt.weight_files)  # read beside the conversion, not after it
     try:
+        if not (opts.shared and str(ckpt.root.resolve()) in opts.shared.source_records):
+            hashes.submit(ckpt.config_path, *ckpt.weight_files)  # read beside the conversion, not after it
         manifest = _write_bundle(plan, ckpt, tmp, opts, report, hashes)
         manifest["timings"]["total_s"] = round(time.perf_counter() - t_start, 2)
         _write_manifest(tmp, manifest, complete=True, sha256=hashes.sha256)
@@ -281,7 +287,7 @@ def _write_bundle(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions,
     large file is handed to `hashes` as soon as it is complete."""
     timings = {}
     t0 = time.perf_counter()
-    records = _write_text(plan, ckpt, tmp, report)
+    records = _write_text(plan, ckpt, tmp, report, opts.hub.repo if opts.hub else None)
     hashes.submit(tmp / plan.text_file)
     timings["text_gguf_s"] = round(time.perf_counter() - t0, 2)
 
@@ -333,14 +339,14 @@ def _checked_blocks(ckpt: Checkpoint, name: str, rows: int):
         yield arr
 
 
-def _write_text(plan: Plan, ckpt: Checkpoint, tmp: Path, report: Reporter):
+def _write_text(plan: Plan, ckpt: Checkpoint, tmp: Path, report: Reporter, repo_id: str | None = None):
     """Stream the text GGUF (metadata, tokenizer, tensors one at a time)."""
     import gguf
 
     plugin, hp, vocab = plan.plugin, plan.hparams, plan.vocab
 
     def metadata(writer):
-        write_general_metadata(writer, ckpt.root, plan.stem)
+        write_general_metadata(writer, ckpt.root, plan.stem, repo_id)
         plugin.text_metadata(writer, hp)
         writer.add_file_type(OUTTYPES[plan.outtype][1])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)

@@ -140,19 +140,32 @@ def write_text_gguf(
     return records
 
 
-def write_general_metadata(writer: gguf.GGUFWriter, model_dir: Path, name: str) -> None:
+NAME_HEURISTIC_FIELDS = ("organization", "basename", "finetune", "version", "size_label")
+
+
+def write_general_metadata(writer: gguf.GGUFWriter, model_dir: Path, name: str, repo_id: str | None = None) -> None:
     """general.* as llama.cpp's converter writes them, derived by gguf-py's own `Metadata` (model card front
     matter in README.md, config.json's _name_or_path, the directory name, generation_config.json's sampling
     settings; else a size label from the parameter count of the tensors already added), except general.name:
-    ours is the bundle stem (llama.cpp titles the directory name, a commit hash for a Hub snapshot)."""
+    ours is the bundle stem (llama.cpp titles the directory name). For a Hub snapshot, whose directory is named
+    by its commit, the name heuristics read the repo id instead (`repo_id`)."""
     import yaml  # gguf-py's Metadata reads the model card's front matter with it
 
     total, shared, expert, experts = writer.get_total_parameter_count()
+    card = model_dir / "README.md"
     try:
         meta = gguf.Metadata.load(None, model_dir, name, total)
     except yaml.YAMLError as exc:
-        card = model_dir / "README.md"
         raise SmtError(f"{card}: front matter: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise SmtError(f"{card}: cannot be read as UTF-8 text ({exc})") from None
+    if repo_id is not None:
+        from_dir = gguf.Metadata.apply_metadata_heuristic(gguf.Metadata(), None, {}, model_dir, total)
+        from_repo = gguf.Metadata.apply_metadata_heuristic(gguf.Metadata(), None, {"_name_or_path": repo_id},
+                                                           Path(repo_id.split("/")[-1]), total)
+        for field in NAME_HEURISTIC_FIELDS:  # what the card and config left to the (commit-named) directory
+            if getattr(meta, field) == getattr(from_dir, field):
+                setattr(meta, field, getattr(from_repo, field))
     if meta.size_label is None and total > 0:
         meta.size_label = gguf.size_label(total, shared, expert, experts)
     writer.add_type(gguf.GGUFType.MODEL)

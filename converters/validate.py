@@ -151,6 +151,8 @@ def settle_tie(config: TieConfig, ckpt, embed: str, head: str = "lm_head.weight"
     - `head` absent: tied when any config level says tied (nothing else gives the model an output layer);
       absent with every level untied is refused (nothing settles it; transformers would make a random one)."""
     shown = ", ".join(f"{k}={str(v).lower()}" for k, v in config.levels.items())
+    if embed not in ckpt.tensors:
+        return TieDecision(config.value)  # the missing-tensor check names what is missing
     if head in ckpt.tensors:
         if not config.value:
             return TieDecision(False)
@@ -163,8 +165,6 @@ def settle_tie(config: TieConfig, ckpt, embed: str, head: str = "lm_head.weight"
         note = (f"tie_word_embeddings: config levels disagree ({shown}); no {head} in the checkpoint: tied"
                 if config.disagree or not config.value else None)
         return TieDecision(True, note)
-    if embed not in ckpt.tensors:
-        return TieDecision(False)  # the missing-tensor check names what is missing
     raise SmtError(f"{ckpt.config_path}: tie_word_embeddings: false ({shown or 'the default'}), but the checkpoint "
                    f"has no {head}: nothing gives the model an output layer")
 

@@ -14,6 +14,17 @@ from smt_convert.runtime.errors import SmtError
 from smt_convert.runtime.media import modality
 
 
+# How a checkpoint is laid out and how its tie flags were written may differ between copies of the same model
+# (the release and what transformers' save_pretrained writes of it): left out of the comparison at any depth.
+LAYOUT_ONLY = {"layout", "config_layout", "text_layout", "tie_config", "tie_note"}
+
+
+def _model_identity(record):
+    if isinstance(record, dict):
+        return {k: _model_identity(v) for k, v in record.items() if k not in LAYOUT_ONLY}
+    return record
+
+
 def reference_rows_for_bundle(runner, reference_dir: Path, max_new_tokens: int, report) -> list:
     manifest = runner.manifest
     plugin = get_plugin(manifest["architecture"])
@@ -25,11 +36,8 @@ def reference_rows_for_bundle(runner, reference_dir: Path, max_new_tokens: int, 
     size = manifest.get("preprocessing", {}).get("image_size")
     hp = plugin.read_hparams(ckpt, ConvertOptions(image_size=tuple(size) if size else None))
     # compare as JSON sees them (the manifest stores tuples as lists)
-    # (how a checkpoint is laid out and how its tie was stated may differ between copies of the same model)
-    layout_only = {"layout", "tie_config", "tie_note"}
-    recorded = {k: v for k, v in manifest["hparams"].items() if k not in layout_only}
-    found = json.loads(json.dumps({k: v for k, v in plugin.hparams_record(hp).items() if k not in layout_only},
-                                  default=_json_default))
+    recorded = _model_identity(manifest["hparams"])
+    found = _model_identity(json.loads(json.dumps(plugin.hparams_record(hp), default=_json_default)))
     differ = [k for k in recorded if recorded[k] != found.get(k)]
     if differ:
         k = differ[0]

@@ -108,7 +108,10 @@ class Bundle:
         """Presence and size of every listed file (cheap; full hashes are `verify`'s job): before `run` loads."""
         for problem in self.check_structure():
             raise SmtError(f"{self.root}: {problem}")
+        card = self.manifest.get("card")
         for entry in self.manifest["files"]:
+            if entry["path"] == card:  # documentation, edited before publishing; `verify` still hashes it
+                continue
             path = self.root / entry["path"]
             if not path.is_file():
                 raise SmtError(f"{path}: listed in the manifest but missing")

@@ -7,6 +7,8 @@ and `smt-convert verify` (against the goldens) use them. How they were measured 
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from dataclasses import dataclass
 
@@ -50,6 +52,11 @@ class Row:
     threshold: str
     ok: bool
     gate: bool = True  # False: reported only, never fails the verification
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Row":
+        """A row as a manifest stores it (keys a newer smt-convert may add are ignored)."""
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
     def to_dict(self) -> dict:
         value = self.value if isinstance(self.value, str) else float(self.value)

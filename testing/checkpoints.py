@@ -359,8 +359,8 @@ def make_tiny_paddleocr_vl(out_dir: Path, layout: str = "saved", tokenizer_layou
     text = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=32, max_position_embeddings=4096, rms_norm_eps=1e-5,
                 use_bias=False, hidden_act="silu", tie_word_embeddings=tie,
-                rope_parameters={"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [6, 5, 5]},
-                **(text_overrides or {}))
+                rope_parameters={"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [6, 5, 5]})
+    text.update(text_overrides or {})
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56,
                   patch_size=14, spatial_merge_size=2)
     tokens = dict(image_token_id=ids["<|IMAGE_PLACEHOLDER|>"], vision_start_token_id=ids["<|IMAGE_START|>"],

@@ -217,6 +217,15 @@ def test_tie_flag_must_be_a_boolean(ckpt):
     fails("inspect", ckpt, mentions=["text_config.tie_word_embeddings", "true/false"])
 
 
+@pytest.mark.parametrize("card", [b"---\nlicense: [unclosed\n---\n", b"---\nlicense: mit\n---\n\xff\xfe broken"])
+def test_a_model_card_that_cannot_be_read(ckpt, tmp_path, card):
+    """The checkpoint's README.md feeds general.* (as llama.cpp's converter reads it): bad YAML or bytes that
+    are not UTF-8 are one line naming the file, and nothing is left behind."""
+    (ckpt / "README.md").write_bytes(card)
+    fails("qwen3-asr", ckpt, tmp_path / "out", "--no-verify", mentions=["README.md"])
+    no_partial_output(tmp_path / "out")
+
+
 def test_chunk_size_must_match_the_board(ckpt):
     edit_config(ckpt, lambda c: c["audio_config"].update(n_window=25, n_window_infer=400))
     fails("inspect", ckpt, mentions=["audio_config.n_window", "100-frame"])

@@ -25,6 +25,7 @@ from smt_convert.runtime.errors import SmtError
 from smt_convert.testing.checkpoints import make_tiny_qwen3_asr
 
 REPO = "tiny-org/Tiny-ASR"
+SHARDED_REPO = "tiny-org/Tiny-ASR-sharded"
 COMMIT_MAIN = hashlib.sha1(b"main").hexdigest()
 COMMIT_OLD = hashlib.sha1(b"old").hexdigest()
 # In the snapshot, as a repo with custom code would hold it: run, it would leave a marker file.
@@ -67,6 +68,8 @@ def hub(tmp_path_factory):
     cache = root / "cache"
     main_snapshot = add_snapshot(cache, REPO, COMMIT_MAIN, main_files, refs=("main",))
     add_snapshot(cache, REPO, COMMIT_OLD, checkpoint_files(root / "ckpt-old"))
+    make_tiny_qwen3_asr(root / "ckpt-sharded", seed=2, shards=3)
+    add_snapshot(cache, SHARDED_REPO, COMMIT_MAIN, checkpoint_files(root / "ckpt-sharded"), refs=("main",))
     return {"root": root, "cache": cache, "main_snapshot": main_snapshot}
 
 
@@ -215,3 +218,23 @@ def test_allowed_files_are_what_conversion_reads_and_never_code():
                "assets/demo.png", "onnx/model.onnx", "sub/model.safetensors"]
     allowed = set(filter_repo_objects(listing, allow_patterns=ALLOW_PATTERNS, ignore_patterns=IGNORE_PATTERNS))
     assert allowed == set(listing[:18])
+
+
+@pytest.mark.slow
+def test_a_sharded_repo_converts(hub, tmp_path):
+    """Shards in a cache snapshot are symlinks into ../../blobs: still files of the checkpoint."""
+    manifest = converted(hub, tmp_path, SHARDED_REPO)
+    assert manifest["source"]["repo"] == SHARDED_REPO
+    assert len(manifest["source"]["weight_files"]) > 1
+
+
+@pytest.mark.slow
+def test_gguf_general_metadata_names_the_repo_not_the_commit(hub, tmp_path):
+    """gguf-py's name heuristics read the directory name; a snapshot directory is the commit hash."""
+    import gguf
+
+    manifest = converted(hub, tmp_path, REPO)
+    reader = gguf.GGUFReader(tmp_path / "bundle" / manifest["text"]["file"])
+    general = {k: f.contents() for k, f in reader.fields.items() if k.startswith("general.")}
+    assert not [k for k, v in general.items() if isinstance(v, str) and COMMIT_MAIN[:12] in v], general
+    assert general.get("general.organization") == "Tiny Org", general  # from the repo id, as llama.cpp would

@@ -161,3 +161,16 @@ def test_explicit_command_warns_about_an_undeclared_class(tmp_path):
     make_tiny_paddleocr_vl(tmp_path / "paddle")
     result = CliRunner().invoke(cli, ["qwen3-asr", str(tmp_path / "paddle"), str(tmp_path / "out3")])
     assert result.exit_code == 2 and "use `smt-convert paddleocr-vl`" in result.stderr
+
+
+def test_verify_reference_accepts_another_layout_of_the_same_model(tmp_path):
+    """A bundle converted from what save_pretrained wrote, re-verified against the original release of the same
+    weights (flat config, tie flags written differently): the same model, so it verifies; another model does not."""
+    make_tiny_paddleocr_vl(tmp_path / "saved", seed=5)
+    make_tiny_paddleocr_vl(tmp_path / "release", layout="original", seed=5)
+    convert(tmp_path / "saved", tmp_path / "out", "paddleocr-vl", "--image-size", "56", "--no-verify")
+    result = CliRunner().invoke(cli, ["-q", "verify", str(tmp_path / "out"), "--reference", str(tmp_path / "release")])
+    assert result.exit_code == 0, result.output + result.stderr
+    make_tiny_paddleocr_vl(tmp_path / "other", layout="original", seed=5, text_overrides={"num_hidden_layers": 3})
+    result = CliRunner().invoke(cli, ["-q", "verify", str(tmp_path / "out"), "--reference", str(tmp_path / "other")])
+    assert result.exit_code == 2 and "num_layers" in result.stderr
