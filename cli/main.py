@@ -208,7 +208,8 @@ def _convert_command(plugin_name: str | None):
     @click.option("--force", is_flag=True, help="Replace OUTPUT when it holds an smt-convert bundle (a directory "
                                                 "holding anything else is never replaced).")
     @click.option("--no-verify", is_flag=True,
-                  help="Skip the comparison with the Hugging Face model (goldens are still recorded).")
+                  help="Skip the comparison with the Hugging Face model and the board-vs-hf host rows "
+                       "(goldens are still recorded).")
     @click.option("--max-new-tokens", default=16, show_default=True, type=click.IntRange(min=1),
                   help="Greedy tokens compared with the Hugging Face model's greedy choice and stored as goldens.")
     @_verbosity_options
@@ -358,7 +359,7 @@ _register_arch_commands()
               help="Bundles go to OUT/<recipe name>/<variant>/.")
 @click.option("--junit", type=click.Path(path_type=Path), default=None, help="Also write JUnit XML here (for CI).")
 @click.option("--summary", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Also write a Markdown summary here (a CI job summary, e.g. \"$GITHUB_STEP_SUMMARY\").")
+              help="Also append a Markdown summary to this file (a CI job summary, e.g. \"$GITHUB_STEP_SUMMARY\").")
 @click.option("--scratch", type=click.Path(path_type=Path), default=None,
               help="Where tiny: sources are built (default: OUT/.sources).")
 @_verbosity_options

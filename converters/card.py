@@ -13,7 +13,6 @@ JSON strings, which YAML reads as double-quoted scalars.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -55,12 +54,24 @@ def add_card_records(manifest: dict, board_flags: tuple[str, ...], checkpoint_di
 
 def source_license(checkpoint_dir: Path) -> dict[str, str]:
     """The license keys of the checkpoint: `license` in config.json (rare), else the front matter of its own
-    README.md (the Hub's model card). Empty when neither says."""
+    README.md (the Hub's model card), read as gguf-py reads it for the GGUF's general.license (lists joined).
+    Empty when neither says."""
+    import gguf
+
     config = _read_json(checkpoint_dir / "config.json")
     if isinstance(config.get("license"), str) and config["license"].strip():
         return {"license": config["license"].strip()}
-    front = front_matter_scalars(checkpoint_dir / "README.md")
-    return {k: front[k] for k in LICENSE_KEYS if front.get(k)}
+    try:
+        card = gguf.Metadata.load_model_card(checkpoint_dir)
+    except Exception:  # noqa: BLE001 - an unreadable card is reported (one line) when the GGUF is written
+        card = {}
+    found = {}
+    for key in LICENSE_KEYS:
+        value = card.get(key)
+        value = ", ".join(map(str, value)) if isinstance(value, list) else value
+        if isinstance(value, str) and value.strip():
+            found[key] = value.strip()
+    return found
 
 
 def _read_json(path: Path) -> dict:
@@ -71,29 +82,6 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-_SCALAR = re.compile(r"^([A-Za-z_][\w-]*):[ \t]*(.*?)[ \t]*$")
-
-
-def front_matter_scalars(path: Path) -> dict[str, str]:
-    """Top-level `key: value` scalars of a Markdown file's YAML front matter (lists and nested blocks are
-    skipped): enough for the license keys, without a YAML dependency on the board."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return {}
-    if not lines or lines[0].strip() != "---":
-        return {}
-    found = {}
-    for line in lines[1:]:
-        if line.strip() == "---":
-            return found
-        match = _SCALAR.match(line)
-        if match and match.group(2) and not match.group(2).startswith(("#", "|", ">", "[", "{")):
-            value = match.group(2).split(" #")[0].strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                value = value[1:-1]
-            found[match.group(1)] = value
-    return {}  # no closing line: not front matter
 
 
 # ---- what the card says ------------------------------------------------------------------------------------

@@ -61,9 +61,12 @@ def run_command(manifest: dict) -> str:
     prompt = golden_prompt(manifest)
     if prompt:
         args += ["--prompt", prompt]
-    language = manifest.get("options", {}).get("language")
-    if language:
-        args += ["--language", language]
+    options = manifest.get("options", {})
+    if options.get("language"):
+        args += ["--language", options["language"]]
+    context = (options.get("fields") or {}).get("context")
+    if context:
+        args += ["--context", context]
     return shlex.join(args)
 
 

@@ -442,8 +442,9 @@ def _verify_and_store_goldens(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: Con
         media = kind.load(opts.golden_input) if opts.golden_input else plugin.golden_media(hp)
         kind.save(media, golden / kind.golden_file)
     fields = opts.fields or plugin.golden_fields()
-    # the encoder on the hf host path first: the golden run below (board path) then releases the encoder
-    hf_embeds = runner.encode(runner.features(media, host="hf")) if media is not None else None
+    # The board-vs-hf rows cost one more encoder pass (a full vision tower at 812x812: ~15 s here): part of the
+    # verification, so --no-verify skips them. First, so the golden run below (board path) then releases the encoder.
+    hf_embeds = runner.encode(runner.features(media, host="hf")) if media is not None and opts.verify else None
     result = runner.run(media, fields=fields, language=opts.language, max_new_tokens=opts.max_new_tokens,
                         keep_encoder=False)
     if media is not None:
@@ -461,7 +462,7 @@ def _verify_and_store_goldens(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: Con
     (golden / "expected.json").write_text(json.dumps(expected, indent=1))
     # Re-running the goldens here would repeat the whole run (minutes for a large vision tower) to compare it
     # with itself; `smt-convert verify` re-runs them on the target, which is where they can fail.
-    if media is not None:
+    if hf_embeds is not None:
         rows += V.host_path_rows(result.media_embeds, hf_embeds, kind.name)
     stored = len(list(golden.iterdir()))
     rows.append(V.Row("goldens", "stored", f"{stored} files in {GOLDEN_DIR}/", "re-run by `smt-convert verify`",

@@ -328,8 +328,10 @@ def format_summary(results: list[Result]) -> str:
 
 
 def write_summary(results: list[Result], path: Path) -> None:
+    """Appended, as GitHub's $GITHUB_STEP_SUMMARY expects (other steps may have written to it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(format_summary(results), encoding="utf-8")
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(format_summary(results))
 
 
 def write_junit(results: list[Result], path: Path) -> None:

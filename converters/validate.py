@@ -157,14 +157,15 @@ def settle_tie(config: TieConfig, ckpt, embed: str, head: str = "lm_head.weight"
         if not config.value:
             return TieDecision(False)
         if ckpt.tensors_equal(embed, head):
-            return TieDecision(True, f"tie_word_embeddings: {head} equals {embed.rsplit('.', 2)[-2]}: tied"
-                                     + (f" (config levels {shown})" if config.disagree else ""))
+            return TieDecision(True, f"tie_word_embeddings: config levels disagree ({shown}); {head} equals the "
+                                     "embeddings: tied" if config.disagree else None)
         return TieDecision(False, f"tie_word_embeddings: the config says tied ({shown or 'default'}) but {head} "
                                   "differs from the embeddings: converted untied, as transformers loads it")
+    if config.value and not config.disagree:
+        return TieDecision(True)
     if config.value or any(config.levels.values()):
-        note = (f"tie_word_embeddings: config levels disagree ({shown}); no {head} in the checkpoint: tied"
-                if config.disagree or not config.value else None)
-        return TieDecision(True, note)
+        said = "config levels disagree" if config.disagree else "the level the model class reads does not say tied"
+        return TieDecision(True, f"tie_word_embeddings: {said} ({shown}); no {head} in the checkpoint: tied")
     raise SmtError(f"{ckpt.config_path}: tie_word_embeddings: false ({shown or 'the default'}), but the checkpoint "
                    f"has no {head}: nothing gives the model an output layer")
 

@@ -12,7 +12,7 @@ Facts read from SpacemiT's llama.cpp fork (`tools/mtmd/smt-vision-preprocess.cpp
 - an image already of the target size goes through the same filter (whose weights are then 0, 1, 0).
 
 Pillow (`image.resize_rgb`, the hf host path) rounds to uint8 between its passes and drops out-of-range
-taps, renormalising the rest: on a downscale the outer one-pixel ring differs by up to 14 levels, inside by
+taps, renormalising the rest: on a downscale the outer one-pixel ring differs by up to 15 levels, inside by
 at most 1. The sums here run in the board's order (tap by tap, in float32), so the result is the board's up
 to the compiler's use of fused multiply-add.
 """

@@ -129,9 +129,9 @@ class BundleRunner:
             image = load_image(media) if isinstance(media, (str, Path)) else media
             height, width = self.image_size()
             pixels = hosts.image_pixels(image, width, height, host)
-            host = self.bundle.config.get("vision_preprocess")
-            if host:
-                pixels = normalize(pixels, host.get("rescale_factor", 1.0), host["image_mean"], host["image_std"])
+            norm = self.bundle.config.get("vision_preprocess")
+            if norm:
+                pixels = normalize(pixels, norm.get("rescale_factor", 1.0), norm["image_mean"], norm["image_std"])
             return pixels
         raise self._unsupported()
 

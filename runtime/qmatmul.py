@@ -235,7 +235,7 @@ class HalfMatMul:
     (measured 2.1 ms vs 9.3 ms for a 3072x1024 matvec) and with no copy kept, so no budget is charged.
 
     Memory: the call runs over slabs of at most SLAB_WEIGHTS rows x K, so the float32 cast inside onnxruntime
-    is one slab (64 MiB), not the whole matrix (a tied 151936 x 1024 output layer would be 594 MiB); and, given
+    is one slab (32 MiB), not the whole matrix (a tied 151936 x 1024 output layer would be 594 MiB); and, given
     `release`, each slab's file pages are dropped from the process after use (they stay in the page cache), so
     RSS does not grow to the file's size as a token touches every layer. One session per K, shared."""
 

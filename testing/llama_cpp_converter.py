@@ -27,11 +27,11 @@ def _pre(self, tokenizer):
     try:
         return _orig(self, tokenizer)
     except NotImplementedError:
-        return os.environ["SMT_BPE_PRE"]
+        return os.environ["{env}"]
 base.TextModel.get_vocab_base_pre = _pre
 sys.argv = [os.path.join(tree, "convert_hf_to_gguf.py")] + sys.argv[2:]
 runpy.run_path(sys.argv[0], run_name="__main__")
-"""
+""".replace("{env}", PRE_TOKENIZER_ENV)
 
 
 def converter_tree(directory: Path) -> Path | None:
@@ -46,7 +46,9 @@ def cached_or_fetched(cache: Path, spec: str = SDIST, timeout: float = 900) -> P
     """An unpacked sdist already in `cache`, else `pip download` it there and unpack it. Raises RuntimeError
     with the reason when neither works (no network, no sdist, no converter inside)."""
     cache.mkdir(parents=True, exist_ok=True)
-    for unpacked in sorted(p for p in cache.glob("llama_cpp_python-*") if p.is_dir()):
+    version = spec.split("==", 1)[1] if "==" in spec else "*"
+    for unpacked in sorted((p for p in cache.glob(f"llama_cpp_python-{version}") if p.is_dir()), key=_version_key,
+                           reverse=True):
         if tree := converter_tree(unpacked):
             return tree
     try:
@@ -54,7 +56,7 @@ def cached_or_fetched(cache: Path, spec: str = SDIST, timeout: float = 900) -> P
                         "-d", str(cache)], check=True, capture_output=True, timeout=timeout)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         raise RuntimeError(f"`pip download {spec}` failed ({exc})") from None
-    sdists = sorted(cache.glob("llama_cpp_python-*.tar.gz"))
+    sdists = sorted(cache.glob(f"llama_cpp_python-{version}.tar.gz"), key=_version_key)
     if not sdists:
         raise RuntimeError(f"`pip download {spec}` left no sdist in {cache}")
     with tarfile.open(sdists[-1]) as tar:
@@ -68,3 +70,9 @@ def cached_or_fetched(cache: Path, spec: str = SDIST, timeout: float = 900) -> P
 def converter_command(tree: Path, checkpoint: Path, outfile: Path, *args: str) -> list[str]:
     """argv running llama.cpp's converter from `tree` on `checkpoint` (set $SMT_BPE_PRE in its environment)."""
     return [sys.executable, "-c", WRAPPER, str(tree), str(checkpoint), "--outfile", str(outfile), *args]
+
+
+def _version_key(path: Path) -> tuple:
+    """llama_cpp_python-0.3.36[.tar.gz] -> (0, 3, 36): 0.3.36 sorts after 0.3.9."""
+    version = path.name.removeprefix("llama_cpp_python-").removesuffix(".tar.gz")
+    return tuple(int(part) if part.isdigit() else -1 for part in version.split("."))

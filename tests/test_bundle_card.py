@@ -357,6 +357,8 @@ def test_source_license(tmp_path):
     assert source_license(tmp_path) == {}
     (tmp_path / "README.md").write_text("---\nlanguage:\n- en\nlicense: 'apache-2.0'  # comment\n---\nlicense: x\n")
     assert source_license(tmp_path) == {"license": "apache-2.0"}
+    (tmp_path / "README.md").write_text("---\nlicense:\n- mit\n- apache-2.0\n---\n")  # as general.license has it
+    assert source_license(tmp_path) == {"license": "mit, apache-2.0"}
     (tmp_path / "config.json").write_text('{"license": "mit"}')
     assert source_license(tmp_path) == {"license": "mit"}
 

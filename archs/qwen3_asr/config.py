@@ -7,9 +7,9 @@ under `thinker_config`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from smt_convert.converters.validate import ConfigReader, TieConfig, read_rope, read_tie, require, settle_tie
+from smt_convert.converters.validate import ConfigReader, TieConfig, read_rope, read_tie, require
 from smt_convert.runtime.audio import conv_rows
 from smt_convert.runtime.errors import SmtError
 
@@ -95,7 +95,7 @@ def read_hparams(ckpt, opts=None, name: str = "qwen3-asr") -> Hparams:
         rms_norm_eps=text.get("rms_norm_eps", float, 1e-6),
         rope_theta=float(theta),
         max_position_embeddings=text.get("max_position_embeddings", int, 65536),
-        tie_embeddings=tie.value,  # what the config says; settled from the weights below
+        tie_embeddings=tie.value,  # what the config says; the plugin settles it from the weights
         num_mel_bins=audio.get("num_mel_bins", int, 128),
         d_model=audio.get("d_model"),
         encoder_layers=audio.get("encoder_layers"),
@@ -127,10 +127,7 @@ def read_hparams(ckpt, opts=None, name: str = "qwen3-asr") -> Hparams:
             f"{hp.n_window} gives {2 * hp.n_window}-frame chunks; the board feeds 100-frame chunks (n_window 50)")
     require(0 <= hp.audio_token_id < hp.vocab_size, path, root.field("audio_token_id"),
             f"{hp.audio_token_id} is outside the vocabulary (vocab_size {hp.vocab_size})")
-    thinker = "thinker." if layout == "original" else ""
-    embed = f"{thinker}model.embed_tokens.weight" if layout == "original" else "model.language_model.embed_tokens.weight"
-    decision = settle_tie(hp.tie_config, ckpt, embed, f"{thinker}lm_head.weight")
-    return replace(hp, tie_embeddings=decision.tied, tie_note=decision.note)
+    return hp
 
 
 def _read_tie(top: ConfigReader, root: ConfigReader, text: ConfigReader) -> TieConfig:

@@ -8,12 +8,15 @@ reference, streamed).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from smt_convert.archs.qwen3_asr import config, prompt, reference, text
 from smt_convert.archs.qwen3_asr.config import Hparams
 from smt_convert.converters.plugin import (ArchPlugin, EncoderOutput, ModelFacts, ReferenceRequest, ReferenceResult,
                                            TokenRules, register)
+from smt_convert.converters.validate import settle_tie
 
 __all__ = ["Hparams", "Qwen3ASRPlugin"]
 
@@ -46,7 +49,11 @@ class Qwen3ASRPlugin(ArchPlugin):
     # ---- checkpoint ---------------------------------------------------------------------------------
 
     def read_hparams(self, ckpt, opts=None) -> Hparams:
-        return config.read_hparams(ckpt, opts, self.name)
+        hp = config.read_hparams(ckpt, opts, self.name)
+        to_ckpt = text.canonical_to_checkpoint(hp)
+        decision = settle_tie(hp.tie_config, ckpt, to_ckpt(text.TEXT + "embed_tokens.weight"),
+                              to_ckpt("lm_head.weight"))
+        return replace(hp, tie_embeddings=decision.tied, tie_note=decision.note)
 
     def facts(self, hp: Hparams) -> ModelFacts:
         return ModelFacts(layout=hp.layout, vocab_size=hp.vocab_size, text_arch=self.text_arch, modality="audio",
