@@ -255,7 +255,9 @@ def test_smt_convert_lines_from_the_card_run(bundles, key, monkeypatch):
 
 @pytest.mark.parametrize("key", ALL)
 def test_card_is_the_manifest_rendered(bundles, key):
-    """Rendering the final manifest again gives the card byte for byte: it states the manifest's facts only."""
+    """The card was rendered from the manifest as saved (hashes, verification rows, timings included), not from
+    an earlier state of it: rendering the saved manifest again gives it byte for byte. (This checks that the card
+    and the manifest agree; what the card says is checked against the files in the tests above.)"""
     bundle, _ = bundles[key]
     assert render_card(manifest_of(bundle)) == (bundle / CARD_FILE).read_text(encoding="utf-8")
 
