@@ -218,11 +218,13 @@ def _convert_command(plugin_name: str | None):
                 no_verify, max_new_tokens):
         from smt_convert.converters.checkpoint import read_json
         from smt_convert.converters.convert import ConvertOptions, check_output, convert
+        from smt_convert.converters.hub import is_repo_id
         from smt_convert.converters.plugin import detect_plugin, plugin_for_command
         from smt_convert.runtime.errors import VerificationFailed
         from smt_convert.runtime.verify import Row, format_table
 
-        check_output(Path(output), force)  # before a Hub checkpoint is fetched, not after
+        if is_repo_id(checkpoint):  # a bad OUTPUT is refused before the Hub checkpoint is fetched, not after
+            check_output(Path(output), force)
         resolved = _resolve_checkpoint(ctx, checkpoint, revision)
         checkpoint = resolved.directory
         config_path = checkpoint / "config.json"

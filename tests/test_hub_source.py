@@ -238,3 +238,14 @@ def test_gguf_general_metadata_names_the_repo_not_the_commit(hub, tmp_path):
     general = {k: f.contents() for k, f in reader.fields.items() if k.startswith("general.")}
     assert not [k for k, v in general.items() if isinstance(v, str) and COMMIT_MAIN[:12] in v], general
     assert general.get("general.organization") == "Tiny Org", general  # from the repo id, as llama.cpp would
+
+
+def test_a_bad_output_is_refused_before_the_hub_is_asked(hub, tmp_path):
+    """OUTPUT holding someone's files: refused first, not after gigabytes are fetched (the repo here does not
+    even exist: the error is about OUTPUT)."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    line = one_line_error(smt(hub, "qwen3-asr", "tiny-org/Not-There", out))
+    assert str(out) in line and "not an smt-convert bundle" in line
+    assert (out / "notes.txt").read_text() == "keep me"
