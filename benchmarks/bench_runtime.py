@@ -42,69 +42,13 @@ def byte_chars() -> list[str]:
 
 
 def build_gguf(path: Path, qtype_name: str, n_layer: int) -> None:
-    import gguf
-    from gguf import GGMLQuantizationType as Q
+    """The 0.6B text sizes with a minimal byte-level BPE vocabulary (256 byte tokens, one merge, fillers), so
+    llama.cpp loads it too."""
+    from smt_convert.testing.random_gguf import write_random_qwen3vl
 
-    qtype = Q[qtype_name.upper()]
-    s = dict(SIZE, n_layer=n_layer)
-    h, q, kv, ff, V = s["hidden"], s["n_head"] * s["head_dim"], s["n_kv"] * s["head_dim"], s["ff"], s["vocab"]
-    rng = np.random.default_rng(0)
-    w = gguf.GGUFWriter(str(path), "qwen3vl")
-    w.add_name("bench-qwen3-asr-0.6b-text")
-    w.add_block_count(n_layer)
-    w.add_context_length(4096)
-    w.add_embedding_length(h)
-    w.add_feed_forward_length(ff)
-    w.add_head_count(s["n_head"])
-    w.add_head_count_kv(s["n_kv"])
-    w.add_key_length(s["head_dim"])
-    w.add_value_length(s["head_dim"])
-    w.add_layer_norm_rms_eps(1e-6)
-    w.add_rope_freq_base(1e6)
-    w.add_rope_dimension_sections([24, 20, 20, 0])
-    w.add_uint32("qwen3vl.n_deepstack_layers", 0)
-    # minimal byte-level BPE vocab: 256 byte tokens, one merge, filler tokens
-    tokens = byte_chars() + ["ĠĠ"] + [f"<t{i}>" for i in range(V - 257)]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
-    w.add_token_list(tokens)
-    w.add_token_types([1] * V)
-    w.add_token_merges(["Ġ Ġ"])
-    w.add_eos_token_id(V - 1)
-    w.add_bos_token_id(V - 2)
-    w.add_add_bos_token(False)
-
-    def add(name, *shape, norm=False):
-        if norm:
-            w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32))
-            return
-        data = (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
-        if qtype == Q.F32:
-            w.add_tensor(name, data)
-        elif qtype == Q.F16:
-            w.add_tensor(name, data.astype(np.float16))
-        else:
-            w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
-
-    add("token_embd.weight", V, h)
-    add("output_norm.weight", h, norm=True)
-    for i in range(n_layer):
-        p = f"blk.{i}."
-        add(p + "attn_norm.weight", h, norm=True)
-        add(p + "attn_q.weight", q, h)
-        add(p + "attn_k.weight", kv, h)
-        add(p + "attn_v.weight", kv, h)
-        add(p + "attn_output.weight", h, q)
-        add(p + "attn_q_norm.weight", s["head_dim"], norm=True)
-        add(p + "attn_k_norm.weight", s["head_dim"], norm=True)
-        add(p + "ffn_norm.weight", h, norm=True)
-        add(p + "ffn_gate.weight", ff, h)
-        add(p + "ffn_up.weight", ff, h)
-        add(p + "ffn_down.weight", h, ff)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    tokens = byte_chars() + ["ĠĠ"] + [f"<t{i}>" for i in range(SIZE["vocab"] - 257)]
+    write_random_qwen3vl(path, SIZE, n_layer, qtype_name, scale=0.02, rope_sections=(24, 20, 20, 0), context=4096,
+                         tokens=tokens)
 
 
 def prompt_ids() -> list[int]:

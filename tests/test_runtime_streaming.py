@@ -21,6 +21,7 @@ from smt_convert.runtime.decoders import load_decoder
 from smt_convert.runtime.errors import SmtError
 from smt_convert.runtime.gguf_model import GGUFModel
 from smt_convert.runtime.weights import WeightStore, parse_bytes
+from smt_convert.testing.random_gguf import write_random_qwen3vl
 
 needs_qmm = pytest.mark.skipif(not qmatmul.available(), reason="onnxruntime without CPU MatMulNBits")
 
@@ -29,50 +30,7 @@ SIZES = dict(hidden=64, n_head=4, n_kv=2, head_dim=16, ff=96, vocab=512)
 
 def write_gguf(path, n_layer: int, qtype=Q.Q8_0, tied=True, seed=0):
     """Random qwen3vl GGUF (no tokenizer: the numpy runtime does not need one)."""
-    s = SIZES
-    h, q, kv, ff, V = s["hidden"], s["n_head"] * s["head_dim"], s["n_kv"] * s["head_dim"], s["ff"], s["vocab"]
-    rng = np.random.default_rng(seed)
-    w = gguf.GGUFWriter(str(path), "qwen3vl")
-    w.add_block_count(n_layer)
-    w.add_context_length(512)
-    w.add_embedding_length(h)
-    w.add_feed_forward_length(ff)
-    w.add_head_count(s["n_head"])
-    w.add_head_count_kv(s["n_kv"])
-    w.add_key_length(s["head_dim"])
-    w.add_value_length(s["head_dim"])
-    w.add_layer_norm_rms_eps(1e-6)
-    w.add_rope_freq_base(1e6)
-    w.add_rope_dimension_sections([3, 3, 2, 0])
-
-    def add(name, *shape):
-        if len(shape) == 1:
-            w.add_tensor(name, (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32))
-            return
-        data = (0.2 * rng.standard_normal(shape)).astype(np.float32)
-        if qtype == Q.F32:
-            w.add_tensor(name, data)
-        elif qtype == Q.F16:
-            w.add_tensor(name, data.astype(np.float16))
-        else:
-            w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
-
-    add("token_embd.weight", V, h)
-    add("output_norm.weight", h)
-    if not tied:
-        add("output.weight", V, h)
-    for i in range(n_layer):
-        p = f"blk.{i}."
-        for name, shape in [("attn_norm", (h,)), ("attn_q", (q, h)), ("attn_k", (kv, h)), ("attn_v", (kv, h)),
-                            ("attn_output", (h, q)), ("attn_q_norm", (s["head_dim"],)),
-                            ("attn_k_norm", (s["head_dim"],)), ("ffn_norm", (h,)), ("ffn_gate", (ff, h)),
-                            ("ffn_up", (ff, h)), ("ffn_down", (h, ff))]:
-            add(p + name + ".weight", *shape)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return write_random_qwen3vl(path, SIZES, n_layer, qtype.name, tied=tied, seed=seed)
 
 
 IDS = [5, 77, 300, 12, 511, 0, 42]
