@@ -318,25 +318,26 @@ def _write_bundle(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions,
     return manifest
 
 
-def _checked(ckpt: Checkpoint, name: str) -> np.ndarray:
-    """One checkpoint tensor as float32, refused (naming file and tensor) if it holds NaN or inf."""
+def _finite_float32(ckpt: Checkpoint, name: str, tensor) -> np.ndarray:
+    """A torch tensor (or part) of checkpoint tensor `name` as float32, refused (naming file and tensor) if it
+    holds NaN or inf."""
     import torch
 
-    arr = ckpt.load(name).to(torch.float32).numpy()
+    arr = tensor.to(torch.float32).numpy()
     if not np.isfinite(arr).all():
         raise SmtError(f"{ckpt.tensors[name].file}: tensor {name}: holds non-finite values (NaN or inf)")
     return arr
 
 
+def _checked(ckpt: Checkpoint, name: str) -> np.ndarray:
+    """One checkpoint tensor as checked float32."""
+    return _finite_float32(ckpt, name, ckpt.load(name))
+
+
 def _checked_blocks(ckpt: Checkpoint, name: str, rows: int):
     """`_checked`, a block of rows at a time (large tensors: the peak is one float32 block)."""
-    import torch
-
     for block in ckpt.row_blocks(name, rows):
-        arr = block.to(torch.float32).numpy()
-        if not np.isfinite(arr).all():
-            raise SmtError(f"{ckpt.tensors[name].file}: tensor {name}: holds non-finite values (NaN or inf)")
-        yield arr
+        yield _finite_float32(ckpt, name, block)
 
 
 def _write_text(plan: Plan, ckpt: Checkpoint, tmp: Path, report: Reporter, repo_id: str | None = None):
