@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smt_convert.runtime.bundle import read_json, sha256_file
-from smt_convert.runtime.errors import SmtError
+from smt_convert.runtime.errors import SmtError, first_line
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -51,8 +51,7 @@ def _read_header(path: Path) -> dict:
                 sl = f.get_slice(name)
                 entries[name] = (sl.get_dtype(), tuple(int(d) for d in sl.get_shape()))
     except Exception as exc:  # safetensors raises its own error types for truncated or corrupt files
-        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        raise SmtError(f"{path}: not a readable safetensors file ({msg})") from None
+        raise SmtError(f"{path}: not a readable safetensors file ({first_line(exc)})") from None
     return entries
 
 

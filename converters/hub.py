@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from smt_convert.runtime.errors import SmtError
+from smt_convert.runtime.errors import SmtError, first_line
 
 # What the three families read from a checkpoint (the same set today; a plugin hook only when one differs):
 # config and weights, tokenizer files in every layout files.py accepts, chat templates, processor configs
@@ -116,14 +116,14 @@ def download(repo: str, revision: str | None, progress: bool = True, what: str =
                            "HF_HUB_OFFLINE set; run once with network access (or point HF_HUB_CACHE at a cache "
                            "holding it)") from None
         raise SmtError(f"{where}: the Hugging Face Hub cannot be reached and the cache {cache} does not hold it "
-                       f"({_first_line(exc)})") from None
+                       f"({first_line(exc)})") from None
     except HfHubHTTPError as exc:
         if exc.response is not None and exc.response.status_code in (401, 403):
             raise SmtError(f"{where}: access denied ({exc.response.status_code}); set HF_TOKEN (or run "
                            "`hf auth login`) with access to the repository") from None
-        raise SmtError(f"{where}: download failed ({_first_line(exc)})") from None
+        raise SmtError(f"{where}: download failed ({first_line(exc)})") from None
     except OSError as exc:  # disk full, permissions on the cache, ...
-        raise SmtError(f"{where}: download failed ({exc.strerror or _first_line(exc)})") from None
+        raise SmtError(f"{where}: download failed ({exc.strerror or first_line(exc)})") from None
     commit = path.name
     if not _COMMIT.fullmatch(commit):  # snapshot_download returns <cache>/snapshots/<commit>
         raise SmtError(f"{where}: unexpected cache path {path} (no commit in it)")
@@ -145,6 +145,3 @@ def _progress_bars(show: bool):
             enable_progress_bars()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else exc.__class__.__name__

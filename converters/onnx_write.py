@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from smt_convert.converters.onnx_graph import EncoderGraph
-from smt_convert.runtime.errors import SmtError
+from smt_convert.runtime.errors import SmtError, first_line
 from smt_convert.runtime.onnx_session import open_session
 
 ONNX_DTYPES = ("fp32", "fp16", "int8")
@@ -92,7 +92,7 @@ def check_file(path: Path, graph: EncoderGraph) -> tuple[list[dict], list[dict]]
         onnx.checker.check_model(str(path))
         onnx.shape_inference.infer_shapes_path(str(path), str(inferred), strict_mode=True)
     except Exception as exc:  # the checker raises several types
-        raise SmtError(f"{path}: onnx check: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}") from None
+        raise SmtError(f"{path}: onnx check: {type(exc).__name__}: {first_line(exc)}") from None
     finally:
         _remove(inferred)
     model = onnx.load(str(path), load_external_data=False)
@@ -123,7 +123,7 @@ def run_checks(path: Path, graph: EncoderGraph, inputs: list[dict]) -> list[dict
             outs = session.run(None, feeds)
         except Exception as exc:  # onnxruntime raises its own types
             shapes = {k: list(v.shape) for k, v in feeds.items()}
-            raise SmtError(f"{path}: onnxruntime run on {shapes}: {str(exc).strip().splitlines()[0][:300]}") from None
+            raise SmtError(f"{path}: onnxruntime run on {shapes}: {first_line(exc)}") from None
         for meta, out in zip(session.get_outputs(), outs):
             finite = bool(np.isfinite(out).all())
             rows.append({"inputs": {k: list(v.shape) for k, v in feeds.items()}, "output": meta.name,

@@ -13,6 +13,13 @@ class VerificationFailed(SmtError):
     exit_code = 1
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """A library exception reduced to what fits in our one-line errors: its first line (at most `limit`
+    characters), or its class name when it says nothing."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 def where(path, field=None) -> str:
     """Format the 'file: field' prefix used by every error message."""
     return f"{path}: {field}" if field else f"{path}"

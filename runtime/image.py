@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SmtError
+from .errors import SmtError, first_line
 
 MAX_PIXELS = 64_000_000  # checked from the header, before decoding: 8000 x 8000 is far beyond any encoder input
 
@@ -39,8 +39,7 @@ def load_image(path) -> np.ndarray:
             im.load()
             rgb = im.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise SmtError(f"{path}: image: cannot decode ({msg})") from None
+        raise SmtError(f"{path}: image: cannot decode ({first_line(exc, 200)})") from None
     arr = np.asarray(rgb, dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise SmtError(f"{path}: image: decoded to shape {arr.shape}, expected [H, W, 3]")

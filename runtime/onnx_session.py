@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smt_convert.runtime.errors import SmtError
+from smt_convert.runtime.errors import SmtError, first_line
 
 
 def open_session(path: Path, providers=None, intra_op_num_threads: int | None = None):
@@ -23,4 +23,4 @@ def open_session(path: Path, providers=None, intra_op_num_threads: int | None = 
     try:
         return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        raise SmtError(f"{path}: onnxruntime: {str(exc).strip().splitlines()[0][:300]}") from None
+        raise SmtError(f"{path}: onnxruntime: {first_line(exc)}") from None
