@@ -146,11 +146,16 @@ def log_mel(wave: np.ndarray, params: MelParams | None = None) -> np.ndarray:
     total = max(n, params.chunk_length * params.sample_rate)
     signal = np.zeros(total, dtype=np.float32)
     signal[: wave.size] = wave
-    mel = _power_mel(signal, params)
-    log_spec = np.log10(np.maximum(mel, LOG_FLOOR))
+    log_spec = normalise(_power_mel(signal, params), LOG_FLOOR)
+    return np.ascontiguousarray(log_spec[:, : valid_frames(wave.size, params)])
+
+
+def normalise(power: np.ndarray, floor: float) -> np.ndarray:
+    """log10(max(power, floor)), clamp to (max - 8) over all given frames, (x + 4) / 4, as float32 (Whisper's
+    rule; the board and Hugging Face differ only in the floor and in which frames are given)."""
+    log_spec = np.log10(np.maximum(power, floor))
     log_spec = np.maximum(log_spec, log_spec.max() - DYNAMIC_RANGE)
-    log_spec = (log_spec + 4.0) / 4.0
-    return np.ascontiguousarray(log_spec[:, : valid_frames(wave.size, params)], dtype=np.float32)
+    return np.ascontiguousarray((log_spec + 4.0) / 4.0, dtype=np.float32)
 
 
 def post_cnn_length(n_frames: int, n_window: int = 50) -> int:

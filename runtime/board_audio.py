@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .audio import DYNAMIC_RANGE, LOG_FLOOR, MelParams, mel_power, post_cnn_length, valid_frames
+from .audio import DYNAMIC_RANGE, LOG_FLOOR, MelParams, mel_power, normalise, post_cnn_length, valid_frames
 
 BOARD_LOG_FLOOR = 2.0 ** -24  # the board's mel_floor (5.960464477539063e-08)
 # `run` warns when the board's floor sets more than this share of the features: at normal speech level the
@@ -51,16 +51,9 @@ def board_mel_power(wave: np.ndarray, params: MelParams | None = None) -> np.nda
     return mel_power(padded, params)  # n // hop + 1 frames (n_fft is even: 2 * half)
 
 
-def normalise(power: np.ndarray, floor: float = BOARD_LOG_FLOOR) -> np.ndarray:
-    """log10(max(power, floor)), clamp to (max - 8) over all given frames, (x + 4) / 4, as float32."""
-    log_spec = np.log10(np.maximum(power, floor))
-    log_spec = np.maximum(log_spec, log_spec.max() - DYNAMIC_RANGE)
-    return np.ascontiguousarray((log_spec + 4.0) / 4.0, dtype=np.float32)
-
-
 def board_log_mel(wave: np.ndarray, params: MelParams | None = None) -> np.ndarray:
     """Log-mel [num_mel_bins, n // hop + 1] float32, as the board host computes it."""
-    return normalise(board_mel_power(wave, params))
+    return normalise(board_mel_power(wave, params), BOARD_LOG_FLOOR)
 
 
 def floored_share(power: np.ndarray) -> float:
