@@ -7,6 +7,7 @@ Errors a user can fix print one line and exit 2; a failed verification exits 1.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -38,8 +39,12 @@ class SmtGroup(click.Group):
             click.echo("interrupted", err=True)
             sys.exit(130)
         except Terminated as exc:
-            click.echo("terminated", err=True)
+            click.echo("hangup" if exc.exit_code == 129 else "terminated", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:  # stdout closed (a pipe's reader gone) or full (> /dev/full)
+            if exc.errno not in (errno.EPIPE, errno.ENOSPC) or exc.filename is not None:
+                raise
+            _stdout_lost(exc)
         except ImportError as exc:  # a conversion command on the base (board) install
             package = (exc.name or "").split(".")[0]
             if package not in CONVERSION_PACKAGES:
@@ -48,8 +53,41 @@ class SmtGroup(click.Group):
                        f"(pip install 'smt-convert[convert]'); {package} is not installed", err=True)
             sys.exit(2)
 
+    def main(self, *args, **kwargs):
+        try:
+            kwargs.pop("standalone_mode", None)
+            result = super().main(*args, standalone_mode=False, **kwargs)
+            sys.stdout.flush()  # a full or closed stdout fails here, not in the interpreter's exit
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.ENOSPC) or exc.filename is not None:
+                raise
+            _stdout_lost(exc)
+        sys.exit(result if isinstance(result, int) else 0)
+
     def list_commands(self, ctx):
         return sorted(super().list_commands(ctx), key=lambda n: (n not in ("list", "inspect", "convert"), n))
+
+
+def _stdout_lost(exc: OSError) -> None:
+    """One line on stderr and exit 2; stdout is pointed at /dev/null so the interpreter's own final flush
+    cannot print a traceback."""
+    try:
+        sys.stdout = open(os.devnull, "w")
+    except OSError:
+        pass
+    try:
+        click.echo(f"error: cannot write to standard output ({exc.strerror})", err=True)
+    except OSError:
+        pass
+    os._exit(2) if exc.errno == errno.EPIPE else sys.exit(2)
 
 
 def _reporter(ctx):
@@ -217,7 +255,8 @@ def _convert_command(plugin_name: str | None):
     def command(ctx, checkpoint, output, outtype, onnx_dtype, image_size, tokenizer_dir, revision, stem, force,
                 no_verify, max_new_tokens):
         from smt_convert.converters.checkpoint import read_json
-        from smt_convert.converters.convert import ConvertOptions, check_output, convert
+        from smt_convert.converters.convert import ConvertOptions, convert
+        from smt_convert.converters.output import check_output
         from smt_convert.converters.hub import is_repo_id
         from smt_convert.converters.plugin import detect_plugin, plugin_for_command
         from smt_convert.runtime.errors import VerificationFailed
@@ -369,10 +408,12 @@ _register_arch_commands()
 def recipe(ctx, recipes, out_root, junit, summary, scratch):
     """Run conversion recipes (TOML files, see recipes/): every variant of every recipe, a summary table,
     exit 1 if any failed. A failing recipe does not stop the others."""
-    from smt_convert.converters.recipe import (format_results, load_recipe, prepare_recipes, run_recipe, write_junit,
-                                               write_summary)
+    from smt_convert.converters.recipe import (check_unique, format_results, load_recipe, prepare_recipes, run_recipe,
+                                               write_junit, write_summary)
 
     loaded = [load_recipe(p) for p in recipes]  # every recipe is checked before any conversion starts
+    check_unique(loaded)
+    _check_report_paths(junit, summary, scratch)
     sources, failed = prepare_recipes(loaded, scratch or out_root / ".sources",
                                       progress=ctx.find_root().obj["verbosity"] >= 1)
     results = []
@@ -389,6 +430,17 @@ def recipe(ctx, recipes, out_root, junit, summary, scratch):
         click.echo(f"{r.status}: {r.recipe} {r.variant}: {r.message}", err=True)
     if bad:
         sys.exit(1)
+
+
+def _check_report_paths(junit: Path | None, summary: Path | None, scratch: Path | None) -> None:
+    """--junit/--summary name files and --scratch a directory: refused now, not after an hour of conversions."""
+    for flag, path in (("--junit", junit), ("--summary", summary)):
+        if path is not None and path.is_dir():
+            raise SmtError(f"{flag}: {path} is a directory; name a file")
+        if path is not None and path.parent.exists() and not path.parent.is_dir():
+            raise SmtError(f"{flag}: {path.parent} is not a directory")
+    if scratch is not None and scratch.exists() and not scratch.is_dir():
+        raise SmtError(f"--scratch: {scratch} is a file; name a directory")
 
 
 def main():

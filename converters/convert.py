@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from smt_convert.converters.onnx_graph import Weights
 from smt_convert.converters.onnx_write import ONNX_DTYPES, WrittenEncoder, write_encoder
 from smt_convert.converters.plugin import ArchPlugin, Plan
 from smt_convert.converters.reference import ReferenceCache, compare_with_reference
+from smt_convert.converters.output import PARTIAL_MARKER, claim_output, finish_output, release
 from smt_convert.converters.report import Reporter
 from smt_convert.converters.text_gguf import OUTTYPES, tensor_nbytes, write_general_metadata, write_text_gguf
 from smt_convert.converters.tokenizer import build_vocab, export_runtime_tokenizer, find_tokenizer, write_vocab
@@ -38,7 +37,6 @@ from smt_convert.runtime.errors import SmtError, Terminated
 from smt_convert.runtime.media import modality
 
 SUPPORTED_WEIGHT_DTYPES = {"F32", "F16", "BF16"}
-PARTIAL_MARKER = ".smt-convert-partial"   # inside a temporary output: the pid of the run that writes it
 GOLDEN_HOST = "board"   # goldens run the board's own host preprocessing: what `verify` on a board checks
 
 
@@ -158,91 +156,8 @@ def _check_paths(checkpoint_dir: Path, out_dir: Path, opts: ConvertOptions) -> N
         raise SmtError(f"--stem: '{opts.stem}' must be a plain file-name prefix (no '/' or leading '.')")
 
 
-def is_bundle(directory: Path) -> bool:
-    """A directory this tool wrote: its manifest names smt-convert."""
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and isinstance(manifest.get("tool"), dict) and \
-        manifest["tool"].get("name") == "smt-convert"
-
-
-def check_output(out_dir: Path, force: bool) -> None:
-    """Refuse a non-empty output unless it is a bundle and --force is given (never replace what we did not
-    write). Cheap: the CLI runs it before fetching a Hub checkpoint too."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SmtError(f"{out_dir}: exists and is not a directory")
-    if out_dir.is_dir():
-        entries = sorted(p.name for p in out_dir.iterdir())
-        if entries and not is_bundle(out_dir):
-            shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
-            raise SmtError(f"{out_dir}: holds files that are not an smt-convert bundle ({shown}); "
-                           "choose an empty or new directory")
-        if entries and not force:
-            raise SmtError(f"{out_dir}: already holds a bundle (use --force to replace it)")
-
-
-def prepare_output(out_dir: Path, force: bool) -> Path:
-    """`check_output`, then sweep what killed runs left beside it and return a fresh temporary directory next
-    to it."""
-    check_output(out_dir, force)
-    parent = out_dir.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        sweep_partials(parent, out_dir.name)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent))
-        (tmp / PARTIAL_MARKER).write_text(f"{os.getpid()}\n")
-    except OSError as exc:
-        raise SmtError(f"{parent}: cannot create the output ({exc.strerror or exc})") from None
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it owner-only; a bundle is meant to be shared
-    return tmp
-
-
-def sweep_partials(parent: Path, name: str) -> None:
-    """Remove `.NAME.partial-*` directories of earlier runs that were killed (SIGKILL, power loss): only ours,
-    recognised by the marker file, and only when the process that wrote it is gone."""
-    for candidate in parent.glob(f".{name}.partial-*"):
-        marker = candidate / PARTIAL_MARKER
-        try:
-            pid = int(marker.read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if pid != os.getpid() and not _alive(pid):
-            shutil.rmtree(candidate, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def finish_output(tmp: Path, out_dir: Path) -> None:
-    """Swap the finished temporary directory into place; the old bundle (with --force) goes only after."""
-    (tmp / PARTIAL_MARKER).unlink(missing_ok=True)
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-    try:
-        tmp.rename(out_dir)
-    except OSError as exc:
-        if old is not None:
-            old.rename(out_dir)
-        raise SmtError(f"{out_dir}: cannot move the finished bundle into place ({exc.strerror or exc})") from None
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _on_sigterm(signum, frame):  # noqa: ANN001 - signal handler signature
-    raise Terminated()
+def _on_signal(signum, frame):  # noqa: ANN001 - signal handler signature
+    raise Terminated(128 + signum)
 
 
 def convert(plugin: ArchPlugin, checkpoint_dir: Path, out_dir: Path, opts: ConvertOptions, report: Reporter) -> dict:
@@ -257,8 +172,9 @@ def convert(plugin: ArchPlugin, checkpoint_dir: Path, out_dir: Path, opts: Conve
                 f"tokenizer from {plan.tokenizer.kind}")
     for note in plan.notes:
         report.step(f"note: {note}")
-    tmp = prepare_output(out_dir, opts.force)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    claim = claim_output(out_dir, opts.force)
+    tmp = claim.tmp
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
     hashes = BackgroundHashes()
     try:
         if not (opts.shared and str(ckpt.root.resolve()) in opts.shared.source_records):
@@ -266,17 +182,17 @@ def convert(plugin: ArchPlugin, checkpoint_dir: Path, out_dir: Path, opts: Conve
         manifest = _write_bundle(plan, ckpt, tmp, opts, report, hashes)
         manifest["timings"]["total_s"] = round(time.perf_counter() - t_start, 2)
         _write_manifest(tmp, manifest, complete=True, sha256=hashes.sha256)
-        finish_output(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        for note in finish_output(claim):
+            report.warning(note)
     finally:
         hashes.close()
-        signal.signal(signal.SIGTERM, previous)
+        release(claim)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if opts.shared is not None:
         for key, (path, written) in list(opts.shared.encoders.items()):
             if path.parent == tmp:
-                opts.shared.encoders[key] = (out_dir / path.name, written)
+                opts.shared.encoders[key] = (claim.out_dir / path.name, written)
     report.step(f"bundle written to {out_dir}")
     return manifest
 

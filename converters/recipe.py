@@ -31,7 +31,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -43,6 +45,10 @@ from smt_convert.converters.text_gguf import OUTTYPES
 from smt_convert.runtime.errors import SmtError
 
 THRESHOLD_KEYS = ("text_nmse", "text_top1", "encoder_cosine", "encoder_rel_max_abs")
+# A recipe's name and stem become directory and file names under --out: names, never paths.
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+MAX_IMAGE_SIDE = 4096       # a 4096x4096 static input is 16k vision tokens: beyond what any of the boards runs
+MAX_NEW_TOKENS = 4096       # greedy tokens a verification compares (each one is a decoder step)
 
 
 @dataclass
@@ -115,8 +121,11 @@ def load_recipe(path: Path) -> Recipe:
     from smt_convert.converters.plugin import all_plugins
 
     known = tuple(p.name for p in all_plugins())
-    recipe = Recipe(path=path, name=top.get("name", path.stem), architecture=top.require("architecture", known),
+    recipe = Recipe(path=path, name=_plain(top.get("name", path.stem), path, "name"),
+                    architecture=top.require("architecture", known),
                     source=_source(top.require("source"), path), variants=[], stem=top.get("stem"))
+    if recipe.stem is not None:
+        _plain(recipe.stem, path, "stem")
     variants = top.require("variants")
     if not variants:
         raise SmtError(f"{path}: variants: at least one [[variants]] table is required")
@@ -124,14 +133,20 @@ def load_recipe(path: Path) -> Recipe:
         if not isinstance(entry, dict):
             raise SmtError(f"{path}: variants[{i}]: expected a table, got {entry!r}")
         v = _Table(entry, path, f"variants[{i}].", {"outtype": str, "onnx_dtype": str, "image_size": int})
-        recipe.variants.append(Variant(v.get("outtype", "f16", tuple(OUTTYPES)), v.get("onnx_dtype", "fp32", ONNX_DTYPES),
-                                       v.get("image_size")))
+        variant = Variant(v.get("outtype", "f16", tuple(OUTTYPES)), v.get("onnx_dtype", "fp32", ONNX_DTYPES),
+                          v.get("image_size"))
+        if variant.image_size is not None and not 1 <= variant.image_size <= MAX_IMAGE_SIDE:
+            raise SmtError(f"{path}: variants[{i}].image_size: expected 1..{MAX_IMAGE_SIDE}, got {variant.image_size}")
+        same = next((j for j, w in enumerate(recipe.variants) if w.name == variant.name), None)
+        if same is not None:
+            raise SmtError(f"{path}: variants[{i}]: the same variant as variants[{same}] ({variant.name})")
+        recipe.variants.append(variant)
     verify = _Table(top.get("verify", {}), path, "verify.", {"enabled": bool, "max_new_tokens": int, "input": str,
                                                             "language": str, "context": str, "prompt": str})
     recipe.verify = verify.get("enabled", True)
     recipe.max_new_tokens = verify.get("max_new_tokens", 16)
-    if recipe.max_new_tokens < 1:
-        raise SmtError(f"{path}: verify.max_new_tokens: must be at least 1")
+    if not 1 <= recipe.max_new_tokens <= MAX_NEW_TOKENS:
+        raise SmtError(f"{path}: verify.max_new_tokens: expected 1..{MAX_NEW_TOKENS}, got {recipe.max_new_tokens}")
     if verify.get("input"):
         recipe.verify_input = (path.parent / verify.get("input")).resolve()
     recipe.language, recipe.context = verify.get("language"), verify.get("context")
@@ -140,10 +155,32 @@ def load_recipe(path: Path) -> Recipe:
         raise SmtError(f"{path}: verify.input: {recipe.verify_input} not found")
     th = _Table(top.get("thresholds", {}), path, "thresholds.", {k: float for k in THRESHOLD_KEYS})
     recipe.thresholds = {k: th.get(k) for k in THRESHOLD_KEYS if th.get(k) is not None}
+    for key, value in recipe.thresholds.items():
+        if not math.isfinite(value) or value < 0 or (key in ("text_top1", "encoder_cosine") and value > 1):
+            raise SmtError(f"{path}: thresholds.{key}: expected a finite number"
+                           f"{' in 0..1' if key in ('text_top1', 'encoder_cosine') else ' >= 0'}, got {value!r}")
     return recipe
 
 
-def check_options(recipe: Recipe, plugin, hp) -> None:
+def _plain(name, path: Path, key: str) -> str:
+    """A recipe name or stem is a name: it becomes a directory or file name under --out, never a path."""
+    if not isinstance(name, str) or not PLAIN_NAME.match(name) or name in (".", ".."):
+        raise SmtError(f"{path}: {key}: {name!r} must be a plain name (letters, digits, '.', '_', '+', '-'; "
+                       "no '/' and not starting with '.'): it names a directory under --out")
+    return name
+
+
+def check_unique(recipes: list[Recipe]) -> None:
+    """Two recipes with one name would write the same bundles: refused before anything converts."""
+    seen: dict[str, Recipe] = {}
+    for r in recipes:
+        if r.name in seen:
+            raise SmtError(f"{r.path}: name: {r.name!r} is also the name of {seen[r.name].path}; each recipe writes "
+                           "to OUT/<name>/, so names must differ")
+        seen[r.name] = r
+
+
+def check_options(recipe: Recipe, plugin, ckpt, hp) -> None:
     """Options the model cannot use are errors, found from its prompt record and facts before any variant is
     converted (the same record the runtime checks `run`'s options against)."""
     record = plugin.prompt_record(hp)
@@ -158,6 +195,13 @@ def check_options(recipe: Recipe, plugin, hp) -> None:
     for i, v in enumerate(recipe.variants):
         if v.image_size is not None and facts.modality != "image":
             raise SmtError(f"{recipe.path}: variants[{i}].image_size: {recipe.architecture} has no vision encoder")
+        if v.image_size is not None:  # the model's own rules for the size (multiple of its merge size ...)
+            from smt_convert.converters.convert import ConvertOptions
+
+            try:
+                plugin.read_hparams(ckpt, ConvertOptions(image_size=v.image_size))
+            except SmtError as exc:
+                raise SmtError(f"{recipe.path}: variants[{i}].image_size: {exc}") from None
 
 
 def _source(data: dict, path: Path) -> dict:
@@ -228,7 +272,8 @@ def prepare_recipes(recipes: list[Recipe], scratch: Path,
             failed += [Result(recipe.name, v.name, "error", 0.0, message=str(exc)) for v in recipe.variants]
             continue
         plugin = get_plugin(recipe.architecture)
-        check_options(recipe, plugin, plugin.read_hparams(Checkpoint.open(checkpoint.directory), None))
+        ckpt = Checkpoint.open(checkpoint.directory)
+        check_options(recipe, plugin, ckpt, plugin.read_hparams(ckpt, None))
         sources[recipe.name] = checkpoint
     return sources, failed
 
@@ -329,9 +374,12 @@ def format_summary(results: list[Result]) -> str:
 
 def write_summary(results: list[Result], path: Path) -> None:
     """Appended, as GitHub's $GITHUB_STEP_SUMMARY expects (other steps may have written to it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(format_summary(results))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(format_summary(results))
+    except OSError as exc:
+        raise SmtError(f"--summary: {path}: cannot write ({exc.strerror or exc})") from None
 
 
 def write_junit(results: list[Result], path: Path) -> None:
@@ -350,5 +398,8 @@ def write_junit(results: list[Result], path: Path) -> None:
             ET.SubElement(case, "error", message=r.message)
         else:
             ET.SubElement(case, "system-out").text = r.worst
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+    except OSError as exc:
+        raise SmtError(f"--junit: {path}: cannot write ({exc.strerror or exc})") from None

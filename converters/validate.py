@@ -6,6 +6,7 @@ Every failure is a one-line SmtError naming the file and the field (or tensor); 
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,17 @@ from typing import Any
 from smt_convert.runtime.errors import SmtError
 
 _MISSING = object()
+# Plan-time bounds on the config sizes that drive memory and time, so a wrong config is refused in one line
+# before anything is allocated for it. Each is far above every released model of these families (largest
+# known: 94 layers, 512 experts, 248320-token vocabulary, 262144 positions); the name is the config key.
+FIELD_LIMITS = {
+    "num_hidden_layers": 1024, "encoder_layers": 1024, "depth": 1024,
+    "num_experts": 4096, "num_experts_per_tok": 4096,
+    "vocab_size": 1 << 22, "hidden_size": 1 << 16, "intermediate_size": 1 << 18, "moe_intermediate_size": 1 << 18,
+    "shared_expert_intermediate_size": 1 << 18, "num_attention_heads": 1024, "num_key_value_heads": 1024,
+    "head_dim": 4096, "max_position_embeddings": 1 << 24, "num_mel_bins": 1024,
+}
+MAX_CONFIG_INT = (1 << 31) - 1   # any other integer field
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list", dict: "an object"}
 
 
@@ -46,8 +58,14 @@ class ConfigReader:
             raise SmtError(
                 f"{self.path}: {self.prefix}{key}: expected {_TYPE_NAMES.get(kind, kind.__name__)}, found {value!r}"
             )
+        if kind is float and not math.isfinite(value):
+            raise SmtError(f"{self.path}: {self.prefix}{key}: expected a finite number, found {value!r}")
         if kind in (int, float) and value <= 0:
             raise SmtError(f"{self.path}: {self.prefix}{key}: must be positive, found {value!r}")
+        limit = FIELD_LIMITS.get(key, MAX_CONFIG_INT)
+        if kind is int and value > limit:
+            raise SmtError(f"{self.path}: {self.prefix}{key}: {value} is more than this tool accepts ({limit}; "
+                           "far above any released model: a wrong config?)")
         return value
 
     def field(self, key: str) -> str:

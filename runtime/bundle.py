@@ -142,16 +142,10 @@ class Bundle:
 
 
 def read_json(path: Path, what: str | None = None) -> dict:
-    """Read a JSON object, turning every failure into a one-line error naming the file."""
-    what = what or path.name
-    if not path.is_file():
-        raise SmtError(f"{path}: {what} not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SmtError(f"{path}: cannot read {what} ({exc.__class__.__name__}: {exc})") from None
-    except json.JSONDecodeError as exc:
-        raise SmtError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    """Read a JSON object within `documents.load_json`'s limits; every failure is one line naming the file."""
+    from smt_convert.runtime.documents import load_json
+
+    data = load_json(path, what)
     if not isinstance(data, dict):
         raise SmtError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data

@@ -26,7 +26,10 @@ def where(path, field=None) -> str:
 
 
 class Terminated(BaseException):
-    """SIGTERM (timeout, CI cancellation, docker stop) raised as an exception so that temporary output is
-    removed on the way out; the CLI exits 143 as a process killed by SIGTERM would."""
+    """SIGTERM (timeout, CI cancellation, docker stop) or SIGHUP (terminal closed) raised as an exception so
+    that temporary output is removed on the way out; the CLI exits 143 / 129 as a process killed by the signal
+    would."""
 
-    exit_code = 143
+    def __init__(self, exit_code: int = 143):
+        super().__init__(exit_code)
+        self.exit_code = exit_code

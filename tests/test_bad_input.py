@@ -403,3 +403,64 @@ def test_image_bomb_is_refused_before_decoding(bundle, tmp_path):
     with pytest.raises(Exception) as err:
         load_image(tmp_path / "huge.png")
     assert "12000x12000" in str(err.value) and "megapixels" in str(err.value)
+
+
+# ---- issue 21: signals, streams, config values, output ownership through the CLI ---------------------------
+
+@pytest.mark.parametrize("signum,code,word", [(1, 129, "hangup"), (15, 143, "terminated")])
+def test_sighup_and_sigterm_clean_up_alike(pristine, tmp_path, signum, code, word):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "smt_convert", "qwen3-asr", str(pristine / "single"), str(out)],
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "writing" in line:
+            break
+    proc.send_signal(signum)
+    rest = proc.communicate(timeout=120)[1]
+    assert proc.returncode == code, rest
+    assert word in rest and "Traceback" not in rest
+    no_partial_output(out)
+    assert not list(tmp_path.glob(".out*"))
+
+
+@pytest.mark.parametrize("args", [["list"], ["verify", "{bundle}"], ["inspect", "{bundle}", "--json"]])
+def test_a_full_stdout_is_one_line(bundle, args):
+    argv = [a.format(bundle=bundle) for a in args]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "smt_convert", *argv], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "cannot write to standard output" in proc.stderr
+
+
+@pytest.mark.parametrize("field,value,mentions", [
+    ("rms_norm_eps", float("nan"), ["text_config.rms_norm_eps", "finite"]),
+    ("num_hidden_layers", 100_000_000, ["text_config.num_hidden_layers", "more than this tool accepts"]),
+    ("vocab_size", 10**12, ["text_config.vocab_size"]),
+])
+def test_config_values_out_of_range_are_refused_at_plan_time(ckpt, tmp_path, field, value, mentions):
+    cfg = json.loads((ckpt / "config.json").read_text())
+    text = cfg.get("thinker_config", cfg)["text_config"]
+    text[field] = value
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    fails("qwen3-asr", ckpt, tmp_path / "out", "--no-verify", mentions=mentions)
+    no_partial_output(tmp_path / "out")
+
+
+def test_deep_and_huge_json_are_one_line(ckpt, tmp_path):
+    (ckpt / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    fails("inspect", ckpt, mentions=["config.json", "nested too deeply"])
+    (ckpt / "config.json").write_text('{"vocab_size": ' + "9" * 5000 + "}")
+    fails("inspect", ckpt, mentions=["config.json", "digits"])
+
+
+def test_force_keeps_user_files_inside_a_bundle(bundle, ckpt, tmp_path):
+    out = tmp_path / "b"
+    shutil.copytree(bundle, out)
+    (out / "my_recording.wav").write_bytes(b"RIFF")
+    fails("qwen3-asr", ckpt, out, "--force", "--no-verify", mentions=[out, "my_recording.wav", "does not list"])
+    assert (out / "my_recording.wav").read_bytes() == b"RIFF"
+    (out / "my_recording.wav").unlink()
+    ok = CliRunner().invoke(cli, ["-q", "qwen3-asr", str(ckpt), str(out), "--force", "--no-verify"])
+    assert ok.exit_code == 0, ok.stderr
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.")]

@@ -43,6 +43,25 @@ def test_shipped_recipes_load(path):
      ["thresholds.text_nmse", "expected float"]),
     ('architecture = "qwen3-asr"\n[source]\npath = "x"\ntiny = "y"\n[[variants]]\n', ["source", "exactly one"]),
     ('architecture = "qwen3-asr"\n[source\n', ["invalid TOML"]),
+    # issue 21: names are names, not paths; duplicates and out-of-range values found when the recipe loads
+    ('name = "../../escape"\narchitecture = "qwen3-asr"\n[source]\ntiny = "qwen3-asr"\n[[variants]]\n',
+     ["name", "plain name"]),
+    ('name = "/tmp/abs"\narchitecture = "qwen3-asr"\n[source]\ntiny = "qwen3-asr"\n[[variants]]\n',
+     ["name", "plain name"]),
+    ('name = ".."\narchitecture = "qwen3-asr"\n[source]\ntiny = "qwen3-asr"\n[[variants]]\n', ["name"]),
+    ('stem = "../x"\narchitecture = "qwen3-asr"\n[source]\ntiny = "qwen3-asr"\n[[variants]]\n', ["stem"]),
+    ('architecture = "qwen3-asr"\n[source]\ntiny = "qwen3-asr"\n[[variants]]\nouttype = "q8_0"\n'
+     '[[variants]]\nouttype = "q8_0"\n', ["variants[1]", "same variant as variants[0]"]),
+    ('architecture = "qwen3.5"\n[source]\ntiny = "qwen3.5"\n[[variants]]\nimage_size = -64\n',
+     ["variants[0].image_size", "expected 1..4096"]),
+    ('architecture = "qwen3.5"\n[source]\ntiny = "qwen3.5"\n[[variants]]\nimage_size = 0\n',
+     ["variants[0].image_size"]),
+    ('architecture = "qwen3-asr"\n[source]\ntiny = "qwen3-asr"\n[[variants]]\n[verify]\nmax_new_tokens = 100000\n',
+     ["verify.max_new_tokens", "1..4096"]),
+    ('architecture = "qwen3-asr"\n[source]\ntiny = "qwen3-asr"\n[[variants]]\n[thresholds]\ntext_nmse = nan\n',
+     ["thresholds.text_nmse", "finite"]),
+    ('architecture = "qwen3-asr"\n[source]\ntiny = "qwen3-asr"\n[[variants]]\n[thresholds]\ntext_top1 = 2.0\n',
+     ["thresholds.text_top1", "0..1"]),
 ])
 def test_bad_recipes_name_file_and_key(tmp_path, text, mentions):
     path = write(tmp_path, text)
@@ -83,6 +102,35 @@ def test_recipe_run_summary_junit_and_failure_isolation(tmp_path, monkeypatch):
     assert suite.get("tests") == "3" and suite.get("failures") == "1" and suite.get("errors") == "1"
     failure = suite.find("testcase[@classname='strict']/failure")
     assert failure is not None and "nmse" in failure.get("message")
+
+
+def test_two_recipes_with_one_name_are_refused_before_anything_converts(tmp_path):
+    text = 'name = "same"\narchitecture = "qwen3-asr"\n[source]\ntiny = "qwen3-asr"\n[[variants]]\n'
+    paths = [write(tmp_path, text, "a.toml"), write(tmp_path, text, "b.toml")]
+    result = CliRunner().invoke(cli, ["recipe", *map(str, paths), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "b.toml: name: 'same' is also the name of" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag,make,mentions", [
+    ("--junit", lambda p: p.mkdir(), "is a directory"),
+    ("--summary", lambda p: p.mkdir(), "is a directory"),
+    ("--scratch", lambda p: p.write_text("x"), "is a file"),
+])
+def test_unusable_report_paths_are_one_line(tmp_path, flag, make, mentions):
+    path = write(tmp_path, 'architecture = "qwen3-asr"\n[source]\ntiny = "qwen3-asr"\n[[variants]]\n')
+    target = tmp_path / "target"
+    make(target)
+    result = CliRunner().invoke(cli, ["recipe", str(path), "--out", str(tmp_path / "out"), flag, str(target)])
+    assert result.exit_code == 2 and flag in result.stderr and mentions in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_image_size_the_model_refuses_names_the_variant(tmp_path):
+    path = write(tmp_path, 'architecture = "qwen3.5"\n[source]\ntiny = "qwen3.5"\n[[variants]]\nimage_size = 100\n')
+    with pytest.raises(SmtError) as err:
+        prepare_recipes([load_recipe(path)], tmp_path / "scratch")
+    assert f"{path}: variants[0].image_size:" in str(err.value) and "32" in str(err.value)
 
 
 @pytest.mark.parametrize("extra,mentions", [

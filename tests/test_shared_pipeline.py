@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from smt_convert.converters.convert import PARTIAL_MARKER, prepare_output, sweep_partials
+from smt_convert.converters.output import PARTIAL_MARKER, claim_output, release, sweep_partials
 from smt_convert.converters.onnx_graph import EncoderGraph, GraphContext, Weights, layer_norm, linear
 from smt_convert.converters.onnx_write import write_encoder
 from smt_convert.converters.plugin import ReferenceResult
@@ -26,23 +26,10 @@ def test_force_never_replaces_a_directory_we_did_not_write(tmp_path):
     out.mkdir()
     (out / "holiday.jpg").write_bytes(b"precious")
     for force in (False, True):
-        with pytest.raises(SmtError, match="not an smt-convert bundle"):
-            prepare_output(out, force)
+        with pytest.raises(SmtError, match="not an smt-convert bundle.*holiday.jpg"):
+            claim_output(out, force)
     assert (out / "holiday.jpg").read_bytes() == b"precious"
-    assert not list(tmp_path.glob(".photos.partial-*"))
-
-
-def test_force_replaces_only_a_bundle(tmp_path):
-    out = tmp_path / "bundle"
-    out.mkdir()
-    (out / "manifest.json").write_text(json.dumps({"tool": {"name": "smt-convert"}}))
-    with pytest.raises(SmtError, match="already holds a bundle"):
-        prepare_output(out, force=False)
-    tmp = prepare_output(out, force=True)
-    assert tmp.is_dir() and (tmp / PARTIAL_MARKER).read_text().strip() == str(os.getpid())
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    assert prepare_output(empty, force=False).is_dir()
+    assert not list(tmp_path.glob(".photos.*"))
 
 
 def test_a_manifest_from_another_tool_is_not_a_bundle(tmp_path):
@@ -50,7 +37,16 @@ def test_a_manifest_from_another_tool_is_not_a_bundle(tmp_path):
     out.mkdir()
     (out / "manifest.json").write_text(json.dumps({"tool": {"name": "something-else"}}))
     with pytest.raises(SmtError, match="not an smt-convert bundle"):
-        prepare_output(out, force=True)
+        claim_output(out, force=True)
+
+
+def test_a_claim_makes_a_marked_temporary_directory(tmp_path):
+    claim = claim_output(tmp_path / "new", force=False)
+    try:
+        assert claim.tmp.is_dir() and (claim.tmp / PARTIAL_MARKER).read_text().strip() == str(os.getpid())
+    finally:
+        release(claim)
+    assert not list(tmp_path.iterdir())
 
 
 def _dead_pid() -> int:

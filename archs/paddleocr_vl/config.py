@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from smt_convert.runtime.documents import finite
 from smt_convert.converters.validate import ConfigReader, TieConfig, image_size_hw, read_rope, read_tie, require
 from smt_convert.runtime.errors import SmtError
 
@@ -262,7 +263,12 @@ def vision_preprocess(pre: dict) -> dict:
     std = pre.get("image_std", HF_DEFAULT_IMAGE_STD)
     mean = [mean] * 3 if isinstance(mean, (int, float)) else mean
     std = [std] * 3 if isinstance(std, (int, float)) else std
-    mean, std = [float(v) for v in mean], [float(v) for v in std]
+    where = "preprocessor_config.json"
+    if not isinstance(mean, list) or not isinstance(std, list):
+        raise SmtError(f"{where}: image_mean/image_std: expected a number or a list of 3, got {mean!r} / {std!r}")
+    rescale = finite(rescale, where, "rescale_factor", 1e-6, 1.0)
+    mean = [float(finite(v, where, f"image_mean[{i}]", -1e3, 1e3)) for i, v in enumerate(mean)]
+    std = [float(finite(v, where, f"image_std[{i}]", -1e3, 1e3)) for i, v in enumerate(std)]
     if len(mean) != 3 or len(std) != 3 or any(s == 0 for s in std):
         raise SmtError("preprocessor_config.json: image_mean/image_std: expected 3 values each, std != 0, "
                        f"got {mean} / {std}")

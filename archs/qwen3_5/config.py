@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from smt_convert.runtime.documents import finite
 from smt_convert.converters.validate import (ConfigReader, TieConfig, image_size_hw, read_rope, read_tie, require,
                                              settle_tie)
 from smt_convert.runtime.decoders.qwen3vl import imrope_streams
@@ -308,13 +309,16 @@ def read_vision(config: dict, path: Path, text_hidden: int, image_size=None, pre
     size = pre.get("size") if isinstance(pre, dict) and isinstance(pre.get("size"), dict) else {}
     max_pixels = (pre or {}).get("max_pixels") or size.get("longest_edge") or size.get("max_pixels") \
         or DEFAULT_MAX_PIXELS
+    max_pixels = finite(max_pixels, pre_path, "max_pixels", 1, 1 << 40)
     h, w = image_size_hw(side * patch if image_size is None else image_size, patch * merge, patch,
                          int(max_pixels) // (patch * patch),
                          "the model's processor never makes more (preprocessor_config.json max_pixels)")
     if pre is not None:
         pr = ConfigReader(pre, pre_path)
-        mean = tuple(float(x) for x in pr.get("image_mean", list, list(DEFAULT_IMAGE_MEAN)))
-        std = tuple(float(x) for x in pr.get("image_std", list, list(DEFAULT_IMAGE_STD)))
+        mean = tuple(float(finite(x, pre_path, f"image_mean[{i}]", -1e3, 1e3))
+                     for i, x in enumerate(pr.get("image_mean", list, list(DEFAULT_IMAGE_MEAN))))
+        std = tuple(float(finite(x, pre_path, f"image_std[{i}]", -1e3, 1e3))
+                    for i, x in enumerate(pr.get("image_std", list, list(DEFAULT_IMAGE_STD))))
         rescale = pr.get("rescale_factor", float, 1 / 255)
         require(len(mean) == 3 and len(std) == 3 and all(s > 0 for s in std), pre_path, "image_mean/image_std",
                 "expected three values each (std positive)")
