@@ -21,6 +21,11 @@ from smt_convert.runtime.errors import SmtError, Terminated
 # Kept here (not imported from converters) so that `run` and `verify` start without importing conversion code.
 OUTTYPE_CHOICES = ["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
 ONNX_DTYPE_CHOICES = ["fp32", "fp16", "int8"]
+# Bounds on what drives time and memory (README, "Limits"), checked when the command line is read.
+MAX_VERIFY_TOKENS = 4096
+MAX_RUN_TOKENS = 32768
+MAX_THREADS = 256
+MAX_PROMPT_CHARS = 32768
 # What the [convert] extra adds: a board's base install has none of these.
 CONVERSION_PACKAGES = {"torch", "transformers", "safetensors", "onnx", "onnx_ir", "onnxscript", "sentencepiece",
                        "huggingface_hub"}
@@ -248,8 +253,9 @@ def _convert_command(plugin_name: str | None):
     @click.option("--no-verify", is_flag=True,
                   help="Skip the comparison with the Hugging Face model and the board-vs-hf host rows "
                        "(goldens are still recorded).")
-    @click.option("--max-new-tokens", default=16, show_default=True, type=click.IntRange(min=1),
-                  help="Greedy tokens compared with the Hugging Face model's greedy choice and stored as goldens.")
+    @click.option("--max-new-tokens", default=16, show_default=True, type=click.IntRange(1, MAX_VERIFY_TOKENS),
+                  help="Greedy tokens compared with the Hugging Face model's greedy choice and stored as goldens "
+                       f"(at most {MAX_VERIFY_TOKENS}: the reference scores every one).")
     @_verbosity_options
     @click.pass_context
     def command(ctx, checkpoint, output, outtype, onnx_dtype, image_size, tokenizer_dir, revision, stem, force,
@@ -310,9 +316,10 @@ def _register_arch_commands():
 @click.option("--prompt", default=None, help="The question or instruction (vision and text bundles).")
 @click.option("--language", default=None, help="Force the language, e.g. English or en (ASR models).")
 @click.option("--context", default=None, help="Context or hot words placed in the system prompt (ASR models).")
-@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1),
-              help="Stop after this many generated tokens.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(1, MAX_RUN_TOKENS),
+              help=f"Stop after this many generated tokens (at most {MAX_RUN_TOKENS}).")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
+              help=f"ONNX Runtime intra-op threads (at most {MAX_THREADS}; more threads than cores only slow it).")
 @click.option("--json", "as_json", is_flag=True, help="Print text, tokens, host and timings as JSON.")
 @click.option("--host", type=click.Choice(["board", "hf"]), default="board", show_default=True,
               help="Host preprocessing before the encoder: the board's own resize / log-mel (what the bundle meets "
@@ -325,6 +332,10 @@ def run(ctx, bundle, audio, image, prompt, language, context, max_new_tokens, th
     from smt_convert.runtime.media import MODALITIES
     from smt_convert.runtime.pipeline import BundleRunner
 
+    for flag, text in (("--prompt", prompt), ("--context", context)):
+        if text is not None and len(text) > MAX_PROMPT_CHARS:
+            raise SmtError(f"{flag}: {len(text)} characters; at most {MAX_PROMPT_CHARS} (the prompt is prefilled "
+                           "by the numpy runtime in one pass)")
     opened = Bundle.open(bundle)
     opened.check_sizes()  # a bundle copied incompletely is refused before anything loads
     kind = opened.manifest["modality"]

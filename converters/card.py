@@ -61,7 +61,10 @@ def source_license(checkpoint_dir: Path) -> dict[str, str]:
     config = _read_json(checkpoint_dir / "config.json")
     if isinstance(config.get("license"), str) and config["license"].strip():
         return {"license": config["license"].strip()}
+    from smt_convert.converters.text_gguf import check_model_card
+
     try:
+        check_model_card(checkpoint_dir)
         card = gguf.Metadata.load_model_card(checkpoint_dir)
     except Exception:  # noqa: BLE001 - an unreadable card is reported (one line) when the GGUF is written
         card = {}

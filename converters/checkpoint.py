@@ -100,6 +100,9 @@ class Checkpoint:
             weight_map = index.get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise SmtError(f"{index_path}: weight_map: missing or empty")
+            bad = next((k for k, v in weight_map.items() if not isinstance(v, str)), None)
+            if bad is not None:
+                raise SmtError(f"{index_path}: weight_map.{bad}: expected a file name, got {weight_map[bad]!r}")
             shards = sorted(set(weight_map.values()))
             for shard in shards:  # confined before anything is opened: an index names files, not places
                 # (by name, not by where it resolves: a Hugging Face cache snapshot is symlinks into ../../blobs)
@@ -111,7 +114,8 @@ class Checkpoint:
             return [root / s for s in shards]
         if (root / SINGLE_FILE).is_file():
             return [root / SINGLE_FILE]
-        found = sorted(root.glob("*.safetensors"))
+        # regular files only: a FIFO or device named *.safetensors would block or never end when read
+        found = sorted(p for p in root.glob("*.safetensors") if p.is_file())
         if found:
             return found
         raise SmtError(f"{root}: no weights found (looked for {INDEX_FILE}, {SINGLE_FILE}, *.safetensors)")

@@ -153,6 +153,7 @@ def write_general_metadata(writer: gguf.GGUFWriter, model_dir: Path, name: str, 
 
     total, shared, expert, experts = writer.get_total_parameter_count()
     card = model_dir / "README.md"
+    check_model_card(model_dir)
     try:
         meta = gguf.Metadata.load(None, model_dir, name, total)
     except yaml.YAMLError as exc:
@@ -170,6 +171,38 @@ def write_general_metadata(writer: gguf.GGUFWriter, model_dir: Path, name: str, 
         meta.size_label = gguf.size_label(total, shared, expert, experts)
     writer.add_type(gguf.GGUFType.MODEL)
     meta.set_gguf_meta_model(writer)
+
+
+MAX_CARD_BYTES = 4 << 20   # released model cards are < 100 KB
+MAX_CARD_ALIASES = 16      # real front matter has none; "billion laughs" needs a few dozen
+
+
+def check_model_card(model_dir: Path) -> None:
+    """The checkpoint's README.md front matter is read by gguf-py with PyYAML, which expands aliases: a few
+    dozen nested ones ("billion laughs") make gigabytes from a kilobyte. Counted here without expanding
+    anything (the scanner only tokenises), and refused in one line before gguf-py parses it."""
+    import yaml
+
+    card = model_dir / "README.md"
+    if not card.is_file():
+        return
+    if card.stat().st_size > MAX_CARD_BYTES:
+        raise SmtError(f"{card}: {card.stat().st_size} bytes, more than the {MAX_CARD_BYTES >> 20} MiB a model card "
+                       "may have here")
+    try:
+        lines = card.read_text(encoding="utf-8").splitlines()
+    except (UnicodeDecodeError, OSError) as exc:
+        raise SmtError(f"{card}: cannot be read as UTF-8 text ({exc})") from None
+    if not lines or lines[0] != "---":
+        return
+    front = "\n".join(lines[1:lines.index("---", 1)] if "---" in lines[1:] else lines[1:])
+    try:
+        aliases = sum(isinstance(t, yaml.AliasToken) for t in yaml.scan(front, Loader=yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        raise SmtError(f"{card}: front matter: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if aliases > MAX_CARD_ALIASES:
+        raise SmtError(f"{card}: front matter: {aliases} YAML aliases (at most {MAX_CARD_ALIASES}; alias expansion "
+                       "can make gigabytes from a few lines)")
 
 
 def write_decoder_metadata(writer: gguf.GGUFWriter, hp, feed_forward: bool = True) -> None:

@@ -464,3 +464,45 @@ def test_force_keeps_user_files_inside_a_bundle(bundle, ckpt, tmp_path):
     ok = CliRunner().invoke(cli, ["-q", "qwen3-asr", str(ckpt), str(out), "--force", "--no-verify"])
     assert ok.exit_code == 0, ok.stderr
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.")]
+
+
+def test_yaml_alias_bomb_in_the_checkpoint_card_is_refused_quickly(ckpt, tmp_path):
+    lines = ["---", 'a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)] + ["---", "card"]
+    (ckpt / "README.md").write_text("\n".join(lines) + "\n")
+    fails("qwen3-asr", ckpt, tmp_path / "out", "--no-verify", mentions=["README.md", "aliases"])
+    no_partial_output(tmp_path / "out")
+
+
+def test_a_fifo_named_safetensors_is_not_opened(ckpt, tmp_path):
+    import os
+
+    (ckpt / "model.safetensors").rename(tmp_path / "moved.safetensors")
+    os.mkfifo(ckpt / "model.safetensors")
+    fails("inspect", ckpt, mentions=["no weights found"])
+
+
+@pytest.mark.parametrize("value", [[1, 2], 7])
+def test_weight_map_values_must_be_file_names(sharded, value):
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    index["weight_map"][next(iter(index["weight_map"]))] = value
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    fails("inspect", sharded, mentions=["weight_map.", "expected a file name"])
+
+
+def test_audio_at_one_hertz_is_refused_before_resampling(bundle, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(tmp_path / "slow.wav", np.zeros(400_000, dtype=np.float32), 1, subtype="FLOAT")
+    fails("run", bundle, "--audio", tmp_path / "slow.wav", mentions=["slow.wav", "sample rate 1 Hz"])
+
+
+@pytest.mark.parametrize("args,mentions", [
+    (["--threads", "100000"], "--threads"),
+    (["--max-new-tokens", "100000"], "--max-new-tokens"),
+    (["--context", "x" * 120_000], "--context"),
+])
+def test_run_bounds(bundle, args, mentions):
+    result = CliRunner().invoke(cli, ["run", str(bundle), "--audio", str(bundle / "golden" / "input.wav"), *args])
+    assert result.exit_code == 2 and mentions in result.stderr and "Traceback" not in result.stderr
