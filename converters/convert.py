@@ -227,10 +227,12 @@ def _write_bundle(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions,
 
     t0 = time.perf_counter()
     report.step("verifying the bundle" + (" against the Hugging Face model" if opts.verify else " (goldens only)"))
-    rows, reference = _verify_and_store_goldens(plan, ckpt, tmp, opts, report)
+    rows, reference, quality = _verify_and_store_goldens(plan, ckpt, tmp, opts, report)
     timings["verify_s"] = round(time.perf_counter() - t0, 2)
     manifest["verification"] = {"reference": reference, "rows": [r.to_dict() for r in rows],
                                 "passed": all(r.ok for r in rows)}
+    if quality is not None:
+        manifest["quality"] = quality.to_dict()
     return manifest
 
 
@@ -345,7 +347,7 @@ def _write_side_files(plan: Plan, files: dict[str, str], tmp: Path) -> list[str]
 
 
 def _verify_and_store_goldens(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions,
-                              report: Reporter) -> tuple[list, str | None]:
+                              report: Reporter) -> tuple[list, str | None, object]:
     """Run the bundle on the golden input, store what it produced, and compare with HF (unless --no-verify)."""
     from smt_convert.runtime.pipeline import BundleRunner
 
@@ -369,10 +371,10 @@ def _verify_and_store_goldens(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: Con
     top = np.argsort(-result.first_logits)[:10]
     expected = {"tokens": result.tokens, "fields": fields, "language": opts.language, "text": result.text,
                 "top_logits": {"ids": top.tolist(), "values": result.first_logits[top].astype(float).tolist()}}
-    rows, reference = [], None
+    rows, reference, quality = [], None, None
     if opts.verify:
         _quiet_library_logs()
-        rows, expected["reference_tokens"] = compare_with_reference(
+        rows, expected["reference_tokens"], quality = compare_with_reference(
             plugin, ckpt, hp, runner, media, result, plan.outtype, opts.onnx_dtype, opts.max_new_tokens,
             opts.thresholds, cache=opts.shared.references if opts.shared else None, report=report)
         reference = "transformers " + _transformers_version() + " (streamed layer by layer)"
@@ -385,7 +387,7 @@ def _verify_and_store_goldens(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: Con
     rows.append(V.Row("goldens", "stored", f"{stored} files in {GOLDEN_DIR}/", "re-run by `smt-convert verify`",
                       True, gate=False))
     report.detail(V.format_table(rows))
-    return rows, reference
+    return rows, reference, quality
 
 
 def _manifest_skeleton(plan: Plan, source: dict, records, encoders: list[WrittenEncoder],

@@ -44,7 +44,7 @@ from smt_convert.converters.onnx_write import ONNX_DTYPES
 from smt_convert.converters.text_gguf import OUTTYPES
 from smt_convert.runtime.errors import SmtError
 
-THRESHOLD_KEYS = ("text_nmse", "text_top1", "encoder_cosine", "encoder_rel_max_abs")
+THRESHOLD_KEYS = ("text_nmse", "text_top1", "text_kld", "encoder_cosine", "encoder_rel_max_abs")
 # A recipe's name and stem become directory and file names under --out: names, never paths.
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 MAX_IMAGE_SIDE = 4096       # a 4096x4096 static input is 16k vision tokens: beyond what any of the boards runs

@@ -9,6 +9,7 @@ greedy tokens leave the path the reference was scored on.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from smt_convert.converters.plugin import ArchPlugin, ReferenceRequest, ReferenceResult
 from smt_convert.converters.reference_stream import teacher_forced_tokens
+from smt_convert.runtime import quality as Q
 from smt_convert.runtime import verify as V
 from smt_convert.runtime.verify import Row
 
@@ -34,11 +36,12 @@ class ReferenceCache:
             h.update(np.ascontiguousarray(host_input, dtype=np.float32).tobytes())
         return h.hexdigest()
 
-    def find(self, key: str, continuation: list[int]) -> ReferenceResult | None:
-        """A stored result whose logits decide the reference's greedy path against `continuation`."""
+    def find(self, key: str, continuation: list[int]) -> tuple[ReferenceResult, list[int]] | None:
+        """A stored result whose logits decide the reference's greedy path against `continuation`, with the
+        continuation it was scored on."""
         for scored_on, result in self.results.get(key, []):
             if _decided(result.logits, len(result.logits) - len(scored_on), scored_on, continuation):
-                return result
+                return result, scored_on
         return None
 
     def add(self, key: str, continuation: list[int], result: ReferenceResult) -> None:
@@ -83,32 +86,67 @@ def compare_with_reference(plugin: ArchPlugin, ckpt, hp, runner, media, result, 
     host_input = runner.features(media) if media is not None else None
     prompt_ids = list(result.prompt.placeholder_ids)
     stop_ids = runner.stop_ids()
-    ours = prompt_logits(runner, result.prompt)
+    ours = scored_logits(runner, result.prompt, result.tokens)
     runner.release()  # the runtime's encoder and decoder are not needed while the reference holds its layers
     key = ReferenceCache.key(ckpt.root, host_input, prompt_ids)
-    ref = cache.find(key, result.tokens) if cache is not None else None
-    if ref is None:
+    found = cache.find(key, result.tokens) if cache is not None else None
+    if found is None:
         if report is not None:
             report.step("running the Hugging Face reference layer by layer")
         request = ReferenceRequest(media=media, host_input=host_input, prompt_ids=prompt_ids,
                                    continuation=list(result.tokens), stop_ids=stop_ids, host=runner.host)
-        ref = plugin.reference(ckpt, hp, request)
+        ref, scored_on = plugin.reference(ckpt, hp, request), list(result.tokens)
         if cache is not None:
             cache.add(key, result.tokens, ref)
-    elif report is not None:
-        report.step("Hugging Face reference: reusing this recipe's earlier result")
+    else:
+        ref, scored_on = found
+        if report is not None:
+            report.step("Hugging Face reference: reusing this recipe's earlier result")
     rows = list(ref.rows)
     if ref.encoder is not None and result.media_embeds is not None:
         rows += V.encoder_rows(result.media_embeds, ref.encoder, onnx_dtype, overrides=thresholds)
     n_prompt = len(prompt_ids)
-    rows += V.text_rows(ours, ref.logits[:n_prompt], outtype, onnx_dtype,
+    rows += V.text_rows(ours[:n_prompt], ref.logits[:n_prompt], outtype, onnx_dtype,
                         overrides=thresholds, nmse_scale=plugin.lossy_nmse_scale)
     tokens = reference_tokens(ref.logits, n_prompt, list(result.tokens), stop_ids, max_new_tokens)
     exact = outtype == "f32" and onnx_dtype == "fp32"
     rows += V.e2e_rows(result.tokens, tokens, exact)
-    return rows, tokens
+    quality = _quality(runner, result, ref, ours, n_prompt, _common(result.tokens, scored_on))
+    rows += V.quality_rows(quality, outtype, onnx_dtype, overrides=thresholds)
+    return rows, tokens, quality
 
 
-def prompt_logits(runner, prompt) -> np.ndarray:
-    """Runtime logits at every prompt position (one prefill)."""
-    return runner.decoder.forward(prompt.embeds, prompt.positions, runner.decoder.new_cache(), logits="all")
+def _common(a: list[int], b: list[int]) -> list[int]:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return list(a[:n])
+
+
+def _quality(runner, result, ref: ReferenceResult, ours: np.ndarray, n_prompt: int, continuation: list[int]):
+    """The quality report: teacher-forced over the prompt and the continuation both sides were scored on; with
+    media, once more with the reference's own encoder rows spliced in, so the text decoder's share shows."""
+    rows = n_prompt + len(continuation)
+    quality = Q.measure(ours[:rows], ref.logits[:rows], n_prompt, continuation)
+    start, end = result.prompt.media_span
+    if ref.encoder is not None and end > start and ref.encoder.shape == (end - start, result.prompt.embeds.shape[1]):
+        embeds = result.prompt.embeds.copy()
+        embeds[start:end] = ref.encoder
+        text_only = scored_logits(runner, dataclasses.replace(result.prompt, embeds=embeds), continuation)
+        runner.release()
+        quality.kld_mean_text_only = float(Q.kl_divergence(text_only[:rows], ref.logits[:rows]).mean())
+    return quality
+
+
+def scored_logits(runner, prompt, continuation: list[int]) -> np.ndarray:
+    """Runtime logits at every prompt position and after each continuation token (teacher-forced: one prefill,
+    then the continuation as one batch; its positions follow the prompt's as greedy decoding gives them)."""
+    decoder = runner.decoder
+    cache = decoder.new_cache()
+    logits = decoder.forward(prompt.embeds, prompt.positions, cache, logits="all")
+    if not continuation:
+        return logits
+    start = int(np.asarray(prompt.positions).max()) + 1
+    positions = np.arange(start, start + len(continuation), dtype=np.int64)
+    more = decoder.forward(decoder.embed(np.asarray(continuation)), positions, cache, logits="all")
+    return np.concatenate([logits, more])

@@ -49,6 +49,6 @@ def reference_rows_for_bundle(runner, reference_dir: Path, max_new_tokens: int, 
     expected = read_json(runner.bundle.root / GOLDEN_DIR / "expected.json")
     result = runner.run(media, fields=expected.get("fields"), language=expected.get("language"),
                         max_new_tokens=max_new_tokens)
-    rows, _ = compare_with_reference(plugin, ckpt, hp, runner, media, result, manifest["text"]["outtype"],
+    rows, _, _ = compare_with_reference(plugin, ckpt, hp, runner, media, result, manifest["text"]["outtype"],
                                      manifest["onnx_dtype"], max_new_tokens, report=report)
     return rows

@@ -153,6 +153,35 @@ def text_rows(logits: np.ndarray, ref: np.ndarray, outtype: str, onnx_dtype: str
                    Row("text logits", "top-1 agreement", raw, "reported", True, gate=False)]
 
 
+# Mean KL divergence (nats) of the next-token distribution against Hugging Face, teacher-forced over the prompt
+# and the greedy continuation: the quality gate per text type (README, "Quality report", has the measured spreads).
+KLD_THRESHOLDS = {
+    "f32": 1e-6, "f16": 1e-3, "bf16": 1e-2, "q8_0": 0.02,
+    "q6_k": 0.05, "q5_k_m": 0.1, "q5_k_s": 0.1, "q5_1": 0.1, "q5_0": 0.1,
+    "q4_k_m": 0.3, "q4_k_s": 0.3, "q4_1": 0.3, "q4_0": 0.3,
+    "q3_k_l": 0.6, "q3_k_m": 0.6, "q3_k_s": 0.6, "q2_k": 1.5,
+}
+KLD_ENCODER_FLOOR = {"fp32": 0.0, "fp16": 1e-3, "int8": 0.1}   # added for a lossy encoder
+
+
+def quality_rows(quality, outtype: str, onnx_dtype: str = "fp32", overrides: dict | None = None) -> list[Row]:
+    """The quality report as rows: the mean KL divergence gated per type, the rest reported."""
+    bound = KLD_THRESHOLDS.get(outtype, 1.5) + KLD_ENCODER_FLOOR.get(onnx_dtype, 0.0)
+    if overrides and overrides.get("text_kld") is not None:
+        bound = overrides["text_kld"]
+    label = "quality"
+    rows = [Row(label, f"KLD mean ({quality.positions} positions)", quality.kld_mean, f"<= {bound:g}",
+                quality.kld_mean <= bound),
+            Row(label, "KLD p99", quality.kld_p99, "reported", True, gate=False)]
+    if quality.kld_mean_text_only is not None:
+        rows.append(Row(label, "KLD mean, HF encoder rows", quality.kld_mean_text_only,
+                        "reported: the text decoder's share", True, gate=False))
+    if quality.ppl is not None:
+        rows.append(Row(label, f"perplexity of {quality.continuation_tokens} greedy tokens",
+                        f"{quality.ppl:.4f} (HF {quality.ppl_reference:.4f})", "reported", True, gate=False))
+    return rows
+
+
 def e2e_rows(tokens: list[int], ref: list[int], exact: bool) -> list[Row]:
     agree = prefix_agreement(tokens, ref)
     if exact:

@@ -225,7 +225,7 @@ def test_run_transcribes_stereo_44k_and_long_audio(f32_bundle, native_ckpt, tmp_
     plugin = get_plugin("qwen3-asr")
     ckpt = Checkpoint.open(native_ckpt[0])
     hp = plugin.read_hparams(ckpt)
-    rows, ref_tokens = compare_with_reference(plugin, ckpt, hp, runner, wave, run, "f32", "fp32", 8)
+    rows, ref_tokens, _ = compare_with_reference(plugin, ckpt, hp, runner, wave, run, "f32", "fp32", 8)
     assert all(r.ok for r in rows), [r.to_dict() for r in rows if not r.ok]
     assert run.tokens == ref_tokens
 
