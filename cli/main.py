@@ -180,6 +180,10 @@ def _conversion_options(f):
                      help="Directory with the tokenizer files, when the checkpoint lacks them."),
         click.option("--revision", default=None,
                      help="Branch, tag or commit of a Hugging Face repo id CHECKPOINT (default main)."),
+        click.option("--tensor-type", "tensor_types", multiple=True, metavar="PATTERN=TYPE",
+                     help="Give GGUF tensors whose name matches the regular expression PATTERN this ggml type "
+                          "(e.g. ssm_alpha=f16, 'blk\\.0\\.'=q8_0), as llama-quantize's option; repeatable, "
+                          "applied last."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -203,7 +207,7 @@ def _resolve_checkpoint(ctx, checkpoint: str, revision: str | None, what: str = 
 @_conversion_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan (or the bundle's facts) as JSON.")
 @click.pass_context
-def inspect(ctx, checkpoint, outtype, onnx_dtype, image_size, tokenizer_dir, revision, as_json):
+def inspect(ctx, checkpoint, outtype, onnx_dtype, image_size, tokenizer_dir, revision, tensor_types, as_json):
     """Validate CHECKPOINT (a directory, or a Hugging Face repo id ORG/NAME) and print what a conversion would
     produce (writes nothing but the Hub cache).
 
@@ -222,8 +226,11 @@ def inspect(ctx, checkpoint, outtype, onnx_dtype, image_size, tokenizer_dir, rev
     checkpoint = resolved.directory
     ckpt = Checkpoint.open(checkpoint)
     plugin = detect_plugin(ckpt.config, ckpt.config_path)
+    from smt_convert.converters.precision import parse_overrides
+
     plan, _ = make_plan(plugin, checkpoint, ConvertOptions(outtype=outtype, onnx_dtype=onnx_dtype,
-                                                           tokenizer_dir=tokenizer_dir, image_size=image_size))
+                                                           tokenizer_dir=tokenizer_dir, image_size=image_size,
+                                                           tensor_types=parse_overrides(tensor_types)))
     description = describe_plan(plan, ckpt)
     if resolved.hub is not None:
         description.update(resolved.hub.record())
@@ -258,8 +265,8 @@ def _convert_command(plugin_name: str | None):
                        f"(at most {MAX_VERIFY_TOKENS}: the reference scores every one).")
     @_verbosity_options
     @click.pass_context
-    def command(ctx, checkpoint, output, outtype, onnx_dtype, image_size, tokenizer_dir, revision, stem, force,
-                no_verify, max_new_tokens):
+    def command(ctx, checkpoint, output, outtype, onnx_dtype, image_size, tokenizer_dir, revision, tensor_types,
+                stem, force, no_verify, max_new_tokens):
         from smt_convert.converters.checkpoint import read_json
         from smt_convert.converters.convert import ConvertOptions, convert
         from smt_convert.converters.output import check_output
@@ -268,6 +275,9 @@ def _convert_command(plugin_name: str | None):
         from smt_convert.runtime.errors import VerificationFailed
         from smt_convert.runtime.verify import Row, format_table
 
+        from smt_convert.converters.precision import parse_overrides
+
+        overrides = parse_overrides(tensor_types)
         if is_repo_id(checkpoint):  # a bad OUTPUT is refused before the Hub checkpoint is fetched, not after
             check_output(Path(output), force)
         resolved = _resolve_checkpoint(ctx, checkpoint, revision)
@@ -283,7 +293,7 @@ def _convert_command(plugin_name: str | None):
             plugin = detect_plugin(config, config_path)
         opts = ConvertOptions(outtype=outtype, onnx_dtype=onnx_dtype, tokenizer_dir=tokenizer_dir, stem=stem,
                               force=force, verify=not no_verify, max_new_tokens=max_new_tokens, image_size=image_size,
-                              hub=resolved.hub)
+                              hub=resolved.hub, tensor_types=overrides)
         manifest = convert(plugin, checkpoint, output, opts, report)
         rows = [Row.from_dict(r) for r in manifest["verification"]["rows"]]
         click.echo(format_table(rows))

@@ -27,6 +27,7 @@ from smt_convert.converters.onnx_write import ONNX_DTYPES, WrittenEncoder, write
 from smt_convert.converters.plugin import ArchPlugin, Plan
 from smt_convert.converters.reference import ReferenceCache, compare_with_reference
 from smt_convert.converters.output import PARTIAL_MARKER, claim_output, finish_output, release
+from smt_convert.converters.precision import apply as apply_precision
 from smt_convert.converters.report import Reporter
 from smt_convert.converters.text_gguf import OUTTYPES, tensor_nbytes, write_general_metadata, write_text_gguf
 from smt_convert.converters.tokenizer import build_vocab, export_runtime_tokenizer, find_tokenizer, write_vocab
@@ -37,6 +38,7 @@ from smt_convert.runtime.errors import SmtError, Terminated
 from smt_convert.runtime.media import modality
 
 SUPPORTED_WEIGHT_DTYPES = {"F32", "F16", "BF16"}
+EXACT_OUTTYPES = {"f32", "f16", "bf16"}   # the family's precision rules apply to the lossier types
 GOLDEN_HOST = "board"   # goldens run the board's own host preprocessing: what `verify` on a board checks
 
 
@@ -80,6 +82,7 @@ class ConvertOptions:
     image_size: int | tuple[int, int] | None = None   # vision models only
     shared: SharedWork | None = None     # a recipe's shared work (None: a single conversion)
     hub: HubSource | None = None         # the checkpoint came from the Hugging Face Hub (repo, commit)
+    tensor_types: dict[str, str] | None = None   # --tensor-type PATTERN=TYPE overrides (precision.py)
 
 
 def make_plan(plugin: ArchPlugin, checkpoint_dir: Path, opts: ConvertOptions) -> tuple[Plan, Checkpoint]:
@@ -107,7 +110,8 @@ def make_plan(plugin: ArchPlugin, checkpoint_dir: Path, opts: ConvertOptions) ->
     check_special_tokens(plugin.required_tokens(hp), vocab, tokenizer)
     stem = opts.stem or facts.default_stem
     tensors = plugin.text_tensors(hp)
-    types = plugin.text_types(tensors, opts.outtype)
+    rules = plugin.precision_rules if opts.outtype not in EXACT_OUTTYPES else ()
+    types, precision = apply_precision(plugin.text_types(tensors, opts.outtype), tensors, rules, opts.tensor_types)
     text_bytes = sum(tensor_nbytes(t.shape, types[t.name]) for t in tensors)
     encoders = plugin.encoder_outputs(hp, stem) if facts.modality != "text" else []
     text_params = sum(int(np.prod(t.shape)) for t in tensors)
@@ -118,7 +122,7 @@ def make_plan(plugin: ArchPlugin, checkpoint_dir: Path, opts: ConvertOptions) ->
                 golden_file=modality(facts.modality).golden_file,
                 text_tensors=tensors, text_types={k: v.name for k, v in types.items()}, text_bytes=text_bytes,
                 encoders=encoders, dropped=found.dropped, tokenizer=tokenizer, vocab=vocab, params=params,
-                notes=[n for n in [facts.tie_note] if n] + plugin.plan_notes(hp))
+                notes=[n for n in [facts.tie_note] if n] + plugin.plan_notes(hp), precision=precision)
     return plan, ckpt
 
 
@@ -406,7 +410,7 @@ def _manifest_skeleton(plan: Plan, source: dict, records, encoders: list[Written
             "kind": plan.tokenizer.kind, "files": [str(p) for p in plan.tokenizer.files]}},
         "hparams": plugin.hparams_record(hp),
         "text": {"file": plan.text_file, "gguf_arch": plan.text_arch, "outtype": plan.outtype,
-                 "tensors": records, "rope_dimension_sections": list(plan.facts.rope_sections),
+                 "precision": plan.precision, "tensors": records, "rope_dimension_sections": list(plan.facts.rope_sections),
                  "vocab": {"model": vocab.model, "pre": vocab.pre, "size": len(vocab.tokens),
                            "special_ids": vocab.special_ids}},
         "dropped_tensors": plan.dropped,

@@ -24,6 +24,7 @@ from smt_convert.runtime.errors import SmtError
 if TYPE_CHECKING:
     from smt_convert.converters.checkpoint import Checkpoint
     from smt_convert.converters.onnx_graph import EncoderGraph, Weights
+    from smt_convert.converters.precision import PrecisionRule
     from smt_convert.runtime.verify import Row
 
 PLUGINS: dict[str, type["ArchPlugin"]] = {}
@@ -153,6 +154,7 @@ class Plan:
     vocab: Any                                 # converters.tokenizer.GgufVocab, built while planning
     params: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    precision: list[dict] = field(default_factory=list)   # what the family's rules and --tensor-type changed
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,8 @@ class ArchPlugin(abc.ABC):
     text_arch: ClassVar[str]                     # GGUF architecture, for `smt-convert list` (facts() decides)
     tokens: ClassVar[TokenRules]
     lossy_nmse_scale: ClassVar[float] = 1.0      # widens lossy text NMSE bounds (MoE routing flips)
+    # GGUF tensors that keep a higher type than a lossy --outtype, each with its measured reason (precision.py)
+    precision_rules: ClassVar[tuple["PrecisionRule", ...]] = ()
     # Flags the board's llama-mtmd-cli / llama-server need for this family, recorded in the bundle's board command
     # lines: `--jinja` when the GGUF's chat template is not one llama.cpp recognises (llama-chat.cpp) without it.
     board_flags: ClassVar[tuple[str, ...]] = ()

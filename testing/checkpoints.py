@@ -187,7 +187,7 @@ TINY_QWEN3_5_HIDDEN = 64
 TINY_QWEN3_5_LAYER_TYPES = ["linear_attention", "linear_attention", "linear_attention", "full_attention"]
 
 
-def tiny_qwen3_5_text_config(moe: bool = False, tie: bool = True) -> dict:
+def tiny_qwen3_5_text_config(moe: bool = False, tie: bool = True, **overrides) -> dict:
     """Text config kwargs: both layer kinds (full attention every 4th layer), more linear value heads than key
     heads (exercises the value-head reorder), partial rotary with M-RoPE sections llama.cpp can express."""
     text = dict(
@@ -205,6 +205,7 @@ def tiny_qwen3_5_text_config(moe: bool = False, tie: bool = True) -> dict:
                     num_experts_per_tok=2)
     else:
         text.update(intermediate_size=128)
+    text.update(overrides)
     return text
 
 
@@ -215,10 +216,10 @@ def tiny_qwen3_5_vision_config(out_hidden: int = TINY_QWEN3_5_HIDDEN) -> dict:
 
 
 def tiny_qwen3_5_config(ids: dict, moe: bool = False, text_only: bool = False, tie: bool = True,
-                        vision_out_hidden: int | None = None):
+                        vision_out_hidden: int | None = None, text_overrides: dict | None = None):
     import transformers
 
-    text = tiny_qwen3_5_text_config(moe, tie)
+    text = tiny_qwen3_5_text_config(moe, tie, **(text_overrides or {}))
     text.update(eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
     if text_only:
         cls = transformers.Qwen3_5MoeTextConfig if moe else transformers.Qwen3_5TextConfig
@@ -238,9 +239,11 @@ def qwen3_5_model_class(moe: bool, text_only: bool):
 
 
 @torch.no_grad()
-def scale_qwen3_5_weights(model, seed: int = 0) -> None:
+def scale_qwen3_5_weights(model, seed: int = 0, fan_in: bool = False) -> None:
     """Redraw every parameter larger than HF's init (deterministically) so logits and image features are far
-    from flat: text as tests/test_qwen3_5_text.py, vision as tests/test_qwen3_5_vision.py."""
+    from flat: text as tests/test_qwen3_5_text.py, vision as tests/test_qwen3_5_vision.py. `fan_in`: text matrices
+    get 0.15 x sqrt(64 / fan-in) instead of 0.15 (the same at the tiny width, and a stable signal at real widths,
+    where a fixed 0.15 makes a chaotic network that no quantisation survives)."""
     gen = torch.Generator().manual_seed(seed)
 
     def randn(p):
@@ -263,13 +266,14 @@ def scale_qwen3_5_weights(model, seed: int = 0) -> None:
         elif p.ndim == 1:  # zero-centred norms (HF applies 1 + w) and the gated norm: 0.2 spread
             p.copy_(0.2 * randn(p))
         else:
-            p.copy_(0.15 * randn(p))
+            p.copy_(0.15 * randn(p) * ((64 / p.shape[-1]) ** 0.5 if fan_in else 1.0))
 
 
 @tiny_builder("qwen3.5")
 def make_tiny_qwen3_5(out_dir: Path, moe: bool = False, text_only: bool = False, dtype=torch.float32,
                       tie: bool = True, seed: int = 0, with_preprocessor: bool = True,
-                      vision_out_hidden: int | None = None, shards: int = 1, layout: str = "saved") -> dict:
+                      vision_out_hidden: int | None = None, shards: int = 1, layout: str = "saved",
+                      text_overrides: dict | None = None, fan_in_scale: bool = False) -> dict:
     """Write a tiny Qwen3.5 checkpoint with transformers' own `save_pretrained` (config.json with
     `architectures`, model.safetensors, generation_config.json; MoE experts come out per expert), plus the
     tokenizer files and, for the multimodal models, a preprocessor_config.json like the real one.
@@ -279,17 +283,19 @@ def make_tiny_qwen3_5(out_dir: Path, moe: bool = False, text_only: bool = False,
     position table (default image 128x128), out_hidden_size = text hidden unless `vision_out_hidden`.
     layout "saved": as `save_pretrained` writes it (MoE experts one tensor per expert); "released": the Hub
     release's weights (the in-memory names, MoE experts fused into `experts.gate_up_proj` / `down_proj`).
-    Returns {"config", "ids" (added token -> id), "model" (float32, eval)}.
+    `text_overrides` change text config fields (wider models for quantisation measurements: K-quants need rows
+    of 256). Returns {"config", "ids" (added token -> id), "model" (float32, eval)}.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = build_qwen_bpe_tokenizer(out_dir, specials=QWEN3_5_SPECIALS, user_defined=QWEN3_5_USER_DEFINED,
                                    chat_template=CHATML_TEMPLATE)
-    config = tiny_qwen3_5_config(ids, moe=moe, text_only=text_only, tie=tie, vision_out_hidden=vision_out_hidden)
+    config = tiny_qwen3_5_config(ids, moe=moe, text_only=text_only, tie=tie, vision_out_hidden=vision_out_hidden,
+                                 text_overrides=text_overrides)
     cls = qwen3_5_model_class(moe, text_only)
     torch.manual_seed(seed)
     model = cls(config).eval()
-    scale_qwen3_5_weights(model, seed)
+    scale_qwen3_5_weights(model, seed, fan_in=fan_in_scale)
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     _quiet_save(model, out_dir, dtype, shard_size(model, shards, dtype))

@@ -35,6 +35,7 @@ class Qwen35Plugin(ArchPlugin):
     # from qwen2); <|im_end|> ends an assistant turn. No bos (add_bos_token false). The checkpoint's own chat
     # template (it handles thinking and images).
     tokens = TokenRules(pre="qwen35", eos="<|im_end|>", eot="<|im_end|>", bos=None, chat_template=None)
+    precision_rules = text.PRECISION_RULES
     board_flags = ()  # ChatML template: llama.cpp's built-in chatml gives the prompt the runtime verified
 
     @classmethod
