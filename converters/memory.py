@@ -9,12 +9,15 @@ llama.cpp uses when it allocates (read from llama-cpp-python 0.3.36's vendored l
 
 The terms, in bytes (see each function for its formula):
 - weights: the GGUF's tensor data. llama.cpp maps the file and reads every weight while it works; on the
-  board, SpacemiT's backend copies the quantised weights into its own repacked buffer (about the same size) and
-  the mapped pages become reclaimable page cache. Either way the weights are resident once.
+  board, SpacemiT's backend copies the quantised weights into its own repacked buffer and the mapped pages
+  become reclaimable page cache. Either way the weights are resident once. The repacked copy has the same size
+  for Q4_0 and Q8_0 and is 5% smaller for Q4_1 (ggml-spacemit/ime.cpp `get_repacked_block_type_size`); a Q6_K
+  tensor (llama-quantize's Q4_K_M output layer, never written by smt-convert) is repacked as Q8_0, 30% larger,
+  which this count does not add.
 - kv_cache: exact (F16 by default, as llama.cpp).
 - recurrent_state: exact (Qwen3.5's Gated-DeltaNet layers; F32).
 - compute: llama.cpp's compute buffer, an estimate (ggml's allocator reuses memory between ops, so the size is
-  the peak of live tensors over the graph; modelled as the largest of four phases, below).
+  the peak of live tensors over the graph; modelled as the largest of five phases, see compute_buffer_bytes).
 - output: llama.cpp's output (logits) buffer as first reserved, exact.
 - encoder: the ONNX encoder session's peak, passed in (measured elsewhere; the board runs the encoder
   before decoding but keeps its session, so it counts in full).
@@ -46,8 +49,8 @@ CTX_PAD = 256
 CONTEXTS = (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144)
 
 # A fixed allowance for what no term above counts: the shared libraries' resident code and data (llama.cpp's
-# libllama + libggml: 27 MiB RSS measured here when llama-cpp-python is imported; ONNX Runtime: 12 MiB when
-# imported), the vocabulary and chat-template structures, ggml's CPU work buffer (activations quantised for the
+# libllama + libggml: importing llama-cpp-python, which loads them, adds 27 MiB RSS on this x86-64 host; ONNX
+# Runtime's import adds 12 MiB), the vocabulary and chat-template structures, ggml's CPU work buffer (activations quantised for the
 # matmuls: a few MiB at n_ubatch 512), thread stacks, the server's HTTP state, and allocator slack. Those
 # measured pieces are about 40-50 MiB on x86-64; 128 MiB leaves room for the RISC-V builds, SpacemiT's
 # execution provider and its arenas, which could not be measured here.
@@ -134,10 +137,9 @@ def read_text_shape(gguf_path: Path | str) -> TextShape:
     n_head = max(n_head_arr)
     n_head_kv = _per_layer(key("attention.head_count_kv", n_head_arr if len(set(n_head_arr)) > 1 else n_head),
                            n_layer_all, path, g.arch + ".attention.head_count_kv")
-    # llama.cpp: key/value length default to n_embd / n_head
+    # llama.cpp (llama-model.cpp load_hparams): key and value length each default to n_embd / n_head
     key_length = int(key("attention.key_length", n_embd // max(n_head, 1)))
-    value_length = int(key("attention.value_length", key_length if g.has_meta("{arch}.attention.key_length")
-                                                     else n_embd // max(n_head, 1)))
+    value_length = int(key("attention.value_length", n_embd // max(n_head, 1)))
     ff = key("feed_forward_length", 0)
     n_ff = max(ff) if isinstance(ff, list) else int(ff)
 
@@ -236,21 +238,25 @@ def output_buffer_bytes(model, n_seq: int = 1) -> int:
 def compute_buffer_bytes(model, n_ctx: int, n_seq: int = 1, n_ubatch: int = DEFAULT_UBATCH,
                          flash_attn: bool = True, kv_unified: bool = False) -> int:
     """Estimate of llama.cpp's compute buffer (`sched_reserve`): the worst-case graph is reserved for
-    T = min(n_ctx, n_ubatch) tokens with T output rows, and ggml's allocator frees a tensor after its last
-    use, so the buffer is the peak of tensors alive at once. Four phases, f = 4 bytes (F32 activations),
-    E = n_embd, q = n_head x key_length, kv = n_head_kv x key_length, n_kv = the KV cells a token sees (the
-    padded n_ctx; n_ctx / n_seq per stream when the cache is not unified), the mask [n_kv, T] alive from the first to the last attention layer:
+    T = min(n_ctx, n_ubatch) tokens with T output rows (n_outputs_max = n_batch), and ggml's allocator frees a
+    tensor after its last use, so the buffer is the peak of tensors alive at once. With f = 4 bytes (F32
+    activations), E = n_embd, q = n_head x key_length, kv = n_head_kv x key_length, and n_kv = the KV cells a
+    token sees (the padded n_ctx; n_ctx / n_seq per stream when the cache is not unified), five phases:
 
-      mask      = T x n_kv x (2 with flash attention (F16 mask), else 4)
-      attention = mask + (no flash attention: scores T x n_kv x n_head x f) + T x f x (3E + 2q + 2kv [+ q gate])
-      ffn       = mask + T x f x (4E + 3 n_ff)            (MoE: 4E + n_expert + n_used x 3 n_ff_exp + 3 n_ff_shexp)
-      recurrent = mask + T x f x (3 conv_channels + d_inner + E) + 2 x n_seq x n_embd_s x f  (Gated-DeltaNet)
-      output    = T x n_vocab x f + T x f x 3E (+ mask with flash attention, whose F16 mask is still placed)
+      mask      = T x n_kv x (2 with flash attention: an F16 mask; else 4), alive across the attention layers
+      attention = mask + (flash attention off: scores T x n_kv x n_head x f) + T x f x (3E + 2q + 2kv [+ q gate])
+      ffn       = mask + T x f x (4E + 3 n_ff)      (MoE: 4E + n_expert + n_used x 3 n_ff_exp + 3 n_ff_shexp)
+      recurrent = mask + T x f x (3 conv_channels + d_inner + E) + 2 x n_seq x n_embd_s x f   (Gated-DeltaNet)
+      output    = logits T x n_vocab x f + mask + T x f x (5E with flash attention, else 3E)
 
-    compute = the largest. Without flash attention the scores (T x n_ctx x n_head) dominate long contexts;
-    otherwise the logits (T x n_vocab) usually do. The T x f x (...) terms were fitted to llama.cpp's reports on
-    models where each phase dominates in turn (tests/test_boards_memory.py holds the measured agreement);
-    they are the activations each phase keeps (residual, normed input, projections, their rope/norm copies)."""
+    compute = the largest. With flash attention off the scores (T x n_ctx x n_head x 4) dominate long contexts,
+    otherwise the logits (T x n_vocab x 4) usually do: 297 MiB for Qwen3-ASR's 151936 tokens at T = 512. The
+    T x f x (...) terms are the activations each phase keeps (residual, normed input, projections and their
+    rope/norm copies), fitted to llama.cpp's own figures on models where each phase dominates in turn. Measured
+    (tests/test_boards_memory.py): never more than 0.7% below llama.cpp, and above it by at most the mask plus
+    3 T x E floats, because ggml's allocator sometimes reuses the mask's hole for the logits, which the estimate
+    does not assume (-0.7% ... +13% at Qwen3-ASR-0.6B widths; within 0.2% where the scores dominate). The
+    MoE phase was checked on one tiny qwen35moe model only: -7.4% ... +20%."""
     s = _shape(model)
     cells, streams = kv_cells(n_ctx, n_seq, kv_unified)
     n_kv = cells                                 # each token attends to its own stream's cells
@@ -273,7 +279,7 @@ def compute_buffer_bytes(model, n_ctx: int, n_seq: int = 1, n_ubatch: int = DEFA
     if s.recurrent_layers:
         phases.append(mask + T * f * (3 * s.conv_channels + s.ssm_d_inner + E)
                       + 2 * max(1, n_seq) * s.ssm_d_state * s.ssm_d_inner * f)
-    phases.append(T * s.n_vocab * f + T * f * 3 * E + mask)
+    phases.append(T * s.n_vocab * f + T * f * (5 if flash_attn else 3) * E + mask)
     return max(phases)
 
 
