@@ -21,6 +21,7 @@ from smt_convert.runtime.errors import SmtError, Terminated
 # Kept here (not imported from converters) so that `run` and `verify` start without importing conversion code.
 OUTTYPE_CHOICES = ["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
 ONNX_DTYPE_CHOICES = ["fp32", "fp16", "int8"]
+BOARD_CHOICES = ["k1", "k3", "host"]
 # Bounds on what drives time and memory (README, "Limits"), checked when the command line is read.
 MAX_VERIFY_TOKENS = 4096
 MAX_RUN_TOKENS = 32768
@@ -169,10 +170,20 @@ def _parse_image_size(ctx, param, value):
 
 def _conversion_options(f):
     options = [
-        click.option("--outtype", type=click.Choice(OUTTYPE_CHOICES), default="f16", show_default=True,
-                     help="Type of the text GGUF's weight matrices (norms and biases stay f32)."),
-        click.option("--onnx-dtype", type=click.Choice(ONNX_DTYPE_CHOICES), default="fp32", show_default=True,
-                     help="Encoder weights/compute precision (inputs and outputs stay float32)."),
+        click.option("--outtype", type=click.Choice(OUTTYPE_CHOICES), default=None,
+                     help="Type of the text GGUF's weight matrices (norms and biases stay f32). Default: f16, or "
+                          "the --board profile's."),
+        click.option("--onnx-dtype", type=click.Choice(ONNX_DTYPE_CHOICES), default=None,
+                     help="Encoder weights/compute precision (inputs and outputs stay float32). Default: fp32, or "
+                          "the --board profile's."),
+        click.option("--board", type=click.Choice(BOARD_CHOICES), default=None,
+                     help="Target board: its defaults for --outtype/--onnx-dtype (k1: q4_0 + int8 audio / fp16 "
+                          "vision encoder; k3: the same; host: q8_0 + fp32), its ONNX Runtime thread settings "
+                          "(config.json ep_config) and a -c that fits its memory. Explicit options win; a type the "
+                          "board does not accelerate is a warning."),
+        click.option("--context", type=click.IntRange(256, 1 << 20), default=None,
+                     help="The -c the bundle's board commands carry and its memory is stated at (default 4096, or "
+                          "what the --board's memory holds, at most the model's own context length)."),
         click.option("--image-size", default=None, callback=_parse_image_size,
                      help="Vision input side N (square) or HxW, multiples of 32 (Qwen3.5); default from the model."),
         click.option("--tokenizer", "tokenizer_dir", default=None,
@@ -207,7 +218,8 @@ def _resolve_checkpoint(ctx, checkpoint: str, revision: str | None, what: str = 
 @_conversion_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan (or the bundle's facts) as JSON.")
 @click.pass_context
-def inspect(ctx, checkpoint, outtype, onnx_dtype, image_size, tokenizer_dir, revision, tensor_types, as_json):
+def inspect(ctx, checkpoint, outtype, onnx_dtype, board, context, image_size, tokenizer_dir, revision, tensor_types,
+            as_json):
     """Validate CHECKPOINT (a directory, or a Hugging Face repo id ORG/NAME) and print what a conversion would
     produce (writes nothing but the Hub cache).
 
@@ -230,7 +242,8 @@ def inspect(ctx, checkpoint, outtype, onnx_dtype, image_size, tokenizer_dir, rev
 
     plan, _ = make_plan(plugin, checkpoint, ConvertOptions(outtype=outtype, onnx_dtype=onnx_dtype,
                                                            tokenizer_dir=tokenizer_dir, image_size=image_size,
-                                                           tensor_types=parse_overrides(tensor_types)))
+                                                           tensor_types=parse_overrides(tensor_types),
+                                                           board=board, context=context))
     description = describe_plan(plan, ckpt)
     if resolved.hub is not None:
         description.update(resolved.hub.record())
@@ -265,8 +278,8 @@ def _convert_command(plugin_name: str | None):
                        f"(at most {MAX_VERIFY_TOKENS}: the reference scores every one).")
     @_verbosity_options
     @click.pass_context
-    def command(ctx, checkpoint, output, outtype, onnx_dtype, image_size, tokenizer_dir, revision, tensor_types,
-                stem, force, no_verify, max_new_tokens):
+    def command(ctx, checkpoint, output, outtype, onnx_dtype, board, context, image_size, tokenizer_dir, revision,
+                tensor_types, stem, force, no_verify, max_new_tokens):
         from smt_convert.converters.checkpoint import read_json
         from smt_convert.converters.convert import ConvertOptions, convert
         from smt_convert.converters.output import check_output
@@ -293,7 +306,7 @@ def _convert_command(plugin_name: str | None):
             plugin = detect_plugin(config, config_path)
         opts = ConvertOptions(outtype=outtype, onnx_dtype=onnx_dtype, tokenizer_dir=tokenizer_dir, stem=stem,
                               force=force, verify=not no_verify, max_new_tokens=max_new_tokens, image_size=image_size,
-                              hub=resolved.hub, tensor_types=overrides)
+                              hub=resolved.hub, tensor_types=overrides, board=board, context=context)
         manifest = convert(plugin, checkpoint, output, opts, report)
         rows = [Row.from_dict(r) for r in manifest["verification"]["rows"]]
         click.echo(format_table(rows))

@@ -122,3 +122,53 @@ def accelerated(board: str | BoardProfile, ggml_type_name: str) -> bool:
     if name not in GGMLQuantizationType.__members__:
         raise ValueError(f"{ggml_type_name!r} is not a ggml type name (e.g. Q4_0, Q4_K, Q8_0, F16)")
     return b.accelerated_types is None or name in b.accelerated_types
+
+
+# The ggml type that carries most of a llama-quantize preset's weights (its matrices; llama.cpp's
+# `llama_tensor_get_type` raises a few, e.g. the output projection, to a higher type).
+PRESET_MAIN_TYPE = {"q2_k": "Q2_K", "q3_k_s": "Q3_K", "q3_k_m": "Q3_K", "q3_k_l": "Q3_K", "q4_k_s": "Q4_K",
+                    "q4_k_m": "Q4_K", "q5_k_s": "Q5_K", "q5_k_m": "Q5_K", "q6_k": "Q6_K"}
+
+
+def main_type(outtype: str) -> str:
+    """The ggml type of most matrices for an --outtype (q4_k_m -> Q4_K, q8_0 -> Q8_0)."""
+    return PRESET_MAIN_TYPE.get(outtype, outtype.upper())
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The types a conversion uses, where each came from, and what the user should know."""
+
+    outtype: str
+    onnx_dtype: str
+    board: BoardProfile | None
+    warnings: tuple[str, ...] = ()
+
+
+def choose(board: str | None, outtype: str | None, onnx_dtype: str | None, modality: str) -> Choice:
+    """--outtype / --onnx-dtype as given; missing ones from the board's profile (--board), else f16 / fp32. A
+    text type the board does not accelerate is a one-line warning (it still runs, on the vector path)."""
+    profile_ = profile(board) if board else None
+    if profile_ is None:
+        return Choice(outtype or "f16", onnx_dtype or "fp32", None)
+    encoder_default = profile_.vision_encoder_dtype if modality == "image" else profile_.encoder_dtype
+    chosen = Choice(outtype or profile_.default_text_type, onnx_dtype or encoder_default, profile_)
+    warnings = []
+    if not accelerated(profile_, main_type(chosen.outtype)):
+        warnings.append(f"--outtype {chosen.outtype}: {profile_.name.upper()} does not accelerate "
+                        f"{main_type(chosen.outtype)} (it accelerates {', '.join(sorted(profile_.accelerated_types))});"
+                        " it runs on the slower vector path")
+    return Choice(chosen.outtype, chosen.onnx_dtype, profile_, tuple(warnings))
+
+
+def acceleration_record(board: BoardProfile, tensors: list[dict]) -> dict:
+    """How much of the text GGUF's matrix bytes the board's matrix extension runs (manifest `board_profile`)."""
+    matrices = [t for t in tensors if len(t["shape"]) >= 2]
+    total = sum(t["bytes"] for t in matrices) or 1
+    slow = {}
+    for t in matrices:
+        if not accelerated(board, t["type"]):
+            slow[t["type"]] = slow.get(t["type"], 0) + t["bytes"]
+    return {"accelerated_bytes_share": round(1 - sum(slow.values()) / total, 4),
+            "not_accelerated": {k: {"bytes": v, "tensors": sum(1 for t in matrices if t["type"] == k)}
+                                for k, v in sorted(slow.items())}}

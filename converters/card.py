@@ -42,7 +42,8 @@ def add_card_records(manifest: dict, board_flags: tuple[str, ...], checkpoint_di
         "stem": opts.stem, "tokenizer": str(opts.tokenizer_dir) if opts.tokenizer_dir else None,
         "verify": opts.verify, "max_new_tokens": opts.max_new_tokens, "thresholds": dict(opts.thresholds or {}),
         "golden_input": str(opts.golden_input) if opts.golden_input else None, "language": opts.language,
-        "fields": dict(opts.fields or {})}
+        "fields": dict(opts.fields or {}), "board": opts.board, "context": opts.context,
+        "tensor_types": dict(opts.tensor_types or {})}
     manifest["source"]["license"] = source_license(Path(checkpoint_dir))
     manifest["board"] = commands.board_record(tuple(board_flags), manifest["text"]["file"], manifest["modality"],
                                               commands.golden_input_path(manifest["golden"]),
@@ -148,6 +149,9 @@ def card_facts(manifest: dict) -> dict:
                   "notes": board.get("notes", [])},
         "smt_convert": {"run": commands.run_command(manifest), "verify": commands.verify_command()},
         "timings": manifest.get("timings", {}),
+        "quality": manifest.get("quality"),
+        "memory": manifest.get("memory"),
+        "board_profile": manifest.get("board_profile"),
     }
 
 
@@ -254,6 +258,7 @@ def render_card(manifest: dict) -> str:
     out += ["Anywhere with `pip install smt-convert` (no torch), from this directory: run the bundle on its golden "
             "input, and re-check every file's sha256 and the golden vectors:", "",
             "```bash", f["smt_convert"]["run"], f["smt_convert"]["verify"], "```", ""]
+    out += _memory(f)
     out += _contents(f)
     out += _made(f)
     out += _verification(f)
@@ -363,6 +368,41 @@ def _made(f: dict) -> list[str]:
     return out + [""]
 
 
+MEMORY_TERMS = (("weights", "text weights (the GGUF's tensors, mapped)"), ("kv_cache", "KV cache (attention layers)"),
+                ("recurrent_state", "recurrent state (Gated-DeltaNet layers)"),
+                ("compute", "llama.cpp compute buffer (estimate)"), ("output", "logits buffer"),
+                ("encoder", "encoder session peak (measured at conversion)"), ("overhead", "runtime allowance"))
+
+
+def memory_lines(m: dict) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """The memory statement as table rows: (term, size) at the bundle's -c, and (board memory, holds -c N?,
+    longest -c) per board size."""
+    terms = [(what, human_size(m["bytes"][key])) for key, what in MEMORY_TERMS if m["bytes"].get(key)]
+    terms.append(("total", human_size(m["bytes"]["total"])))
+    sizes = [(f"{gb} GB", "yes" if int(gb) in m["fits_at_n_ctx"] else "no", str(ctx) if ctx else "does not fit")
+             for gb, ctx in m["longest_context"].items()]
+    return terms, sizes
+
+
+def _memory(f: dict) -> list[str]:
+    m, profile = f["memory"], f["board_profile"]
+    if not m:
+        return []
+    terms, sizes = memory_lines(m)
+    out = ["## Memory on the board", "",
+           f"At `-c {m['n_ctx']}` (the board commands above), this bundle needs about "
+           f"**{human_size(m['bytes']['total'])}** besides the board's Linux ({m['assumptions']}):", ""]
+    out += markdown_table(("part", "size"), terms) + [""]
+    out += markdown_table(("board memory", f"holds -c {m['n_ctx']}", "longest -c it holds"), sizes) + [""]
+    if profile:
+        slow = ", ".join(f"{v['tensors']} x {k}" for k, v in profile["not_accelerated"].items())
+        out += [f"Made for {profile['name'].upper()} ({profile['soc']}): "
+                f"{100 * profile['accelerated_bytes_share']:.0f}% of the text matrices' bytes are in types it "
+                f"accelerates ({', '.join(profile['accelerated_types'])})" + (f"; {slow} run on the vector path."
+                                                                            if slow else "."), ""]
+    return out
+
+
 def _verification(f: dict) -> list[str]:
     v = f["verification"]
     reference = v["reference"] or "none (goldens only)"
@@ -405,6 +445,15 @@ def format_facts(f: dict, bundle: Path) -> str:
     if v["rows"]:
         lines += ["verification rows:"] + ["  " + line for line in format_table([Row.from_dict(r) for r in v["rows"]])
                                            .splitlines()]
+    if f.get("memory"):
+        terms, sizes = memory_lines(f["memory"])
+        lines.append(f"memory        at -c {f['memory']['n_ctx']}: " + ", ".join(f"{t} {v}" for t, v in terms))
+        lines.append("board sizes   " + "; ".join(f"{gb}: {'holds it' if ok == 'yes' else 'too small'} (longest -c "
+                                                   f"{ctx})" for gb, ok, ctx in sizes))
+    if f.get("quality"):
+        q = f["quality"]
+        lines.append(f"quality       KLD mean {q['kld_mean']:.4g}, p99 {q['kld_p99']:.4g}, top-1 {q['top1']:.3f} vs "
+                     f"Hugging Face over {q['positions']} positions")
     lines.append("on the board, from the bundle directory:")
     lines += [f"  {c}" for c in f["board"]["commands"].values()] + [f"  ({n})" for n in f["board"]["notes"]]
     if not f["board"]["commands"]:

@@ -24,12 +24,12 @@ FLAG_REASONS = {"--jinja": "this model's chat template is not one of llama.cpp's
 
 
 def board_record(flags: tuple[str, ...], text_file: str, modality: str, golden_input: str | None,
-                 prompt: str | None) -> dict:
+                 prompt: str | None, context: int | None = None, threads: int | None = None) -> dict:
     """The manifest's `board` record: the plugin's flags and the two board command lines.
 
     `golden_input` is the golden medium's path inside the bundle (None for text only); `prompt` the prompt text
     the golden run used (None when the model takes none, e.g. speech recognition)."""
-    model = ["-m", text_file]
+    model = ["-m", text_file] + (["-c", str(context)] if context else []) + (["-t", str(threads)] if threads else [])
     if modality == "text":
         commands = {"llama-cli": shlex.join(["llama-cli", *model, *flags, *(["-p", prompt] if prompt else [])]),
                     "llama-server": shlex.join(["llama-server", *model, *flags])}
@@ -48,6 +48,9 @@ def board_record(flags: tuple[str, ...], text_file: str, modality: str, golden_i
         if not prompt:
             notes.append(f"`-p '{MEDIA_MARKER}'` adds no text: it marks where the {modality} goes, and the board "
                          "builds this model's prompt around it.")
+    if context:
+        notes.append(f"`-c {context}`: the context the bundle's memory statement is made for (see Memory on the "
+                     "board); llama.cpp's default is the model's whole training context, which a board may not hold.")
     return {"target": "SpacemiT llama.cpp with the SMT backend (spacemit-com/llama.cpp)",
             "run_from": "the bundle directory", "flags": list(flags), "commands": commands, "notes": notes}
 
@@ -94,7 +97,13 @@ def convert_command(manifest: dict, output: str = "OUTPUT") -> str | None:
     args = ["smt-convert", manifest["architecture"], source.get("repo") or source["directory"], output]
     if source.get("repo") and source.get("revision"):
         args += ["--revision", source["revision"]]
+    if options.get("board"):
+        args += ["--board", options["board"]]
     args += ["--outtype", options["outtype"], "--onnx-dtype", options["onnx_dtype"]]
+    for pattern, type_name in (options.get("tensor_types") or {}).items():
+        args += ["--tensor-type", f"{pattern}={type_name}"]
+    if options.get("context"):
+        args += ["--context", str(options["context"])]
     size = options.get("image_size")
     if size is not None:
         args += ["--image-size", f"{size[0]}x{size[1]}" if isinstance(size, list) else str(size)]

@@ -8,6 +8,7 @@ Hugging Face reference runs one layer at a time (`reference_stream.py`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from smt_convert import __version__
+from smt_convert.converters import boards, commands, memory
 from smt_convert.converters.card import CARD_FILE, add_card_records, render_card
 from smt_convert.converters.checkpoint import Checkpoint
 from smt_convert.converters.hashing import BackgroundHashes
@@ -68,8 +70,8 @@ class SharedWork:
 
 @dataclass
 class ConvertOptions:
-    outtype: str = "f16"
-    onnx_dtype: str = "fp32"
+    outtype: str | None = "f16"          # None: the board profile's (or f16)
+    onnx_dtype: str | None = "fp32"      # None: the board profile's (or fp32)
     tokenizer_dir: Path | None = None
     stem: str | None = None
     force: bool = False
@@ -83,19 +85,23 @@ class ConvertOptions:
     shared: SharedWork | None = None     # a recipe's shared work (None: a single conversion)
     hub: HubSource | None = None         # the checkpoint came from the Hugging Face Hub (repo, commit)
     tensor_types: dict[str, str] | None = None   # --tensor-type PATTERN=TYPE overrides (precision.py)
+    board: str | None = None             # --board k1|k3|host: defaults for the types, ep_config, -c (boards.py)
+    context: int | None = None           # --context: the -c the board commands carry and the memory is stated at
 
 
 def make_plan(plugin: ArchPlugin, checkpoint_dir: Path, opts: ConvertOptions) -> tuple[Plan, Checkpoint]:
     """Read config and headers, validate them, find the tokenizer: every problem surfaces here, before any
-    tensor data is read."""
-    if opts.outtype not in OUTTYPES:
-        raise SmtError(f"--outtype: '{opts.outtype}' is not one of {', '.join(OUTTYPES)}")
-    if opts.onnx_dtype not in ONNX_DTYPES:
-        raise SmtError(f"--onnx-dtype: '{opts.onnx_dtype}' is not one of {', '.join(ONNX_DTYPES)}")
+    tensor data is read. The types are settled here too (--board defaults need the model's modality): the
+    returned plan's `outtype`/`onnx_dtype` are the ones used."""
+    for given, known, flag in ((opts.outtype, OUTTYPES, "--outtype"), (opts.onnx_dtype, ONNX_DTYPES, "--onnx-dtype")):
+        if given is not None and given not in known:
+            raise SmtError(f"{flag}: '{given}' is not one of {', '.join(known)}")
 
     ckpt = opts.shared.checkpoint(checkpoint_dir) if opts.shared else Checkpoint.open(checkpoint_dir)
     hp = plugin.read_hparams(ckpt, opts)
     facts = plugin.facts(hp)
+    choice = boards.choose(opts.board, opts.outtype, opts.onnx_dtype, facts.modality)
+    opts = dataclasses.replace(opts, outtype=choice.outtype, onnx_dtype=choice.onnx_dtype)
     to_ckpt = plugin.canonical_to_checkpoint(hp)
     expected = {to_ckpt(name): shape for name, shape in plugin.expected_tensors(hp).items()}
     plugin.check_weights(ckpt, hp)
@@ -122,7 +128,8 @@ def make_plan(plugin: ArchPlugin, checkpoint_dir: Path, opts: ConvertOptions) ->
                 golden_file=modality(facts.modality).golden_file,
                 text_tensors=tensors, text_types={k: v.name for k, v in types.items()}, text_bytes=text_bytes,
                 encoders=encoders, dropped=found.dropped, tokenizer=tokenizer, vocab=vocab, params=params,
-                notes=[n for n in [facts.tie_note] if n] + plugin.plan_notes(hp), precision=precision)
+                notes=[n for n in [facts.tie_note] if n] + plugin.plan_notes(hp), precision=precision,
+                board=choice.board, warnings=list(choice.warnings))
     return plan, ckpt
 
 
@@ -172,8 +179,11 @@ def convert(plugin: ArchPlugin, checkpoint_dir: Path, out_dir: Path, opts: Conve
     _check_paths(checkpoint_dir, out_dir, opts)
     report.step(f"reading {checkpoint_dir}")
     plan, ckpt = make_plan(plugin, checkpoint_dir, opts)
+    opts = dataclasses.replace(opts, outtype=plan.outtype, onnx_dtype=plan.onnx_dtype)
+    for warning in plan.warnings:
+        report.warning(warning)
     report.step(f"{plugin.name}: {plan.params['text'] / 1e6:.1f}M text parameters, layout {plan.facts.layout}, "
-                f"tokenizer from {plan.tokenizer.kind}")
+                f"tokenizer from {plan.tokenizer.kind}" + (f", for {plan.board.name.upper()}" if plan.board else ""))
     for note in plan.notes:
         report.step(f"note: {note}")
     claim = claim_output(out_dir, opts.force)
@@ -231,13 +241,32 @@ def _write_bundle(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions,
 
     t0 = time.perf_counter()
     report.step("verifying the bundle" + (" against the Hugging Face model" if opts.verify else " (goldens only)"))
-    rows, reference, quality = _verify_and_store_goldens(plan, ckpt, tmp, opts, report)
+    rows, reference, quality, encoder_peak = _verify_and_store_goldens(plan, ckpt, tmp, opts, report)
     timings["verify_s"] = round(time.perf_counter() - t0, 2)
+    _add_board_records(manifest, plan, tmp, opts, encoder_peak or 0)
     manifest["verification"] = {"reference": reference, "rows": [r.to_dict() for r in rows],
                                 "passed": all(r.ok for r in rows)}
     if quality is not None:
         manifest["quality"] = quality.to_dict()
     return manifest
+
+
+def _add_board_records(manifest: dict, plan: Plan, tmp: Path, opts: ConvertOptions, encoder_peak: int) -> None:
+    """What the bundle needs on the board: the memory at its `-c` and which board sizes hold it (memory.py), the
+    board command lines carrying that `-c`, and with --board the profile and how much of the GGUF it accelerates."""
+    gguf_path = tmp / plan.text_file
+    sizes = plan.board.memory_gb if plan.board else ()
+    n_ctx = memory.choose_context(gguf_path, encoder_peak, opts.context, sizes)
+    manifest["memory"] = memory.memory_record(gguf_path, n_ctx, encoder_peak)
+    manifest["board"] = commands.board_record(tuple(plan.plugin.board_flags), plan.text_file, plan.modality,
+                                              commands.golden_input_path(manifest["golden"]),
+                                              commands.golden_prompt(manifest), context=n_ctx,
+                                              threads=plan.board.llama_threads if plan.board else None)
+    if plan.board is not None:
+        manifest["board_profile"] = {"name": plan.board.name, "soc": plan.board.soc,
+                                     "accelerated_types": sorted(plan.board.accelerated_types or []),
+                                     "memory_gb": list(plan.board.memory_gb), "ep_config": plan.board.ep_config(),
+                                     **boards.acceleration_record(plan.board, manifest["text"]["tensors"])}
 
 
 def _finite_float32(ckpt: Checkpoint, name: str, tensor) -> np.ndarray:
@@ -344,14 +373,17 @@ def _link(source: Path, target: Path, data_file: str | None) -> bool:
 def _write_side_files(plan: Plan, files: dict[str, str], tmp: Path) -> list[str]:
     """Board config.json, the plugin's extra board files, and the tokenizer files the Python runtime reads."""
     plugin, hp = plan.plugin, plan.hparams
-    (tmp / BOARD_CONFIG).write_text(json.dumps(plugin.board_config(hp, files), indent=2) + "\n")
+    config = plugin.board_config(hp, files)
+    if plan.board is not None and plan.board.ep_config() and plan.modality != "text":
+        config["ep_config"] = plan.board.ep_config()  # the board runtime passes it to SpacemiT's ONNX Runtime EP
+    (tmp / BOARD_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     for name, content in plugin.side_files(hp, files, plan.stem).items():
         (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
     return [p.name for p in export_runtime_tokenizer(plan.tokenizer, tmp)]
 
 
 def _verify_and_store_goldens(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions,
-                              report: Reporter) -> tuple[list, str | None, object]:
+                              report: Reporter) -> tuple[list, str | None, object, int | None]:
     """Run the bundle on the golden input, store what it produced, and compare with HF (unless --no-verify)."""
     from smt_convert.runtime.pipeline import BundleRunner
 
@@ -391,7 +423,7 @@ def _verify_and_store_goldens(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: Con
     rows.append(V.Row("goldens", "stored", f"{stored} files in {GOLDEN_DIR}/", "re-run by `smt-convert verify`",
                       True, gate=False))
     report.detail(V.format_table(rows))
-    return rows, reference, quality
+    return rows, reference, quality, runner.encoder_peak_bytes
 
 
 def _manifest_skeleton(plan: Plan, source: dict, records, encoders: list[WrittenEncoder],

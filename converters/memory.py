@@ -348,3 +348,45 @@ def bundle_fits(gguf_path, board_sizes_gb: Iterable[float], *, encoder_peak_byte
     s = read_text_shape(gguf_path)
     return fits(lambda n: text_memory(s, n, n_seq, encoder_peak_bytes=encoder_peak_bytes, **options).total,
                 board_sizes_gb, max_ctx=s.context_length, os_reserve_bytes=os_reserve_bytes)
+
+
+# The board memory sizes a bundle's statement covers: every size K1 and K3 boards are sold with (boards.py).
+BOARD_SIZES_GB = (2, 4, 8, 16, 32)
+DEFAULT_CONTEXT = 4096   # the `-c` a bundle's board commands carry unless a board profile or --context says less
+ASSUMPTIONS = ("llama.cpp defaults: F16 KV cache, n_ubatch 512, flash attention on (as -fa auto on the CPU "
+               "backend), one sequence; the encoder session's peak as measured at conversion; "
+               f"{OS_RESERVE_BYTES // MiB} MiB kept for the board's Linux")
+
+
+def choose_context(gguf_path, encoder_peak_bytes: int, requested: int | None,
+                   board_sizes_gb: tuple[float, ...] = ()) -> int:
+    """The `-c` the bundle documents: `requested` (capped by the model's context_length); without one,
+    DEFAULT_CONTEXT, or with a board profile the largest context up to DEFAULT_CONTEXT that fits its largest
+    memory size (a 2 GB-only board gets what fits there)."""
+    s = read_text_shape(gguf_path)
+    if requested is not None:
+        return min(requested, s.context_length)
+    ceiling = min(DEFAULT_CONTEXT, s.context_length)
+    if not board_sizes_gb:
+        return ceiling
+    best = fits(lambda n: text_memory(s, n, encoder_peak_bytes=encoder_peak_bytes).total, [max(board_sizes_gb)],
+                max_ctx=ceiling)[max(board_sizes_gb)]
+    return best or min(CONTEXTS)
+
+
+def memory_record(gguf_path, n_ctx: int, encoder_peak_bytes: int) -> dict:
+    """The manifest's `memory`: the budget at the bundle's `-c`, which board sizes hold it, and the longest
+    context each size holds (card and `inspect` print it; nothing is loaded to compute it)."""
+    s = read_text_shape(gguf_path)
+    budget = text_memory(s, n_ctx, encoder_peak_bytes=encoder_peak_bytes)
+    usable = {gb: int(gb * GiB) - OS_RESERVE_BYTES for gb in BOARD_SIZES_GB}
+    longest = fits(lambda n: text_memory(s, n, encoder_peak_bytes=encoder_peak_bytes).total, BOARD_SIZES_GB,
+                   max_ctx=s.context_length)
+    return {"n_ctx": n_ctx, "allocated_ctx": budget.n_ctx, "context_length": s.context_length,
+            "bytes": {"weights": budget.weights, "kv_cache": budget.kv_cache, "recurrent_state": budget.recurrent_state,
+                      "compute": budget.compute, "output": budget.output, "encoder": budget.encoder,
+                      "overhead": budget.overhead, "total": budget.total},
+            "os_reserve_bytes": OS_RESERVE_BYTES,
+            "fits_at_n_ctx": [gb for gb in BOARD_SIZES_GB if budget.total <= usable[gb]],
+            "longest_context": {str(gb): ctx for gb, ctx in longest.items()},
+            "assumptions": ASSUMPTIONS}

@@ -155,6 +155,8 @@ class Plan:
     params: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     precision: list[dict] = field(default_factory=list)   # what the family's rules and --tensor-type changed
+    board: Any = None                          # converters.boards.BoardProfile with --board, else None
+    warnings: list[str] = field(default_factory=list)     # printed as warnings (e.g. a type the board runs slowly)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ class BundleRunner:
         self._decoder = load_decoder(GGUFModel(self.bundle.text_gguf))
         self.threads = threads
         self._encoder = None
+        self.encoder_peak_bytes: int | None = None
         self.load_seconds = time.perf_counter() - t0
 
     def release(self) -> None:
@@ -145,7 +146,16 @@ class BundleRunner:
         return self.encoder().input_size
 
     def encode(self, features: np.ndarray) -> np.ndarray:
-        return self.encoder().encode(features)
+        """Encoder rows for host features. The first call also records the memory the encoder session added
+        at its peak (loading included): `encoder_peak_bytes`, which the bundle's memory statement uses."""
+        if self._encoder is not None:
+            return self._encoder.encode(features)
+        from smt_convert.runtime.rss import peak_added
+
+        rows, peak = peak_added(lambda: self.encoder().encode(features))
+        if peak is not None:
+            self.encoder_peak_bytes = max(self.encoder_peak_bytes or 0, peak)
+        return rows
 
     # ---- prompt ---------------------------------------------------------------------------------
 
