@@ -19,7 +19,9 @@ from smt_convert import __version__
 from smt_convert.runtime.errors import SmtError, Terminated
 
 # Kept here (not imported from converters) so that `run` and `verify` start without importing conversion code.
-OUTTYPE_CHOICES = ["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
+OUTTYPE_CHOICES = ["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0",   # gguf-py writes these
+                   "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k",
+                   "iq4_nl", "iq4_xs"]   # llama.cpp's quantiser (the [kquants] extra)
 ONNX_DTYPE_CHOICES = ["fp32", "fp16", "int8"]
 BOARD_CHOICES = ["k1", "k3", "host"]
 # Bounds on what drives time and memory (README, "Limits"), checked when the command line is read.
@@ -171,8 +173,9 @@ def _parse_image_size(ctx, param, value):
 def _conversion_options(f):
     options = [
         click.option("--outtype", type=click.Choice(OUTTYPE_CHOICES), default=None,
-                     help="Type of the text GGUF's weight matrices (norms and biases stay f32). Default: f16, or "
-                          "the --board profile's."),
+                     help="Type of the text GGUF's weight matrices (norms and biases stay f32). K-quants and "
+                          "iq4 are made by llama.cpp's own quantiser (pip install 'smt-convert[kquants]'). "
+                          "Default: f16, or the --board profile's."),
         click.option("--onnx-dtype", type=click.Choice(ONNX_DTYPE_CHOICES), default=None,
                      help="Encoder weights/compute precision (inputs and outputs stay float32). Default: fp32, or "
                           "the --board profile's."),

@@ -25,7 +25,8 @@ CARD_FILE = "README.md"
 LIBRARY_NAME = "llama.cpp"
 PIPELINE_TAGS = {"audio": "automatic-speech-recognition", "image": "image-text-to-text", "text": "text-generation"}
 BOARD_TAGS = ("spacemit", "riscv64")
-LOSSY_TEXT = ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
+LOSSY_TEXT = ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "q6_k", "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "iq4_nl",
+              "iq4_xs", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k")
 LICENSE_KEYS = ("license", "license_name", "license_link")  # the Hub's keys ("other" comes with name and link)
 
 

@@ -31,7 +31,9 @@ from smt_convert.converters.reference import ReferenceCache, compare_with_refere
 from smt_convert.converters.output import PARTIAL_MARKER, claim_output, finish_output, release
 from smt_convert.converters.precision import apply as apply_precision
 from smt_convert.converters.report import Reporter
-from smt_convert.converters.text_gguf import OUTTYPES, tensor_nbytes, write_general_metadata, write_text_gguf
+from smt_convert.converters.kquant import KQUANT_PRESETS, quantize_gguf
+from smt_convert.converters.text_gguf import (ALL_OUTTYPES, OUTTYPES, estimated_kquant_types, tensor_nbytes,
+                                              write_general_metadata, write_text_gguf)
 from smt_convert.converters.tokenizer import build_vocab, export_runtime_tokenizer, find_tokenizer, write_vocab
 from smt_convert.converters.validate import check_tensors
 from smt_convert.runtime import verify as V
@@ -93,7 +95,7 @@ def make_plan(plugin: ArchPlugin, checkpoint_dir: Path, opts: ConvertOptions) ->
     """Read config and headers, validate them, find the tokenizer: every problem surfaces here, before any
     tensor data is read. The types are settled here too (--board defaults need the model's modality): the
     returned plan's `outtype`/`onnx_dtype` are the ones used."""
-    for given, known, flag in ((opts.outtype, OUTTYPES, "--outtype"), (opts.onnx_dtype, ONNX_DTYPES, "--onnx-dtype")):
+    for given, known, flag in ((opts.outtype, ALL_OUTTYPES, "--outtype"), (opts.onnx_dtype, ONNX_DTYPES, "--onnx-dtype")):
         if given is not None and given not in known:
             raise SmtError(f"{flag}: '{given}' is not one of {', '.join(known)}")
 
@@ -117,8 +119,26 @@ def make_plan(plugin: ArchPlugin, checkpoint_dir: Path, opts: ConvertOptions) ->
     stem = opts.stem or facts.default_stem
     tensors = plugin.text_tensors(hp)
     rules = plugin.precision_rules if opts.outtype not in EXACT_OUTTYPES else ()
-    types, precision = apply_precision(plugin.text_types(tensors, opts.outtype), tensors, rules, opts.tensor_types)
-    text_bytes = sum(tensor_nbytes(t.shape, types[t.name]) for t in tensors)
+    requant = None
+    if opts.outtype in KQUANT_PRESETS:
+        # written as the checkpoint's own float type (lossless), then requantised by llama.cpp (converters/kquant.py)
+        source = source_float_type(ckpt, expected)
+        written = plugin.text_types(tensors, source)
+        estimate, precision = apply_precision(estimated_kquant_types(tensors, opts.outtype), tensors, rules,
+                                              opts.tensor_types)
+        requant = {"preset": opts.outtype, "source_type": source,
+                   "tensor_types": {**dict(opts.tensor_types or {}),
+                                    **{r.pattern: r.qtype.lower() for r in rules
+                                       if r.pattern not in (opts.tensor_types or {})}}}
+        types = written
+    else:
+        types, precision = apply_precision(plugin.text_types(tensors, opts.outtype), tensors, rules, opts.tensor_types)
+        estimate = types
+        unwritable = next((f"{n}: {q.name}" for n, q in types.items() if q not in WRITABLE), None)
+        if unwritable:
+            raise SmtError(f"--tensor-type: {unwritable} is made by llama.cpp's quantiser, which runs only for a "
+                           f"K-quant --outtype ({', '.join(KQUANT_PRESETS)})")
+    text_bytes = sum(tensor_nbytes(t.shape, estimate[t.name]) for t in tensors)
     encoders = plugin.encoder_outputs(hp, stem) if facts.modality != "text" else []
     text_params = sum(int(np.prod(t.shape)) for t in tensors)
     params = {"text": text_params, **{e.role: e.params for e in encoders}}
@@ -129,8 +149,19 @@ def make_plan(plugin: ArchPlugin, checkpoint_dir: Path, opts: ConvertOptions) ->
                 text_tensors=tensors, text_types={k: v.name for k, v in types.items()}, text_bytes=text_bytes,
                 encoders=encoders, dropped=found.dropped, tokenizer=tokenizer, vocab=vocab, params=params,
                 notes=[n for n in [facts.tie_note] if n] + plugin.plan_notes(hp), precision=precision,
-                board=choice.board, warnings=list(choice.warnings))
+                board=choice.board, warnings=list(choice.warnings), requant=requant,
+                estimated_types={k: v.name for k, v in estimate.items()})
     return plan, ckpt
+
+
+WRITABLE = {OUTTYPES[t][0] for t in OUTTYPES}   # what gguf-py writes
+
+
+def source_float_type(ckpt: Checkpoint, expected: dict) -> str:
+    """The float type a K-quant's intermediate GGUF is written in: the checkpoint's own (bf16 stays bf16, f32
+    stays f32: no rounding before llama.cpp's), f16 when the checkpoint mixes them."""
+    dtypes = {ckpt.tensors[name].dtype for name in expected}
+    return {frozenset({"BF16"}): "bf16", frozenset({"F32"}): "f32"}.get(frozenset(dtypes), "f16")
 
 
 def _vocab(plugin: ArchPlugin, tokenizer, vocab_size: int):
@@ -300,16 +331,37 @@ def _write_text(plan: Plan, ckpt: Checkpoint, tmp: Path, report: Reporter, repo_
     def metadata(writer):
         write_general_metadata(writer, ckpt.root, plan.stem, repo_id)
         plugin.text_metadata(writer, hp)
-        writer.add_file_type(OUTTYPES[plan.outtype][1])
+        writer.add_file_type(OUTTYPES[plan.outtype if plan.requant is None else plan.requant["source_type"]][1])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         write_vocab(writer, vocab)
 
-    report.step(f"writing {plan.text_file} ({len(plan.text_tensors)} tensors, {plan.outtype})")
+    requant = plan.requant
+    written = plan.text_file if requant is None else f".{plan.text_file}.{requant['source_type']}.gguf"
+    kind = plan.outtype if requant is None else f"{requant['source_type']}, for {plan.outtype}"
+    report.step(f"writing {written} ({len(plan.text_tensors)} tensors, {kind})")
     types = {k: gguf.GGMLQuantizationType[v] for k, v in plan.text_types.items()}
     with report.progress(len(plan.text_tensors), "text gguf") as update:
-        return write_text_gguf(tmp / plan.text_file, plan.text_arch, plan.text_tensors, types,
-                               lambda name: _checked(ckpt, name), metadata, on_tensor=lambda i, n, name: update(name),
-                               load_blocks=lambda name, rows: _checked_blocks(ckpt, name, rows))
+        records = write_text_gguf(tmp / written, plan.text_arch, plan.text_tensors, types,
+                                  lambda name: _checked(ckpt, name), metadata, on_tensor=lambda i, n, name: update(name),
+                                  load_blocks=lambda name, rows: _checked_blocks(ckpt, name, rows))
+    if requant is None:
+        return records
+    report.step(f"quantising to {plan.outtype} with llama.cpp's quantiser -> {plan.text_file}")
+    try:
+        quantize_gguf(tmp / written, tmp / plan.text_file, plan.outtype, requant["tensor_types"] or None,
+                      log=report.detail)
+    finally:
+        (tmp / written).unlink(missing_ok=True)
+    return gguf_records(tmp / plan.text_file)
+
+
+def gguf_records(path: Path) -> list[dict]:
+    """The manifest's per-tensor records (name, type, shape as numpy orders it, bytes) read from a written GGUF."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    return [{"name": t.name, "type": gguf.GGMLQuantizationType(t.tensor_type).name,
+             "shape": [int(d) for d in reversed(t.shape.tolist())], "bytes": int(t.n_bytes)} for t in reader.tensors]
 
 
 def checkpoint_weights(ckpt: Checkpoint, to_ckpt) -> Weights:
@@ -442,7 +494,7 @@ def _manifest_skeleton(plan: Plan, source: dict, records, encoders: list[Written
             "kind": plan.tokenizer.kind, "files": [str(p) for p in plan.tokenizer.files]}},
         "hparams": plugin.hparams_record(hp),
         "text": {"file": plan.text_file, "gguf_arch": plan.text_arch, "outtype": plan.outtype,
-                 "precision": plan.precision, "tensors": records, "rope_dimension_sections": list(plan.facts.rope_sections),
+                 "precision": plan.precision, "quantiser": _quantiser(plan), "tensors": records, "rope_dimension_sections": list(plan.facts.rope_sections),
                  "vocab": {"model": vocab.model, "pre": vocab.pre, "size": len(vocab.tokens),
                            "special_ids": vocab.special_ids}},
         "dropped_tensors": plan.dropped,
@@ -470,6 +522,24 @@ def _write_manifest(root: Path, manifest: dict, complete: bool, sha256=sha256_fi
         card.write_text(render_card(json.loads(json.dumps(manifest, default=_json_default))), encoding="utf-8")
         manifest["files"] = sorted(manifest["files"] + [entry(card)], key=lambda e: Path(e["path"]))
     (root / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_json_default) + "\n")
+
+
+def _quantiser(plan: Plan) -> dict:
+    """Who quantised the text weights: gguf-py's quants module, or llama.cpp's `llama_model_quantize` (K-quants)."""
+    if plan.requant is None:
+        return {"by": "gguf-py", "version": _version("gguf")}
+    return {"by": "llama.cpp llama_model_quantize (llama-cpp-python)", "version": _version("llama_cpp_python"),
+            "preset": plan.requant["preset"], "from": plan.requant["source_type"],
+            "tensor_types": plan.requant["tensor_types"]}
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _json_default(obj):

@@ -9,7 +9,7 @@ from smt_convert.converters.plugin import Plan
 def describe_plan(plan: Plan, ckpt) -> dict:
     plugin = plan.plugin
     type_counts: dict[str, int] = {}
-    for t in plan.text_types.values():
+    for t in plan.estimated_types.values():
         type_counts[t] = type_counts.get(t, 0) + 1
     bytes_per = {"fp32": 4, "fp16": 2, "int8": 1}[plan.onnx_dtype]  # int8: a lower bound (convs stay float)
     outputs = [{"file": plan.text_file, "kind": f"GGUF {plan.text_arch}", "dtype": plan.outtype,
@@ -17,11 +17,12 @@ def describe_plan(plan: Plan, ckpt) -> dict:
     for enc in plan.encoders:
         outputs.append({"file": enc.file, "kind": f"ONNX {enc.role}", "dtype": plan.onnx_dtype,
                         "bytes": enc.params * bytes_per, "inputs": enc.inputs, "outputs": enc.outputs})
-    from smt_convert.converters.text_gguf import OUTTYPES, tensor_nbytes
+    from smt_convert.converters.text_gguf import KQUANT_PRESETS, OUTTYPES, estimated_kquant_types, tensor_nbytes
 
     text_sizes = {}
-    for outtype in OUTTYPES:
-        types = plugin.text_types(plan.text_tensors, outtype)
+    for outtype in [*OUTTYPES, *KQUANT_PRESETS]:  # K-quants: estimated (llama.cpp decides per tensor)
+        types = (plugin.text_types(plan.text_tensors, outtype) if outtype in OUTTYPES
+                 else estimated_kquant_types(plan.text_tensors, outtype))
         text_sizes[outtype] = sum(tensor_nbytes(t.shape, types[t.name]) for t in plan.text_tensors)
     encoder_params = sum(e.params for e in plan.encoders)
     # int8 quantises only MatMul/Gemm weights; treating every weight as int8 gives a lower bound

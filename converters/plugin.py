@@ -157,6 +157,8 @@ class Plan:
     precision: list[dict] = field(default_factory=list)   # what the family's rules and --tensor-type changed
     board: Any = None                          # converters.boards.BoardProfile with --board, else None
     warnings: list[str] = field(default_factory=list)     # printed as warnings (e.g. a type the board runs slowly)
+    requant: dict | None = None                # K-quant: {"preset", "source_type", "tensor_types"} for llama.cpp
+    estimated_types: dict[str, str] = field(default_factory=dict)   # the final file's types (K-quants: estimated)
 
 
 @dataclass(frozen=True)

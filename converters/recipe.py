@@ -41,7 +41,7 @@ from pathlib import Path
 
 from smt_convert.converters.hub import ResolvedCheckpoint, download, looks_like_repo_id
 from smt_convert.converters.onnx_write import ONNX_DTYPES
-from smt_convert.converters.text_gguf import OUTTYPES
+from smt_convert.converters.text_gguf import ALL_OUTTYPES
 from smt_convert.runtime.errors import SmtError
 
 THRESHOLD_KEYS = ("text_nmse", "text_top1", "text_kld", "encoder_cosine", "encoder_rel_max_abs")
@@ -133,7 +133,7 @@ def load_recipe(path: Path) -> Recipe:
         if not isinstance(entry, dict):
             raise SmtError(f"{path}: variants[{i}]: expected a table, got {entry!r}")
         v = _Table(entry, path, f"variants[{i}].", {"outtype": str, "onnx_dtype": str, "image_size": int})
-        variant = Variant(v.get("outtype", "f16", tuple(OUTTYPES)), v.get("onnx_dtype", "fp32", ONNX_DTYPES),
+        variant = Variant(v.get("outtype", "f16", tuple(ALL_OUTTYPES)), v.get("onnx_dtype", "fp32", ONNX_DTYPES),
                           v.get("image_size"))
         if variant.image_size is not None and not 1 <= variant.image_size <= MAX_IMAGE_SIDE:
             raise SmtError(f"{path}: variants[{i}].image_size: expected 1..{MAX_IMAGE_SIDE}, got {variant.image_size}")

@@ -31,6 +31,11 @@ OUTTYPES: dict[str, tuple[Q, int]] = {
     "q4_0": (Q.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0),
 }
 LOW_BIT = {"q5_1", "q5_0", "q4_1", "q4_0"}
+# K-quant presets are made by llama.cpp's quantiser from a float GGUF (converters/kquant.py); with these, every
+# --outtype llama.cpp users know: ALL_OUTTYPES.
+from smt_convert.converters.kquant import KQUANT_PRESETS  # noqa: E402 - after the table it extends
+
+ALL_OUTTYPES = (*OUTTYPES, *KQUANT_PRESETS)
 OUTPUT_NAMES = {"output.weight"}
 
 
@@ -55,6 +60,23 @@ def choose_types(tensors: list, outtype: str) -> dict[str, Q]:
     """Types for every tensor of a text GGUF (tied output detected from the tensor list)."""
     tied = not any(t.name in OUTPUT_NAMES for t in tensors)
     return {t.name: choose_type(t.name, t.shape, outtype, tied) for t in tensors}
+
+
+def estimated_kquant_types(tensors: list, preset: str) -> dict[str, Q]:
+    """What llama.cpp's quantiser will choose, near enough for a size estimate (`inspect`, the plan): the preset's
+    base type for matrices whose rows fill its 256-wide blocks, Q6_K for the output projection, the fallback
+    (Q8_0) for rows that do not fill a block, F32 for 1-D. The file's real types are read back after writing."""
+    base = KQUANT_PRESETS[preset].base_type
+    tied = not any(t.name in OUTPUT_NAMES for t in tensors)
+    types = {}
+    for t in tensors:
+        if len(t.shape) <= 1:
+            types[t.name] = Q.F32
+            continue
+        target = Q.Q6_K if t.name in OUTPUT_NAMES or (tied and t.name == "token_embd.weight") else base
+        block = gguf.GGML_QUANT_SIZES[target][0]
+        types[t.name] = target if t.shape[-1] % block == 0 else (Q.Q8_0 if t.shape[-1] % 32 == 0 else Q.F16)
+    return types
 
 
 def tensor_nbytes(shape: tuple[int, ...], qtype: Q) -> int:

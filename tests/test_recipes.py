@@ -75,7 +75,7 @@ def test_bad_recipes_name_file_and_key(tmp_path, text, mentions):
 
 def test_cli_choices_match_the_converters():
     from smt_convert.converters.onnx_write import ONNX_DTYPES
-    from smt_convert.converters.text_gguf import OUTTYPES
+    from smt_convert.converters.text_gguf import ALL_OUTTYPES as OUTTYPES
 
     assert list(OUTTYPE_CHOICES) == list(OUTTYPES) and list(ONNX_DTYPE_CHOICES) == list(ONNX_DTYPES)
 
