@@ -445,8 +445,8 @@ _register_arch_commands()
 def recipe(ctx, recipes, out_root, junit, summary, scratch):
     """Run conversion recipes (TOML files, see recipes/): every variant of every recipe, a summary table,
     exit 1 if any failed. A failing recipe does not stop the others."""
-    from smt_convert.converters.recipe import (check_unique, format_results, load_recipe, prepare_recipes, run_recipe,
-                                               write_junit, write_summary)
+    from smt_convert.converters.recipe import (check_unique, format_comparison, format_results, load_recipe,
+                                               prepare_recipes, run_recipe, write_junit, write_summary)
 
     loaded = [load_recipe(p) for p in recipes]  # every recipe is checked before any conversion starts
     check_unique(loaded)
@@ -458,6 +458,10 @@ def recipe(ctx, recipes, out_root, junit, summary, scratch):
         results += run_recipe(r, sources[r.name], out_root, _reporter(ctx)) if r.name in sources else \
             [f for f in failed if f.recipe == r.name]
     click.echo(format_results(results))
+    comparison = format_comparison(results)
+    if comparison:
+        click.echo("\nvariants compared (quality vs Hugging Face; board memory at each bundle's -c):")
+        click.echo(comparison)
     if junit:
         write_junit(results, junit)
     if summary:

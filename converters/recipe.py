@@ -11,9 +11,13 @@
     # repo = "Qwen/Qwen3-ASR-0.6B"       # a Hugging Face repo id, through the Hub cache (HF_HUB_CACHE,
     # revision = "main"                  # HF_HUB_OFFLINE, HF_TOKEN); branch, tag or commit (default main)
 
+    board = "k1"                         # optional: k1, k3 or host (converters/boards.py): a variant's missing
+                                         # outtype/onnx_dtype come from the board, and ep_config and -c too
+
     [[variants]]                         # one bundle per variant
-    outtype = "q4_0"
+    outtype = "q4_0"                     # any --outtype, K-quants included (llama.cpp's quantiser)
     onnx_dtype = "int8"
+    tensor_types = {"ssm_alpha" = "f16"} # optional: --tensor-type PATTERN=TYPE
 
     [verify]                             # optional
     enabled = true
@@ -53,14 +57,20 @@ MAX_NEW_TOKENS = 4096       # greedy tokens a verification compares (each one is
 
 @dataclass
 class Variant:
-    outtype: str
-    onnx_dtype: str
+    outtype: str | None        # None: the recipe's board profile decides
+    onnx_dtype: str | None
     image_size: int | None = None
+    tensor_types: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         size = f"-{self.image_size}" if self.image_size else ""
-        return f"{self.outtype}-{self.onnx_dtype}{size}"
+        types = ""
+        if self.tensor_types:  # patterns are regexes, not file names: a short digest keeps variants apart
+            import hashlib
+
+            types = "-tt" + hashlib.sha256(repr(sorted(self.tensor_types.items())).encode()).hexdigest()[:6]
+        return f"{self.outtype}-{self.onnx_dtype}{size}{types}"
 
 
 @dataclass
@@ -78,6 +88,7 @@ class Recipe:
     context: str | None = None
     prompt: str | None = None
     thresholds: dict = field(default_factory=dict)
+    board: str | None = None             # board profile (boards.py): default types, ep_config, -c
 
 
 class _Table:
@@ -117,7 +128,7 @@ def load_recipe(path: Path) -> Recipe:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SmtError(f"{path}: invalid TOML ({exc})") from None
     top = _Table(data, path, "", {"name": str, "architecture": str, "stem": str, "source": dict,
-                                  "variants": list, "verify": dict, "thresholds": dict})
+                                  "variants": list, "verify": dict, "thresholds": dict, "board": str})
     from smt_convert.converters.plugin import all_plugins
 
     known = tuple(p.name for p in all_plugins())
@@ -126,19 +137,25 @@ def load_recipe(path: Path) -> Recipe:
                     source=_source(top.require("source"), path), variants=[], stem=top.get("stem"))
     if recipe.stem is not None:
         _plain(recipe.stem, path, "stem")
+    from smt_convert.converters.boards import BOARDS
+
+    recipe.board = top.get("board", None, tuple(BOARDS))
     variants = top.require("variants")
     if not variants:
         raise SmtError(f"{path}: variants: at least one [[variants]] table is required")
     for i, entry in enumerate(variants):
         if not isinstance(entry, dict):
             raise SmtError(f"{path}: variants[{i}]: expected a table, got {entry!r}")
-        v = _Table(entry, path, f"variants[{i}].", {"outtype": str, "onnx_dtype": str, "image_size": int})
-        variant = Variant(v.get("outtype", "f16", tuple(ALL_OUTTYPES)), v.get("onnx_dtype", "fp32", ONNX_DTYPES),
-                          v.get("image_size"))
+        v = _Table(entry, path, f"variants[{i}].", {"outtype": str, "onnx_dtype": str, "image_size": int,
+                                                     "tensor_types": dict})
+        default_out, default_onnx = (None, None) if recipe.board else ("f16", "fp32")
+        variant = Variant(v.get("outtype", default_out, tuple(ALL_OUTTYPES)),
+                          v.get("onnx_dtype", default_onnx, ONNX_DTYPES), v.get("image_size"),
+                          _tensor_types(v.get("tensor_types", {}), path, f"variants[{i}].tensor_types"))
         if variant.image_size is not None and not 1 <= variant.image_size <= MAX_IMAGE_SIDE:
             raise SmtError(f"{path}: variants[{i}].image_size: expected 1..{MAX_IMAGE_SIDE}, got {variant.image_size}")
         same = next((j for j, w in enumerate(recipe.variants) if w.name == variant.name), None)
-        if same is not None:
+        if same is not None and variant.outtype and variant.onnx_dtype:
             raise SmtError(f"{path}: variants[{i}]: the same variant as variants[{same}] ({variant.name})")
         recipe.variants.append(variant)
     verify = _Table(top.get("verify", {}), path, "verify.", {"enabled": bool, "max_new_tokens": int, "input": str,
@@ -160,6 +177,18 @@ def load_recipe(path: Path) -> Recipe:
             raise SmtError(f"{path}: thresholds.{key}: expected a finite number"
                            f"{' in 0..1' if key in ('text_top1', 'encoder_cosine') else ' >= 0'}, got {value!r}")
     return recipe
+
+
+def _tensor_types(table: dict, path: Path, key: str) -> dict[str, str]:
+    """A variant's `tensor_types = {PATTERN = "TYPE"}`, checked as --tensor-type is."""
+    from smt_convert.converters.precision import parse_overrides
+
+    if not all(isinstance(v, str) for v in table.values()):
+        raise SmtError(f"{path}: {key}: expected PATTERN = \"TYPE\" strings")
+    try:
+        return parse_overrides([f"{k}={v}" for k, v in table.items()], f"{key}")
+    except SmtError as exc:
+        raise SmtError(f"{path}: {exc}") from None
 
 
 def _plain(name, path: Path, key: str) -> str:
@@ -192,6 +221,16 @@ def check_options(recipe: Recipe, plugin, ckpt, hp) -> None:
         if value is not None and not takes[key]:
             raise SmtError(f"{recipe.path}: {key}: {recipe.architecture} has no such prompt option")
     facts = plugin.facts(hp)
+    if recipe.board:  # the board's defaults for what the variants leave open (they need the model's modality)
+        from smt_convert.converters.boards import choose
+
+        for v in recipe.variants:
+            chosen = choose(recipe.board, v.outtype, v.onnx_dtype, facts.modality)
+            v.outtype, v.onnx_dtype = chosen.outtype, chosen.onnx_dtype
+        names = [v.name for v in recipe.variants]
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice:
+            raise SmtError(f"{recipe.path}: variants: two variants become {twice} on board {recipe.board}")
     for i, v in enumerate(recipe.variants):
         if v.image_size is not None and facts.modality != "image":
             raise SmtError(f"{recipe.path}: variants[{i}].image_size: {recipe.architecture} has no vision encoder")
@@ -254,6 +293,8 @@ class Result:
     sizes: dict = field(default_factory=dict)
     worst: str = ""
     message: str = ""
+    quality: dict = field(default_factory=dict)    # the manifest's quality report (KLD, top-1)
+    memory: dict = field(default_factory=dict)     # the manifest's memory statement
 
 
 def prepare_recipes(recipes: list[Recipe], scratch: Path,
@@ -293,7 +334,8 @@ def run_recipe(recipe: Recipe, checkpoint: ResolvedCheckpoint, out_root: Path, r
                               verify=recipe.verify, max_new_tokens=recipe.max_new_tokens,
                               thresholds=recipe.thresholds, golden_input=recipe.verify_input,
                               language=recipe.language, fields=_fields(recipe),
-                              image_size=variant.image_size, shared=shared, hub=checkpoint.hub)
+                              image_size=variant.image_size, shared=shared, hub=checkpoint.hub,
+                              board=recipe.board, tensor_types=variant.tensor_types or None)
         report.step(f"recipe {recipe.name}: {variant.name}")
         t0 = time.perf_counter()
         try:
@@ -305,7 +347,8 @@ def run_recipe(recipe: Recipe, checkpoint: ResolvedCheckpoint, out_root: Path, r
         failing = [r for r in manifest["verification"]["rows"] if r.get("gate", True) and not r["ok"]]
         results.append(Result(recipe.name, variant.name, "pass" if passed else "fail", time.perf_counter() - t0,
                               output=out, sizes=_sizes(manifest), worst=_worst(manifest),
-                              message="; ".join(f"{r['check']} {r['metric']} {r['value']}" for r in failing)))
+                              message="; ".join(f"{r['check']} {r['metric']} {r['value']}" for r in failing),
+                              quality=manifest.get("quality") or {}, memory=manifest.get("memory") or {}))
     return results
 
 
@@ -346,6 +389,41 @@ def result_cells(results: list[Result], message_width: int | None = 80) -> list[
             for r in results]
 
 
+COMPARISON_HEADER = ("recipe", "variant", "gguf", "encoders", "KLD mean", "KLD p99", "top-1", "board memory", "-c",
+                     "fits")
+
+
+def comparison_cells(results: list[Result]) -> list[tuple[str, ...]]:
+    """The variants side by side: what each costs (sizes, memory at its -c, the smallest board size that holds it)
+    and what it loses against the Hugging Face model (KLD, top-1): the choice in one glance."""
+    def mb(n):
+        return f"{n / 2**20:.1f}M" if n else "-"
+
+    def num(q, key, fmt):
+        return format(q[key], fmt) if q.get(key) is not None else "-"
+
+    rows = []
+    for r in results:
+        if r.status == "error":
+            continue
+        m = r.memory
+        total = m.get("bytes", {}).get("total")
+        fits = m.get("fits_at_n_ctx") or []
+        rows.append((r.recipe, r.variant, mb(r.sizes.get("text", 0)), mb(r.sizes.get("encoders", 0)),
+                     num(r.quality, "kld_mean", ".4g"), num(r.quality, "kld_p99", ".4g"), num(r.quality, "top1", ".3f"),
+                     mb(total) if total else "-", str(m.get("n_ctx", "-")), f">= {min(fits)} GB" if fits else "-"))
+    return rows
+
+
+def format_comparison(results: list[Result]) -> str:
+    rows = comparison_cells(results)
+    if not rows:
+        return ""
+    widths = [max(len(str(c)) for c in col) for col in zip(COMPARISON_HEADER, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(COMPARISON_HEADER), line(["-" * w for w in widths])] + [line(b) for b in rows])
+
+
 def format_results(results: list[Result]) -> str:
     header, body = RESULT_HEADER, result_cells(results)
     widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
@@ -365,6 +443,11 @@ def format_summary(results: list[Result]) -> str:
     rows = [(*cells, f"`{r.output}`" if r.output else "-")
             for cells, r in zip(result_cells(results, message_width=None), results)]
     lines += markdown_table((*RESULT_HEADER, "bundle"), rows) + [""]
+    compared = comparison_cells(results)
+    if compared:
+        lines += ["### Variants compared", "", "Quality against the Hugging Face model (teacher-forced KL divergence of "
+                  "the next-token distribution, top-1 agreement) and what each variant needs on the board at its -c.",
+                  ""] + markdown_table(COMPARISON_HEADER, compared) + [""]
     bad = [r for r in results if r.status != "pass"]
     if bad:
         lines += ["### Not passed", ""] + [f"- {r.recipe} {r.variant} ({r.status}): {r.message or r.worst}"
