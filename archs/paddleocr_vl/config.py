@@ -264,7 +264,7 @@ def vision_preprocess(pre: dict) -> dict:
     mean = [mean] * 3 if isinstance(mean, (int, float)) else mean
     std = [std] * 3 if isinstance(std, (int, float)) else std
     where = "preprocessor_config.json"
-    if not isinstance(mean, list) or not isinstance(std, list):
+    if not isinstance(mean, (list, tuple)) or not isinstance(std, (list, tuple)):
         raise SmtError(f"{where}: image_mean/image_std: expected a number or a list of 3, got {mean!r} / {std!r}")
     rescale = finite(rescale, where, "rescale_factor", 1e-6, 1.0)
     mean = [float(finite(v, where, f"image_mean[{i}]", -1e3, 1e3)) for i, v in enumerate(mean)]
