@@ -106,7 +106,8 @@ def _write_safetensors(out_dir: Path, tensors: dict, shards: int) -> None:
 
 @tiny_builder("qwen3-asr")
 def make_tiny_qwen3_asr(out_dir: Path, layout: str = "native", dtype=torch.float32, shards: int = 1,
-                        tie: bool = True, tokenizer_layout: str = "tokenizer.json", seed: int = 0) -> dict:
+                        tie: bool = True, tokenizer_layout: str = "tokenizer.json", seed: int = 0,
+                        text_overrides: dict | None = None) -> dict:
     """Write a tiny Qwen3-ASR checkpoint; returns {"config", "ids", "model"} (model in float32).
 
     layout "native": written by transformers' `save_pretrained` (tied: top-level tie true, text_config false,
@@ -116,7 +117,7 @@ def make_tiny_qwen3_asr(out_dir: Path, layout: str = "native", dtype=torch.float
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = build_qwen_bpe_tokenizer(out_dir, layout=tokenizer_layout)
-    config = tiny_qwen3_asr_config(ids["<|audio_pad|>"], tie=tie)
+    config = tiny_qwen3_asr_config(ids["<|audio_pad|>"], tie=tie, **(text_overrides or {}))
     torch.manual_seed(seed)
     model = Qwen3ASRForConditionalGeneration(config).eval()
     if layout == "native":

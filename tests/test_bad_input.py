@@ -506,3 +506,27 @@ def test_audio_at_one_hertz_is_refused_before_resampling(bundle, tmp_path):
 def test_run_bounds(bundle, args, mentions):
     result = CliRunner().invoke(cli, ["run", str(bundle), "--audio", str(bundle / "golden" / "input.wav"), *args])
     assert result.exit_code == 2 and mentions in result.stderr and "Traceback" not in result.stderr
+
+
+def test_verify_checks_config_json_against_the_manifest(damaged):
+    config = json.loads((damaged / "config.json").read_text())
+    config["audio_model"]["hop_len"] = 0
+    (damaged / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(cli, ["verify", str(damaged)])
+    assert result.exit_code == 1 and "audio_model.hop_len is 0" in result.output
+
+
+def test_a_pickled_golden_array_is_refused(damaged):
+    import numpy as np
+
+    np.save(damaged / "golden" / "encoder.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    edit_manifest(damaged, lambda m: None)
+    from smt_convert.runtime.bundle import sha256_file
+
+    def fix(m):
+        for e in m["files"]:
+            if e["path"] == "golden/encoder.npy":
+                e["size"] = (damaged / e["path"]).stat().st_size
+                e["sha256"] = sha256_file(damaged / e["path"])
+    edit_manifest(damaged, fix)
+    fails("verify", damaged, mentions=["encoder.npy", "not a plain numpy array"])
