@@ -57,6 +57,7 @@ import json
 import os
 import platform
 import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -416,6 +417,12 @@ CASES = [
     ("smt-asr-noverify", {"asr", "smt"}, "asr", "smt-convert", "qwen3-asr --no-verify (f16 + fp32 encoders)"),
     ("smt-asr-verify", {"asr", "smt", "verify"}, "asr", "smt-convert", "qwen3-asr (f16, with verification)"),
     ("smt-asr-q8", {"asr", "smt", "verify"}, "asr", "smt-convert", "qwen3-asr --outtype q8_0 (with verification)"),
+    # issue 17: a K-quant bundle against llama.cpp's own path to the same file (convert f16, then llama-quantize's
+    # function, llama_model_quantize, run here through llama-cpp-python: the binary is not part of that package)
+    ("llama-asr-q4km", {"asr", "llama", "kquant"}, "asr", "llama.cpp",
+     "Qwen3-ASR-0.6B text GGUF f16, then llama_model_quantize q4_k_m"),
+    ("smt-asr-q4km", {"asr", "smt", "kquant"}, "asr", "smt-convert",
+     "qwen3-asr --outtype q4_k_m --no-verify (text + fp32 encoders)"),
     ("llama-paddle-text", {"paddle", "llama"}, "paddle", "llama.cpp", "PaddleOCR-VL text GGUF f16"),
     ("llama-paddle-mmproj", {"paddle", "llama"}, "paddle", "llama.cpp", "PaddleOCR-VL mmproj (vision)"),
     ("smt-paddle", {"paddle", "smt", "verify"}, "paddle", "smt-convert", "paddleocr-vl (defaults, with verification)"),
@@ -436,11 +443,17 @@ def case_command(case: str, ckpt: Path, out: Path, tree: Path | None,
         mmproj = case.endswith("-mmproj")
         outtype = "q8_0" if "qwen35" in case else "f16"
         cmd = llama_cmd(tree, ckpt, out / ("mmproj.gguf" if mmproj else "text.gguf"), outtype, mmproj)
+        if case.endswith("-q4km"):  # the converter, then the quantiser, as one measured process tree
+            quantize = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r}); "
+                        "from smt_convert.converters.kquant import quantize_gguf; "
+                        f"quantize_gguf({str(out / 'text.gguf')!r}, {str(out / 'text-q4km.gguf')!r}, 'q4_k_m')")
+            return ["sh", "-c", f"{shlex.join(cmd)} && {shlex.join([sys.executable, '-c', quantize])}"], env
         # Qwen3.5: no MTP block in our checkpoint (smt-convert drops it anyway); without --no-mtp llama.cpp
         # asserts that it finds one.
         return cmd + (["--no-mtp"] if "qwen35" in case else []), env
     arch = {"asr": "qwen3-asr", "paddle": "paddleocr-vl", "qwen35": "qwen3.5"}[case.split("-")[1]]
     extra = {"smt-asr-noverify": ["--no-verify"], "smt-asr-q8": ["--outtype", "q8_0"],
+             "smt-asr-q4km": ["--outtype", "q4_k_m", "--no-verify"],
              "smt-qwen35-4l": ["--outtype", "q8_0"], "smt-qwen35-8l": ["--outtype", "q8_0"]}.get(case, [])
     if overlay is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(overlay), *filter(None, [env.get("PYTHONPATH")])])
