@@ -423,6 +423,12 @@ CASES = [
      "Qwen3-ASR-0.6B text GGUF f16, then llama_model_quantize q4_k_m"),
     ("smt-asr-q4km", {"asr", "smt", "kquant"}, "asr", "smt-convert",
      "qwen3-asr --outtype q4_k_m --no-verify (text + fp32 encoders)"),
+    # llama.cpp's own quantiser refuses its converter's Qwen3-ASR file (no rope.dimension_sections, README), so the
+    # like-for-like K-quant comparison is Qwen3.5 text, which both convert
+    ("llama-qwen35-4l-q4km", {"qwen35", "llama", "kquant"}, "qwen35-4l", "llama.cpp",
+     "Qwen3.5-4B-width text, 4 layers, f16 then llama_model_quantize q4_k_m"),
+    ("smt-qwen35-4l-q4km", {"qwen35", "smt", "kquant"}, "qwen35-4l", "smt-convert",
+     "qwen3.5 --outtype q4_k_m --no-verify, 4 layers"),
     ("llama-paddle-text", {"paddle", "llama"}, "paddle", "llama.cpp", "PaddleOCR-VL text GGUF f16"),
     ("llama-paddle-mmproj", {"paddle", "llama"}, "paddle", "llama.cpp", "PaddleOCR-VL mmproj (vision)"),
     ("smt-paddle", {"paddle", "smt", "verify"}, "paddle", "smt-convert", "paddleocr-vl (defaults, with verification)"),
@@ -441,7 +447,7 @@ def case_command(case: str, ckpt: Path, out: Path, tree: Path | None,
         env[PRE_TOKENIZER_ENV] = "qwen35" if "qwen35" in case else "qwen2"
         env.pop("NO_LOCAL_GGUF", None)
         mmproj = case.endswith("-mmproj")
-        outtype = "q8_0" if "qwen35" in case else "f16"
+        outtype = "q8_0" if "qwen35" in case and not case.endswith("-q4km") else "f16"
         cmd = llama_cmd(tree, ckpt, out / ("mmproj.gguf" if mmproj else "text.gguf"), outtype, mmproj)
         if case.endswith("-q4km"):  # the converter, then the quantiser, as one measured process tree
             quantize = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r}); "
@@ -454,6 +460,7 @@ def case_command(case: str, ckpt: Path, out: Path, tree: Path | None,
     arch = {"asr": "qwen3-asr", "paddle": "paddleocr-vl", "qwen35": "qwen3.5"}[case.split("-")[1]]
     extra = {"smt-asr-noverify": ["--no-verify"], "smt-asr-q8": ["--outtype", "q8_0"],
              "smt-asr-q4km": ["--outtype", "q4_k_m", "--no-verify"],
+             "smt-qwen35-4l-q4km": ["--outtype", "q4_k_m", "--no-verify"],
              "smt-qwen35-4l": ["--outtype", "q8_0"], "smt-qwen35-8l": ["--outtype", "q8_0"]}.get(case, [])
     if overlay is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(overlay), *filter(None, [env.get("PYTHONPATH")])])

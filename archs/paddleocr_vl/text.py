@@ -19,43 +19,36 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+from gguf import MODEL_TENSOR as T
 
 from smt_convert.archs.paddleocr_vl.config import (LM_HEAD, NATIVE_LAYOUT, TEXT_PREFIX, TextHparams,
                                                    TextLayout)
+from smt_convert.converters.decoder_tensors import DecoderShape, expected_decoder, hf_layer_name, standard_decoder
 from smt_convert.converters.plugin import TextTensor
-
-# GGUF name patterns -> the canonical (native HF) parameter they come from (the reference loads through these).
-GGUF_TO_HF = {
-    "token_embd.weight": TEXT_PREFIX + "embed_tokens.weight", "output_norm.weight": TEXT_PREFIX + "norm.weight",
-    "output.weight": LM_HEAD, "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-
 
 def expected_text_tensors(hp: TextHparams, layout: TextLayout = NATIVE_LAYOUT) -> dict[str, tuple[int, ...]]:
     """Checkpoint name (in `layout`) -> shape for every text tensor the model uses. For the native layout
     these are the canonical names (the parameters of PaddleOCRVLForConditionalGeneration's text part)."""
-    H, F = hp.hidden_size, hp.intermediate_size
-    p = layout.prefix
-    shapes = {p + "embed_tokens.weight": (hp.vocab_size, H), p + "norm.weight": (H,)}
+    H, F, p = hp.hidden_size, hp.intermediate_size, layout.prefix
+    shapes = expected_decoder(decoder_shape(hp), p, LM_HEAD)
     for i in range(hp.num_layers):
-        layer = {"input_layernorm.weight": (H,), "post_attention_layernorm.weight": (H,),
-                 "self_attn.o_proj.weight": (H, hp.q_dim), "mlp.down_proj.weight": (H, F)}
+        layer = f"{p}layers.{i}."
         if layout.fused_qkv:
-            layer["self_attn.qkv_proj.weight"] = (hp.q_dim + 2 * hp.kv_dim, H)
-        else:
-            layer.update({"self_attn.q_proj.weight": (hp.q_dim, H), "self_attn.k_proj.weight": (hp.kv_dim, H),
-                          "self_attn.v_proj.weight": (hp.kv_dim, H)})
+            for part in ("q", "k", "v"):
+                del shapes[f"{layer}self_attn.{part}_proj.weight"]
+            shapes[layer + "self_attn.qkv_proj.weight"] = (hp.q_dim + 2 * hp.kv_dim, H)
         if layout.fused_ffn:
-            layer["mlp.up_gate_proj.weight"] = (2 * F, H)
-        else:
-            layer.update({"mlp.gate_proj.weight": (F, H), "mlp.up_proj.weight": (F, H)})
-        shapes.update({f"{p}layers.{i}.{k}": v for k, v in layer.items()})
-    if not hp.tie_embeddings:
-        shapes[LM_HEAD] = (hp.vocab_size, H)
+            for part in ("gate", "up"):
+                del shapes[f"{layer}mlp.{part}_proj.weight"]
+            shapes[layer + "mlp.up_gate_proj.weight"] = (2 * F, H)
     return shapes
+
+
+def decoder_shape(hp: TextHparams) -> DecoderShape:
+    """ERNIE-4.5's text side is the standard decoder (no q/k norm, no biases)."""
+    return DecoderShape(hp.vocab_size, hp.hidden_size, hp.intermediate_size, hp.num_layers, hp.q_dim, hp.kv_dim,
+                        hp.head_dim, qk_norm=False,
+                        tied=hp.tie_embeddings)
 
 
 def ignored_text_tensors(hp: TextHparams, layout: TextLayout = NATIVE_LAYOUT) -> dict[str, str]:
@@ -80,34 +73,18 @@ def text_tensors(hp: TextHparams, layout: TextLayout = NATIVE_LAYOUT,
     """Every GGUF tensor of the paddleocr text model: name, checkpoint sources, shape, transform.
     Sources are `to_ckpt(name in layout)`; no tensor needs a numeric change, only fused ones are split.
     Tied embeddings: no `output.weight` (llama.cpp then duplicates `token_embd.weight`, as upstream relies on)."""
-    H, F = hp.hidden_size, hp.intermediate_size
-    p = layout.prefix
-    out: list[TextTensor] = []
+    fused = {T.ATTN_Q: "q", T.ATTN_K: "k", T.ATTN_V: "v"} if layout.fused_qkv else {}
+    fused_ffn = {T.FFN_GATE: "gate", T.FFN_UP: "up"} if layout.fused_ffn else {}
 
-    def add(gguf_name, source, shape, transform=None):
-        out.append(TextTensor(gguf_name, (to_ckpt(source),), tuple(shape), transform))
+    def replace(kind, i, name, shape):
+        layer = f"{layout.prefix}layers.{i}."
+        if kind in fused:
+            return TextTensor(name, (to_ckpt(layer + "self_attn.qkv_proj.weight"),), shape, split_qkv(hp, fused[kind]))
+        if kind in fused_ffn:
+            return TextTensor(name, (to_ckpt(layer + "mlp.up_gate_proj.weight"),), shape, split_up_gate(fused_ffn[kind]))
+        return None
 
-    add("token_embd.weight", p + "embed_tokens.weight", (hp.vocab_size, H))
-    for i in range(hp.num_layers):
-        s, b = f"{p}layers.{i}.", f"blk.{i}."
-        add(b + "attn_norm.weight", s + "input_layernorm.weight", (H,))
-        for part, rows in (("q", hp.q_dim), ("k", hp.kv_dim), ("v", hp.kv_dim)):
-            if layout.fused_qkv:
-                add(b + f"attn_{part}.weight", s + "self_attn.qkv_proj.weight", (rows, H), split_qkv(hp, part))
-            else:
-                add(b + f"attn_{part}.weight", s + f"self_attn.{part}_proj.weight", (rows, H))
-        add(b + "attn_output.weight", s + "self_attn.o_proj.weight", (H, hp.q_dim))
-        add(b + "ffn_norm.weight", s + "post_attention_layernorm.weight", (H,))
-        for part in ("gate", "up"):
-            if layout.fused_ffn:
-                add(b + f"ffn_{part}.weight", s + "mlp.up_gate_proj.weight", (F, H), split_up_gate(part))
-            else:
-                add(b + f"ffn_{part}.weight", s + f"mlp.{part}_proj.weight", (F, H))
-        add(b + "ffn_down.weight", s + "mlp.down_proj.weight", (H, F))
-    add("output_norm.weight", p + "norm.weight", (H,))
-    if not hp.tie_embeddings:
-        add("output.weight", LM_HEAD, (hp.vocab_size, H))
-    return out
+    return standard_decoder(decoder_shape(hp), layout.prefix, to_ckpt, LM_HEAD, replace)
 
 
 def text_tensor_types(tensors: list[TextTensor], outtype: str) -> dict:
@@ -119,10 +96,10 @@ def text_tensor_types(tensors: list[TextTensor], outtype: str) -> dict:
 
 def hf_name(gguf_name: str) -> str:
     """Canonical HF parameter name of a GGUF text tensor."""
-    if gguf_name in GGUF_TO_HF:
-        return GGUF_TO_HF[gguf_name]
-    _, layer, part, _ = gguf_name.split(".")
-    return f"{TEXT_PREFIX}layers.{layer}.{GGUF_TO_HF[part]}.weight"
+    name = hf_layer_name(gguf_name, TEXT_PREFIX, LM_HEAD)
+    if name is None:
+        raise KeyError(gguf_name)
+    return name
 
 
 def canonical_text_sources(hp: TextHparams, layout: TextLayout) -> dict[str, TextTensor]:

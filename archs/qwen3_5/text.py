@@ -37,8 +37,10 @@ import re
 from typing import Callable
 
 import numpy as np
+from gguf import MODEL_TENSOR as T
 
 from smt_convert.archs.qwen3_5.config import TEXT_PREFIX, Hparams, TextHparams
+from smt_convert.converters.decoder_tensors import gguf_name as name
 from smt_convert.converters.plugin import TextTensor
 from smt_convert.converters.precision import PrecisionRule
 from smt_convert.runtime.errors import SmtError
@@ -179,6 +181,9 @@ def _transforms(hp: TextHparams) -> dict[str, Callable[[np.ndarray], np.ndarray]
     }
 
 
+EXPERTS = {"gate": T.FFN_GATE_EXP, "up": T.FFN_UP_EXP, "down": T.FFN_DOWN_EXP}
+
+
 def text_tensors(
     hp: TextHparams,
     to_ckpt: Callable[[str], str] = lambda name: name,
@@ -196,53 +201,53 @@ def text_tensors(
     def add(gguf_name: str, canonical: str, transform=None, shape=None):
         out.append(TextTensor(gguf_name, (to_ckpt(canonical),), tuple(shape or shapes[canonical]), transform))
 
-    add("token_embd.weight", prefix + "embed_tokens.weight")
+    add(name(T.TOKEN_EMBD), prefix + "embed_tokens.weight")
     for i in range(hp.num_layers):
-        p, b = f"{prefix}layers.{i}.", f"blk.{i}."
-        add(b + "attn_norm.weight", p + "input_layernorm.weight", plus_one)
-        add(b + "post_attention_norm.weight", p + "post_attention_layernorm.weight", plus_one)
+        p = f"{prefix}layers.{i}."
+        add(name(T.ATTN_NORM, i), p + "input_layernorm.weight", plus_one)
+        add(name(T.ATTN_POST_NORM, i), p + "post_attention_layernorm.weight", plus_one)
         if hp.is_linear(i):
             la = p + "linear_attn."
-            add(b + "attn_qkv.weight", la + "in_proj_qkv.weight", tf["qkv"])
-            add(b + "attn_gate.weight", la + "in_proj_z.weight", tf["z"])
-            add(b + "ssm_beta.weight", la + "in_proj_b.weight", tf["ab"])
-            add(b + "ssm_alpha.weight", la + "in_proj_a.weight", tf["ab"])
-            add(b + "ssm_conv1d.weight", la + "conv1d.weight", tf["conv"], (hp.conv_dim, hp.linear_conv_kernel))
-            add(b + "ssm_dt.bias", la + "dt_bias", tf["dt"])
-            add(b + "ssm_a", la + "A_log", tf["A"])
-            add(b + "ssm_norm.weight", la + "norm.weight")  # gated norm: plain weight, no +1
-            add(b + "ssm_out.weight", la + "out_proj.weight", tf["out"])
+            add(name(T.ATTN_QKV, i), la + "in_proj_qkv.weight", tf["qkv"])
+            add(name(T.ATTN_GATE, i), la + "in_proj_z.weight", tf["z"])
+            add(name(T.SSM_BETA, i), la + "in_proj_b.weight", tf["ab"])
+            add(name(T.SSM_ALPHA, i), la + "in_proj_a.weight", tf["ab"])
+            add(name(T.SSM_CONV1D, i), la + "conv1d.weight", tf["conv"], (hp.conv_dim, hp.linear_conv_kernel))
+            add(name(T.SSM_DT, i, "bias"), la + "dt_bias", tf["dt"])
+            add(name(T.SSM_A, i, None), la + "A_log", tf["A"])
+            add(name(T.SSM_NORM, i), la + "norm.weight")  # gated norm: plain weight, no +1
+            add(name(T.SSM_OUT, i), la + "out_proj.weight", tf["out"])
         else:
             sa = p + "self_attn."
-            add(b + "attn_q.weight", sa + "q_proj.weight")  # [query, gate] per head, as llama.cpp views it
-            add(b + "attn_k.weight", sa + "k_proj.weight")
-            add(b + "attn_v.weight", sa + "v_proj.weight")
-            add(b + "attn_output.weight", sa + "o_proj.weight")
-            add(b + "attn_q_norm.weight", sa + "q_norm.weight", plus_one)
-            add(b + "attn_k_norm.weight", sa + "k_norm.weight", plus_one)
+            add(name(T.ATTN_Q, i), sa + "q_proj.weight")  # [query, gate] per head, as llama.cpp views it
+            add(name(T.ATTN_K, i), sa + "k_proj.weight")
+            add(name(T.ATTN_V, i), sa + "v_proj.weight")
+            add(name(T.ATTN_OUT, i), sa + "o_proj.weight")
+            add(name(T.ATTN_Q_NORM, i), sa + "q_norm.weight", plus_one)
+            add(name(T.ATTN_K_NORM, i), sa + "k_norm.weight", plus_one)
         m = p + "mlp."
         if not hp.moe:
-            add(b + "ffn_gate.weight", m + "gate_proj.weight")
-            add(b + "ffn_up.weight", m + "up_proj.weight")
-            add(b + "ffn_down.weight", m + "down_proj.weight")
+            add(name(T.FFN_GATE, i), m + "gate_proj.weight")
+            add(name(T.FFN_UP, i), m + "up_proj.weight")
+            add(name(T.FFN_DOWN, i), m + "down_proj.weight")
             continue
-        add(b + "ffn_gate_inp.weight", m + "gate.weight")
+        add(name(T.FFN_GATE_INP, i), m + "gate.weight")
         if experts == "fused":
-            add(b + "ffn_gate_exps.weight", m + "experts.gate_up_proj", lambda w, F=F: w[:, :F, :], (E, F, H))
-            add(b + "ffn_up_exps.weight", m + "experts.gate_up_proj", lambda w, F=F: w[:, F:, :], (E, F, H))
-            add(b + "ffn_down_exps.weight", m + "experts.down_proj")
+            add(name(T.FFN_GATE_EXP, i), m + "experts.gate_up_proj", lambda w, F=F: w[:, :F, :], (E, F, H))
+            add(name(T.FFN_UP_EXP, i), m + "experts.gate_up_proj", lambda w, F=F: w[:, F:, :], (E, F, H))
+            add(name(T.FFN_DOWN_EXP, i), m + "experts.down_proj")
         else:
             for kind in ("gate", "up", "down"):
                 srcs = tuple(to_ckpt(f"{m}experts.{j}.{kind}_proj.weight") for j in range(E))
                 shape = (E, H, F) if kind == "down" else (E, F, H)
-                out.append(TextTensor(f"{b}ffn_{kind}_exps.weight", srcs, shape, lambda *ws: np.stack(ws, axis=0)))
-        add(b + "ffn_gate_inp_shexp.weight", m + "shared_expert_gate.weight")  # [1, H], as upstream
-        add(b + "ffn_gate_shexp.weight", m + "shared_expert.gate_proj.weight")
-        add(b + "ffn_up_shexp.weight", m + "shared_expert.up_proj.weight")
-        add(b + "ffn_down_shexp.weight", m + "shared_expert.down_proj.weight")
-    add("output_norm.weight", prefix + "norm.weight", plus_one)
+                out.append(TextTensor(name(EXPERTS[kind], i), srcs, shape, lambda *ws: np.stack(ws, axis=0)))
+        add(name(T.FFN_GATE_INP_SHEXP, i), m + "shared_expert_gate.weight")  # [1, H], as upstream
+        add(name(T.FFN_GATE_SHEXP, i), m + "shared_expert.gate_proj.weight")
+        add(name(T.FFN_UP_SHEXP, i), m + "shared_expert.up_proj.weight")
+        add(name(T.FFN_DOWN_SHEXP, i), m + "shared_expert.down_proj.weight")
+    add(name(T.OUTPUT_NORM), prefix + "norm.weight", plus_one)
     if not hp.tie_embeddings:
-        add("output.weight", "lm_head.weight")
+        add(name(T.OUTPUT), "lm_head.weight")
     return out
 
 

@@ -6,30 +6,13 @@ from __future__ import annotations
 from typing import Callable
 
 from smt_convert.archs.qwen3_asr.config import Hparams
+from smt_convert.converters.decoder_tensors import DecoderShape, expected_decoder, standard_decoder
 from smt_convert.converters.plugin import TextTensor
 from smt_convert.runtime.errors import SmtError
 
 TEXT = "model.language_model."
 AUDIO = "model.audio_tower."
 PROJ = "model.multi_modal_projector."
-
-# Text tensors: canonical suffix after TEXT -> GGUF name (per layer where it has {i}).
-TEXT_NAMES = {
-    "embed_tokens.weight": "token_embd.weight",
-    "norm.weight": "output_norm.weight",
-    "layers.{i}.input_layernorm.weight": "blk.{i}.attn_norm.weight",
-    "layers.{i}.self_attn.q_proj.weight": "blk.{i}.attn_q.weight",
-    "layers.{i}.self_attn.k_proj.weight": "blk.{i}.attn_k.weight",
-    "layers.{i}.self_attn.v_proj.weight": "blk.{i}.attn_v.weight",
-    "layers.{i}.self_attn.o_proj.weight": "blk.{i}.attn_output.weight",
-    "layers.{i}.self_attn.q_norm.weight": "blk.{i}.attn_q_norm.weight",
-    "layers.{i}.self_attn.k_norm.weight": "blk.{i}.attn_k_norm.weight",
-    "layers.{i}.post_attention_layernorm.weight": "blk.{i}.ffn_norm.weight",
-    "layers.{i}.mlp.gate_proj.weight": "blk.{i}.ffn_gate.weight",
-    "layers.{i}.mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
-    "layers.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
-}
-
 
 def canonical_to_checkpoint(hp: Hparams) -> Callable[[str], str]:
     """Native (canonical) tensor name -> the name in this checkpoint's layout (the original release keeps the
@@ -52,21 +35,14 @@ def canonical_to_checkpoint(hp: Hparams) -> Callable[[str], str]:
 
 def expected_tensors(hp: Hparams) -> dict[str, tuple[int, ...]]:
     """Canonical name -> shape for every tensor the model uses, derived from the config."""
-    H, F, hd = hp.hidden_size, hp.intermediate_size, hp.head_dim
-    shapes = {TEXT + "embed_tokens.weight": (hp.vocab_size, H), TEXT + "norm.weight": (H,)}
-    per_layer = {
-        "input_layernorm.weight": (H,), "post_attention_layernorm.weight": (H,),
-        "self_attn.q_proj.weight": (hp.num_heads * hd, H), "self_attn.k_proj.weight": (hp.num_kv_heads * hd, H),
-        "self_attn.v_proj.weight": (hp.num_kv_heads * hd, H), "self_attn.o_proj.weight": (H, hp.num_heads * hd),
-        "self_attn.q_norm.weight": (hd,), "self_attn.k_norm.weight": (hd,),
-        "mlp.gate_proj.weight": (F, H), "mlp.up_proj.weight": (F, H), "mlp.down_proj.weight": (H, F),
-    }
-    for i in range(hp.num_layers):
-        shapes.update({f"{TEXT}layers.{i}.{k}": v for k, v in per_layer.items()})
-    if not hp.tie_embeddings:
-        shapes["lm_head.weight"] = (hp.vocab_size, H)
-    shapes.update(encoder_tensors(hp))
-    return shapes
+    return {**expected_decoder(decoder_shape(hp), TEXT), **encoder_tensors(hp)}
+
+
+def decoder_shape(hp: Hparams) -> DecoderShape:
+    """The text side is a standard Qwen3 decoder (q/k norms, no biases)."""
+    return DecoderShape(hp.vocab_size, hp.hidden_size, hp.intermediate_size, hp.num_layers,
+                        hp.num_heads * hp.head_dim, hp.num_kv_heads * hp.head_dim, hp.head_dim, qk_norm=True,
+                        tied=hp.tie_embeddings)
 
 
 def encoder_tensors(hp: Hparams) -> dict[str, tuple[int, ...]]:
@@ -116,23 +92,8 @@ def check_weights(ckpt, hp: Hparams) -> None:
 
 
 def text_tensors(hp: Hparams) -> list[TextTensor]:
-    """Every GGUF tensor in write order, with its checkpoint-name source."""
-    to_ckpt = canonical_to_checkpoint(hp)
-    shapes = expected_tensors(hp)
-    out = []
-
-    def add(canonical: str, gguf_name: str) -> None:
-        out.append(TextTensor(gguf_name, (to_ckpt(canonical),), shapes[canonical]))
-
-    add(TEXT + "embed_tokens.weight", "token_embd.weight")
-    for i in range(hp.num_layers):
-        for suffix, gguf_name in TEXT_NAMES.items():
-            if "{i}" in suffix:
-                add(TEXT + suffix.format(i=i), gguf_name.format(i=i))
-    add(TEXT + "norm.weight", "output_norm.weight")
-    if not hp.tie_embeddings:
-        add("lm_head.weight", "output.weight")
-    return out
+    """Every GGUF tensor in write order, with its checkpoint-name source: the standard decoder as it is."""
+    return standard_decoder(decoder_shape(hp), TEXT, canonical_to_checkpoint(hp))
 
 
 def text_metadata(writer, hp: Hparams) -> None:
