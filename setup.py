@@ -23,4 +23,7 @@ def discover_packages() -> list[str]:
     return packages
 
 
-setup(packages=discover_packages(), package_dir=ROOTS)
+# data the code reads at run time: the golden inputs (converters/golden_inputs.py)
+PACKAGE_DATA = {"smt_convert.converters": ["goldens/*.wav", "goldens/*.png", "goldens/*.txt"]}
+
+setup(packages=discover_packages(), package_dir=ROOTS, package_data=PACKAGE_DATA)

@@ -449,14 +449,15 @@ def case_command(case: str, ckpt: Path, out: Path, tree: Path | None,
         mmproj = case.endswith("-mmproj")
         outtype = "q8_0" if "qwen35" in case and not case.endswith("-q4km") else "f16"
         cmd = llama_cmd(tree, ckpt, out / ("mmproj.gguf" if mmproj else "text.gguf"), outtype, mmproj)
+        # Qwen3.5: no MTP block in our checkpoint (smt-convert drops it anyway); without --no-mtp llama.cpp
+        # asserts that it finds one.
+        cmd += ["--no-mtp"] if "qwen35" in case else []
         if case.endswith("-q4km"):  # the converter, then the quantiser, as one measured process tree
             quantize = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r}); "
                         "from smt_convert.converters.kquant import quantize_gguf; "
                         f"quantize_gguf({str(out / 'text.gguf')!r}, {str(out / 'text-q4km.gguf')!r}, 'q4_k_m')")
             return ["sh", "-c", f"{shlex.join(cmd)} && {shlex.join([sys.executable, '-c', quantize])}"], env
-        # Qwen3.5: no MTP block in our checkpoint (smt-convert drops it anyway); without --no-mtp llama.cpp
-        # asserts that it finds one.
-        return cmd + (["--no-mtp"] if "qwen35" in case else []), env
+        return cmd, env
     arch = {"asr": "qwen3-asr", "paddle": "paddleocr-vl", "qwen35": "qwen3.5"}[case.split("-")[1]]
     extra = {"smt-asr-noverify": ["--no-verify"], "smt-asr-q8": ["--outtype", "q8_0"],
              "smt-asr-q4km": ["--outtype", "q4_k_m", "--no-verify"],

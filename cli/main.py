@@ -299,6 +299,9 @@ def _convert_command(plugin_name: str | None):
         resolved = _resolve_checkpoint(ctx, checkpoint, revision)
         checkpoint = resolved.directory
         config_path = checkpoint / "config.json"
+        from smt_convert.converters.document_shapes import check_checkpoint_documents
+
+        check_checkpoint_documents(checkpoint, tokenizer_dir)  # every document's shape, before anything reads one
         config = read_json(config_path, "config.json")
         report = _reporter(ctx)
         if plugin_name:

@@ -151,6 +151,8 @@ def card_facts(manifest: dict) -> dict:
         "smt_convert": {"run": commands.run_command(manifest), "verify": commands.verify_command()},
         "timings": manifest.get("timings", {}),
         "quality": manifest.get("quality"),
+        "golden": {"input": commands.golden_input_path(manifest["golden"]),
+                   "input_text": manifest["golden"].get("input_text"), "answer": manifest["golden"].get("answer")},
         "memory": manifest.get("memory"),
         "board_profile": manifest.get("board_profile"),
     }
@@ -259,6 +261,7 @@ def render_card(manifest: dict) -> str:
     out += ["Anywhere with `pip install smt-convert` (no torch), from this directory: run the bundle on its golden "
             "input, and re-check every file's sha256 and the golden vectors:", "",
             "```bash", f["smt_convert"]["run"], f["smt_convert"]["verify"], "```", ""]
+    out += _golden(f)
     out += _memory(f)
     out += _contents(f)
     out += _made(f)
@@ -369,6 +372,22 @@ def _made(f: dict) -> list[str]:
     return out + [""]
 
 
+def _golden(f: dict) -> list[str]:
+    g = f["golden"]
+    if g["answer"] is None:
+        return []
+    verb = {"audio": "says", "image": "shows"}.get(f["modality"], "is")
+    out = ["## On its golden input", ""]
+    if g["input_text"]:
+        out += [f"`{g['input']}` {verb}:", "", *[f"> {line}" for line in g["input_text"].splitlines()], ""]
+    out += ["This bundle's own answer to it (greedy, smt-convert's runtime with the board's host preprocessing; "
+            "re-checked by `smt-convert verify`):", "", "```text", g["answer"].strip() or "(empty)", "```", ""]
+    if g["input_text"]:
+        out += ["A model with random or broken weights answers with nonsense here; a good conversion of a real "
+                "checkpoint answers with the text above.", ""]
+    return out
+
+
 MEMORY_TERMS = (("weights", "text weights (the GGUF's tensors, mapped)"), ("kv_cache", "KV cache (attention layers)"),
                 ("recurrent_state", "recurrent state (Gated-DeltaNet layers)"),
                 ("compute", "llama.cpp compute buffer (estimate)"), ("output", "logits buffer"),
@@ -451,6 +470,10 @@ def format_facts(f: dict, bundle: Path) -> str:
         lines.append(f"memory        at -c {f['memory']['n_ctx']}: " + ", ".join(f"{t} {v}" for t, v in terms))
         lines.append("board sizes   " + "; ".join(f"{gb}: {'holds it' if ok == 'yes' else 'too small'} (longest -c "
                                                    f"{ctx})" for gb, ok, ctx in sizes))
+    if f.get("golden", {}).get("answer") is not None:
+        said = f["golden"]["input_text"]
+        lines.append(f"golden        {f['golden']['input']}" + (f" ({said.splitlines()[0]!r}...)" if said else "")
+                     + f" -> {f['golden']['answer'].strip()[:100]!r}")
     if f.get("quality"):
         q = f["quality"]
         lines.append(f"quality       KLD mean {q['kld_mean']:.4g}, p99 {q['kld_p99']:.4g}, top-1 {q['top1']:.3f} vs "

@@ -73,6 +73,9 @@ class Checkpoint:
         root = Path(root)
         if not root.is_dir():
             raise SmtError(f"{root}: checkpoint directory not found")
+        from smt_convert.converters.document_shapes import check_checkpoint_documents
+
+        check_checkpoint_documents(root)
         config = read_json(root / "config.json", "config.json")
         files = cls._weight_files(root)
         tensors: dict[str, TensorInfo] = {}
@@ -100,9 +103,6 @@ class Checkpoint:
             weight_map = index.get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise SmtError(f"{index_path}: weight_map: missing or empty")
-            bad = next((k for k, v in weight_map.items() if not isinstance(v, str)), None)
-            if bad is not None:
-                raise SmtError(f"{index_path}: weight_map.{bad}: expected a file name, got {weight_map[bad]!r}")
             shards = sorted(set(weight_map.values()))
             for shard in shards:  # confined before anything is opened: an index names files, not places
                 # (by name, not by where it resolves: a Hugging Face cache snapshot is symlinks into ../../blobs)

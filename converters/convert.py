@@ -22,6 +22,7 @@ from smt_convert import __version__
 from smt_convert.converters import boards, commands, memory
 from smt_convert.converters.card import CARD_FILE, add_card_records, render_card
 from smt_convert.converters.checkpoint import Checkpoint
+from smt_convert.converters.document_shapes import check_checkpoint_documents
 from smt_convert.converters.hashing import BackgroundHashes
 from smt_convert.converters.hub import HubSource
 from smt_convert.converters.onnx_graph import Weights
@@ -100,6 +101,7 @@ def make_plan(plugin: ArchPlugin, checkpoint_dir: Path, opts: ConvertOptions) ->
             raise SmtError(f"{flag}: '{given}' is not one of {', '.join(known)}")
 
     ckpt = opts.shared.checkpoint(checkpoint_dir) if opts.shared else Checkpoint.open(checkpoint_dir)
+    check_checkpoint_documents(opts.tokenizer_dir)
     hp = plugin.read_hparams(ckpt, opts)
     facts = plugin.facts(hp)
     choice = boards.choose(opts.board, opts.outtype, opts.onnx_dtype, facts.modality)
@@ -272,7 +274,9 @@ def _write_bundle(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions,
 
     t0 = time.perf_counter()
     report.step("verifying the bundle" + (" against the Hugging Face model" if opts.verify else " (goldens only)"))
-    rows, reference, quality, encoder_peak = _verify_and_store_goldens(plan, ckpt, tmp, opts, report)
+    answer: dict = {}
+    rows, reference, quality, encoder_peak = _verify_and_store_goldens(plan, ckpt, tmp, opts, report, answer)
+    manifest["golden"].update({k: v for k, v in answer.items() if v is not None})
     timings["verify_s"] = round(time.perf_counter() - t0, 2)
     _add_board_records(manifest, plan, tmp, opts, encoder_peak or 0)
     manifest["verification"] = {"reference": reference, "rows": [r.to_dict() for r in rows],
@@ -434,8 +438,8 @@ def _write_side_files(plan: Plan, files: dict[str, str], tmp: Path) -> list[str]
     return [p.name for p in export_runtime_tokenizer(plan.tokenizer, tmp)]
 
 
-def _verify_and_store_goldens(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions,
-                              report: Reporter) -> tuple[list, str | None, object, int | None]:
+def _verify_and_store_goldens(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions, report: Reporter,
+                              golden_answer: dict) -> tuple[list, str | None, object, int | None]:
     """Run the bundle on the golden input, store what it produced, and compare with HF (unless --no-verify)."""
     from smt_convert.runtime.pipeline import BundleRunner
 
@@ -466,7 +470,12 @@ def _verify_and_store_goldens(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: Con
             plugin, ckpt, hp, runner, media, result, plan.outtype, opts.onnx_dtype, opts.max_new_tokens,
             opts.thresholds, cache=opts.shared.references if opts.shared else None, report=report)
         reference = "transformers " + _transformers_version() + " (streamed layer by layer)"
+    if media is not None and opts.golden_input is None:
+        from smt_convert.converters.golden_inputs import text_of
+
+        expected["input_text"] = text_of(kind.name)  # what the golden input says or shows
     (golden / "expected.json").write_text(json.dumps(expected, indent=1))
+    golden_answer.update(input_text=expected.get("input_text"), answer=result.text)
     # Re-running the goldens here would repeat the whole run (minutes for a large vision tower) to compare it
     # with itself; `smt-convert verify` re-runs them on the target, which is where they can fail.
     if hf_embeds is not None:

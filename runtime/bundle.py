@@ -14,6 +14,9 @@ MANIFEST = "manifest.json"
 BOARD_CONFIG = "config.json"
 GOLDEN_DIR = "golden"
 MANIFEST_FORMAT = 1
+# config.json as the board reads it (SMT-CONTRACT.md): the blocks are objects, ep_config maps strings to strings
+BOARD_CONFIG_SHAPE = {"architectures?": [str], "audio_model?": dict, "vision_model?": dict, "text_model?": dict,
+                      "vision_preprocess?": dict, "ep_config?": {"*": str}}
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -42,7 +45,11 @@ class Bundle:
         if require_complete and manifest.get("complete") is not True:
             raise SmtError(f"{root / MANIFEST}: complete: the bundle was not finished (conversion interrupted?)")
         validate_manifest(manifest, root / MANIFEST, require_complete)
-        return cls(root, manifest, read_json(root / BOARD_CONFIG))
+        from smt_convert.runtime.documents import check_shape
+
+        config = read_json(root / BOARD_CONFIG)
+        check_shape(config, BOARD_CONFIG_SHAPE, root / BOARD_CONFIG)
+        return cls(root, manifest, config)
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -154,8 +161,79 @@ def read_json(path: Path, what: str | None = None) -> dict:
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
+NUMBER = (int, float)
+IO_SHAPE = [{"name": str, "shape": [(int, str)], "dtype": str}]
+ROW = {"check": str, "metric": str, "value": (int, float, str), "threshold": str, "ok": bool, "gate?": bool}
+# What the runtime, `verify`, `inspect` and the card read from a manifest (runtime/documents.py's shape language).
+MANIFEST_SHAPE = {
+    "tool": {"name": str, "version": str},
+    "architecture": str, "modality": str,
+    "text": {"file": str, "outtype": str, "gguf_arch?": str,
+             "tensors?": [{"name": str, "type": str, "shape": [int], "bytes": int}]},
+    "encoders": [{"file": str, "role": str, "data_file?": (str, type(None)), "dtype?": str, "inputs?": IO_SHAPE,
+                  "outputs?": IO_SHAPE}],
+    "onnx_dtype": str,
+    "prompt": {"template": str, "template_fields?": {"*": str}, "media_marker?": str, "media_start?": str,
+               "media_end?": str, "media_placeholder?": str, "media_placeholder_id?": int, "positions": str,
+               "stop_tokens": [str], "assistant_prefix_with_language?": str, "languages?": {"*": str},
+               "answer_after?": (str, type(None))},
+    "preprocessing": {"host?": str, "image_size?": [int], "grid?": ([int], type(None)), "num_mel_bins?": int,
+                      "sample_rate?": int, "n_fft?": int, "hop_length?": int, "chunk_length?": int,
+                      "min_length?": int, "n_window?": int,
+                      "vision_preprocess?": {"rescale_factor": NUMBER, "image_mean": [NUMBER], "image_std": [NUMBER]}},
+    "golden": {"directory": str, "files": [str], "input?": (str, type(None)), "input_text?": (str, type(None)),
+               "answer?": (str, type(None))},
+    "source?": {"directory": str},
+    "verification?": {"rows": [ROW], "passed?": (bool, type(None)), "reference?": (str, type(None))},
+    "memory?": {"n_ctx": int, "bytes": {"*": int}, "fits_at_n_ctx": [int], "longest_context": {"*": (int, type(None))},
+                "assumptions": str},
+    "quality?": {"positions": int, "kld_mean": NUMBER, "kld_p99": NUMBER, "top1": NUMBER},
+    "board?": {"commands?": {"*": str}, "flags?": [str], "notes?": [str]},
+    "options?": (dict, type(None)), "card?": (str, type(None)), "tokenizer_files?": [str],
+    "files?": [{"path": str, "size": int, "sha256": str}],
+}
+# Sizes in `preprocessing` the host computes with: positive and within what any model uses.
+PREPROCESSING_LIMITS = {"num_mel_bins": 1024, "sample_rate": 192000, "n_fft": 65536, "hop_length": 65536,
+                        "chunk_length": 3600, "min_length": 192000 * 60, "n_window": 65536}
+
+
+def _check_prompt_and_preprocessing(m: dict, path: Path) -> None:
+    """What the shape cannot say: the prompt template's fields are the ones it declares (str.format on a
+    template naming others would fail, or reach attributes), positions is a rule the runtime has, and the host's
+    sizes are positive."""
+    import string
+
+    prompt = m["prompt"]
+    if prompt["positions"] not in ("1d", "mrope"):
+        raise SmtError(f"{path}: prompt.positions: expected 1d or mrope, found {prompt['positions']!r}")
+    allowed = set(prompt.get("template_fields", {}))
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(prompt["template"]) if f is not None]
+    except ValueError as exc:
+        raise SmtError(f"{path}: prompt.template: not a template ({exc})") from None
+    bad = next((f for f in fields if f not in allowed or not f.isidentifier()), None)
+    if bad is not None:
+        raise SmtError(f"{path}: prompt.template: field {{{bad}}} is not one of prompt.template_fields")
+    if m["modality"] != "text":
+        for key in ("media_marker", "media_start", "media_end", "media_placeholder_id"):
+            if key not in prompt:
+                raise SmtError(f"{path}: prompt.{key}: required field is missing")
+    for key, limit in PREPROCESSING_LIMITS.items():
+        value = m["preprocessing"].get(key)
+        if value is not None and not 0 < value <= limit:
+            raise SmtError(f"{path}: preprocessing.{key}: {value} is outside 1..{limit}")
+    for key in ("image_size", "grid"):
+        value = m["preprocessing"].get(key)
+        if value is not None and (len(value) != 2 or not all(0 < v <= 16384 for v in value)):
+            raise SmtError(f"{path}: preprocessing.{key}: expected two sizes in 1..16384, found {value}")
+
+
 def validate_manifest(m: dict, path: Path, complete: bool = True) -> None:
     """The manifest's shape, before anything trusts it: one line naming the first bad field."""
+    from smt_convert.runtime.documents import check_shape
+
+    check_shape(m, MANIFEST_SHAPE, path)
+    _check_prompt_and_preprocessing(m, path)
     def need(obj, key, kind, where):
         if not isinstance(obj, dict) or key not in obj:
             raise SmtError(f"{path}: {where}{key}: missing")

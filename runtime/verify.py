@@ -259,9 +259,11 @@ def golden_rows(runner) -> list[Row]:
     root = runner.bundle.root
     record = runner.manifest["golden"]
     golden = root / GOLDEN_DIR
-    from smt_convert.runtime.bundle import read_json
+    from smt_convert.runtime.documents import NUMBER, OneOf, load_checked
 
-    expected = read_json(golden / "expected.json")
+    expected = load_checked(golden / "expected.json", {
+        "tokens": [int], "top_logits": {"ids": [int], "values": [NUMBER]},
+        "fields?": OneOf({"*": str}, type(None)), "language?": OneOf(str, type(None))})
     media = golden / record["input"] if record.get("input") else None
     result = runner.run(media, fields=expected.get("fields"), language=expected.get("language"),
                         max_new_tokens=len(expected["tokens"]) or 1)

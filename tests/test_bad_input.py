@@ -295,12 +295,14 @@ def test_partial_output_of_a_killed_run_is_swept(pristine, tmp_path):
 
 
 @pytest.mark.parametrize("change,field", [
-    (lambda m: m["files"][0].pop("size"), "files[0].size: missing"),
-    (lambda m: m.update(files="x"), "files: expected list"),
+    (lambda m: m["files"][0].pop("size"), "files[0].size: required field is missing"),
+    (lambda m: m.update(files="x"), "files: expected a list"),
     (lambda m: m.update(files=[]), "files: empty"),
     (lambda m: m["files"][0].update(sha256="abc"), "files[0].sha256"),
-    (lambda m: m["encoders"][0].pop("file"), "encoders[0].file: missing"),
-    (lambda m: m.pop("golden"), "golden: missing"),
+    (lambda m: m["encoders"][0].pop("file"), "encoders[0].file: required field is missing"),
+    (lambda m: m.pop("golden"), "golden: required field is missing"),
+    (lambda m: m["prompt"].update(template="{x.__class__}"), "prompt.template"),
+    (lambda m: m["preprocessing"].update(hop_length=0), "preprocessing.hop_length"),
 ])
 def test_malformed_manifest_is_one_line_exit_2(damaged, change, field):
     edit_manifest(damaged, change)
@@ -487,7 +489,7 @@ def test_weight_map_values_must_be_file_names(sharded, value):
     index = json.loads((sharded / "model.safetensors.index.json").read_text())
     index["weight_map"][next(iter(index["weight_map"]))] = value
     (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
-    fails("inspect", sharded, mentions=["weight_map.", "expected a file name"])
+    fails("inspect", sharded, mentions=["weight_map.", "expected a string"])
 
 
 def test_audio_at_one_hertz_is_refused_before_resampling(bundle, tmp_path):

@@ -317,7 +317,7 @@ def test_inspect_bundle_with_a_damaged_manifest(bundles, tmp_path):
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     result = invoke("inspect", bundle)
     assert result.exit_code == 2 and "Traceback" not in result.output + result.stderr
-    assert result.stderr.strip() == f"error: {bundle / 'manifest.json'}: tool: missing (the model card states it)"
+    assert result.stderr.strip() == f"error: {bundle / 'manifest.json'}: tool: required field is missing"
 
 
 def test_inspect_bundle_on_a_board_install(bundles):

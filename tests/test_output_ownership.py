@@ -27,8 +27,10 @@ def fake_bundle(root: Path, files: dict[str, bytes] | None = None, **manifest_ch
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
     manifest = {"format": 1, "complete": True, "tool": {"name": "smt-convert", "version": "0"},
-                "architecture": "qwen3-asr", "modality": "audio", "text": {"file": "m-text-f16.gguf", "outtype": "f16"},
-                "encoders": [], "onnx_dtype": "fp32", "prompt": {}, "preprocessing": {},
+                "architecture": "qwen3.5", "modality": "text", "text": {"file": "m-text-f16.gguf", "outtype": "f16"},
+                "encoders": [], "onnx_dtype": "fp32", "prompt": {"template": "{prompt}", "template_fields": {"prompt": ""},
+                                                                "positions": "1d", "stop_tokens": []},
+                "preprocessing": {},
                 "golden": {"directory": "golden", "files": ["expected.json"]},
                 "files": [{"path": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in files.items()]}
     manifest.update(manifest_changes)

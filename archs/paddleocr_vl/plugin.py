@@ -143,7 +143,9 @@ class PaddleOCRVLPlugin(ArchPlugin):
         return prompt.plan_notes(hp)
 
     def golden_media(self, hp: Hparams) -> np.ndarray:
-        return prompt.golden_media(hp)
+        from smt_convert.converters.golden_inputs import page
+
+        return page()
 
     def golden_fields(self) -> dict:
         return {"prompt": "OCR:"}

@@ -126,7 +126,9 @@ class Qwen35Plugin(ArchPlugin):
         return prompt.preprocessing(hp)
 
     def golden_media(self, hp: Hparams):
-        return prompt.golden_media(hp) if hp.vision is not None else None
+        from smt_convert.converters.golden_inputs import page
+
+        return page() if hp.vision is not None else None
 
     def golden_fields(self) -> dict:
         return {"prompt": "Describe the image."}

@@ -143,7 +143,9 @@ class Qwen3ASRPlugin(ArchPlugin):
         return prompt.preprocessing(hp)
 
     def golden_media(self, hp: Hparams) -> np.ndarray:
-        return prompt.golden_audio()
+        from smt_convert.converters.golden_inputs import speech
+
+        return speech()
 
     # ---- reference ----------------------------------------------------------------------------------
 
