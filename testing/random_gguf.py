@@ -72,3 +72,15 @@ def write_random_qwen3vl(path: Path, sizes: dict, n_layer: int, qtype_name: str 
     w.write_tensors_to_file()
     w.close()
     return Path(path)
+
+
+def byte_level_tokens(n: int) -> list[str]:
+    """GPT-2's 256 byte tokens, one merge's result, fillers: a vocabulary llama.cpp's BPE loader accepts."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    chars, extra = {b: chr(b) for b in printable}, 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)] + ["ĠĠ"] + [f"<t{i}>" for i in range(n - 257)]

@@ -21,7 +21,7 @@ import pytest
 
 from smt_convert.converters import boards as B
 from smt_convert.converters import memory as M
-from smt_convert.testing.random_gguf import write_random_qwen3vl
+from smt_convert.testing.random_gguf import byte_level_tokens, write_random_qwen3vl
 
 MiB = 1 << 20
 
@@ -42,16 +42,6 @@ QWEN3VL = dict(hidden=256, n_head=4, n_kv=2, head_dim=64, ff=512, vocab=2048)
 QWEN3VL_WIDE_VOCAB = dict(hidden=512, n_head=4, n_kv=4, head_dim=128, ff=1024, vocab=32768)
 
 
-def byte_level_tokens(n: int) -> list[str]:
-    """GPT-2's 256 byte tokens, one merge's result, fillers: a vocabulary llama.cpp's BPE loader accepts."""
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-                 + list(range(ord("®"), ord("ÿ") + 1)))
-    chars, extra = {b: chr(b) for b in printable}, 0
-    for b in range(256):
-        if b not in chars:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return [chars[b] for b in range(256)] + ["ĠĠ"] + [f"<t{i}>" for i in range(n - 257)]
 
 
 def qwen3vl_gguf(path: Path, sizes=QWEN3VL, n_layer: int = 2, qtype: str = "f16", context: int = 32768) -> Path:

@@ -15,7 +15,7 @@ from gguf.quants import dequantize, quantize
 
 from smt_convert.converters import kquant as K
 from smt_convert.runtime.errors import SmtError
-from smt_convert.testing.random_gguf import write_random_qwen3vl
+from smt_convert.testing.random_gguf import byte_level_tokens, write_random_qwen3vl
 
 Q = gguf.GGMLQuantizationType
 
@@ -31,16 +31,6 @@ MORE_BITS_8 = {0, 3, 6, 7}
 Q4_K_MAX, Q4_K_MIN, Q6_K_MAX = 0.085, 0.05, 0.022
 
 
-def byte_level_tokens(n: int) -> list[str]:
-    """GPT-2's 256 byte tokens, one merge's result, fillers: a vocabulary llama.cpp's BPE loader accepts."""
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-                 + list(range(ord("®"), ord("ÿ") + 1)))
-    chars, extra = {b: chr(b) for b in printable}, 0
-    for b in range(256):
-        if b not in chars:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return [chars[b] for b in range(256)] + ["ĠĠ"] + [f"<t{i}>" for i in range(n - 257)]
 
 
 def f16_gguf(path: Path, sizes=SIZES, n_layer: int = N_LAYER, tied: bool = False) -> Path:
