@@ -162,8 +162,10 @@ def choose(board: str | None, outtype: str | None, onnx_dtype: str | None, modal
 
 
 def acceleration_record(board: BoardProfile, tensors: list[dict]) -> dict:
-    """How much of the text GGUF's matrix bytes the board's matrix extension runs (manifest `board_profile`)."""
-    matrices = [t for t in tensors if len(t["shape"]) >= 2]
+    """How much of the text GGUF's matrix bytes the board's matrix extension runs (manifest `board_profile`). F32
+    tensors are left out: llama.cpp keeps them F32 whatever the type (conv kernels, routers, ssm_a), no board
+    quantises them."""
+    matrices = [t for t in tensors if len(t["shape"]) >= 2 and t["type"] != "F32"]
     total = sum(t["bytes"] for t in matrices) or 1
     slow = {}
     for t in matrices:
