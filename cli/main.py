@@ -454,6 +454,11 @@ def recipe(ctx, recipes, out_root, junit, summary, scratch):
     loaded = [load_recipe(p) for p in recipes]  # every recipe is checked before any conversion starts
     check_unique(loaded)
     _check_report_paths(junit, summary, scratch)
+    for flag, directory in (("--out", out_root), ("--scratch", scratch or out_root / ".sources")):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SmtError(f"{flag}: {directory}: cannot be created ({exc.strerror or exc})") from None
     sources, failed = prepare_recipes(loaded, scratch or out_root / ".sources",
                                       progress=ctx.find_root().obj["verbosity"] >= 1)
     results = []

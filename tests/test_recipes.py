@@ -143,3 +143,11 @@ def test_options_the_architecture_cannot_use(tmp_path, extra, mentions):
     with pytest.raises(SmtError) as err:
         prepare_recipes([load_recipe(path)], tmp_path / "scratch")
     assert mentions in str(err.value) and str(path) in str(err.value)
+
+
+def test_an_out_that_cannot_be_created_is_one_line(tmp_path):
+    path = write(tmp_path, 'architecture = "qwen3-asr"\n[source]\ntiny = "qwen3-asr"\n[[variants]]\n')
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    result = CliRunner().invoke(cli, ["recipe", str(path), "--out", str(blocker / "out")])
+    assert result.exit_code == 2 and result.stderr.startswith("error: --out:") and "Traceback" not in result.stderr
