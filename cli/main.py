@@ -443,16 +443,31 @@ _register_arch_commands()
               help="Also append a Markdown summary to this file (a CI job summary, e.g. \"$GITHUB_STEP_SUMMARY\").")
 @click.option("--scratch", type=click.Path(path_type=Path), default=None,
               help="Where tiny: sources are built (default: OUT/.sources).")
+@click.option("--list", "list_only", is_flag=True,
+              help="Print the variants (one key per line: RECIPE/VARIANT) and run nothing; with --json, as data "
+                   "for a CI matrix.")
+@click.option("--json", "as_json", is_flag=True, help="With --list: a JSON list of the variants.")
+@click.option("--only", default=None, metavar="KEY[,KEY]",
+              help="Run only these variants (RECIPE/VARIANT keys from --list) or recipes (RECIPE).")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Run the I-th of N deterministic shares of the variants (a CI matrix job); merge the shares' "
+                   "--out directories with `smt-convert recipe-report`.")
 @_verbosity_options
 @click.pass_context
-def recipe(ctx, recipes, out_root, junit, summary, scratch):
+def recipe(ctx, recipes, out_root, junit, summary, scratch, list_only, as_json, only, shard):
     """Run conversion recipes (TOML files, see recipes/): every variant of every recipe, a summary table,
     exit 1 if any failed. A failing recipe does not stop the others."""
-    from smt_convert.converters.recipe import (check_unique, format_comparison, format_results, load_recipe,
-                                               prepare_recipes, run_recipe, write_junit, write_summary)
+    from smt_convert.converters.recipe import check_unique, load_recipe, prepare_recipes, run_recipe
+    from smt_convert.converters.recipe_matrix import parse_shard, select, variant_keys, write_results
 
     loaded = [load_recipe(p) for p in recipes]  # every recipe is checked before any conversion starts
     check_unique(loaded)
+    if list_only:
+        entries = variant_keys(loaded)
+        click.echo(json.dumps(entries, indent=1) if as_json else "\n".join(e["key"] for e in entries))
+        return
+    shard_ = parse_shard(shard)
+    loaded = select(loaded, only, shard_)
     _check_report_paths(junit, summary, scratch)
     for flag, directory in (("--out", out_root), ("--scratch", scratch or out_root / ".sources")):
         try:
@@ -465,6 +480,29 @@ def recipe(ctx, recipes, out_root, junit, summary, scratch):
     for r in loaded:
         results += run_recipe(r, sources[r.name], out_root, _reporter(ctx)) if r.name in sources else \
             [f for f in failed if f.recipe == r.name]
+    write_results(results, out_root, shard_)
+    _report(results, junit, summary)
+
+
+@cli.command("recipe-report")
+@click.argument("directories", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--junit", type=click.Path(path_type=Path), default=None, help="Write the merged JUnit XML here.")
+@click.option("--summary", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Append the merged Markdown summary to this file.")
+@_verbosity_options
+def recipe_report(directories, junit, summary):
+    """Merge the --out DIRECTORIES of `recipe --shard` runs into the report one run writes: the table, --junit,
+    --summary; exit 1 if any variant failed."""
+    from smt_convert.converters.recipe_matrix import read_results
+
+    _check_report_paths(junit, summary, None)
+    _report(read_results(list(directories)), junit, summary)
+
+
+def _report(results, junit, summary) -> None:
+    """The table (and the variant comparison), JUnit, Markdown summary, one line per failure; exit 1 on any."""
+    from smt_convert.converters.recipe import format_comparison, format_results, write_junit, write_summary
+
     click.echo(format_results(results))
     comparison = format_comparison(results)
     if comparison:

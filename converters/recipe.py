@@ -70,7 +70,7 @@ class Variant:
             import hashlib
 
             types = "-tt" + hashlib.sha256(repr(sorted(self.tensor_types.items())).encode()).hexdigest()[:6]
-        return f"{self.outtype}-{self.onnx_dtype}{size}{types}"
+        return f"{self.outtype or 'board'}-{self.onnx_dtype or 'board'}{size}{types}"
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -151,3 +152,48 @@ def test_an_out_that_cannot_be_created_is_one_line(tmp_path):
     blocker.write_text("x")
     result = CliRunner().invoke(cli, ["recipe", str(path), "--out", str(blocker / "out")])
     assert result.exit_code == 2 and result.stderr.startswith("error: --out:") and "Traceback" not in result.stderr
+
+
+def _cases(junit: Path) -> set[tuple[str, str, str]]:
+    suite = ET.parse(junit).getroot()
+    return {(c.get("classname"), c.get("name"), "fail" if c.find("failure") is not None else
+             "error" if c.find("error") is not None else "pass") for c in suite.iter("testcase")}
+
+
+def _rows(summary: Path) -> set[tuple[str, ...]]:
+    """Summary table rows without the columns that differ between runs (time, bundle directory)."""
+    rows = set()
+    for line in summary.read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 8 and cells[0] != "recipe":
+            rows.add(tuple(c for i, c in enumerate(cells) if i not in (3, 7)))
+    return rows
+
+
+def test_shards_merged_give_the_report_of_one_run(tmp_path):
+    """issue 20: `--list`, `--shard I/N` and `recipe-report` fan a recipe set out over a CI matrix and back."""
+    recipes = [write(tmp_path, 'name = "asr"\narchitecture = "qwen3-asr"\n[source]\ntiny = "qwen3-asr"\n'
+                               '[[variants]]\n[[variants]]\nouttype = "q8_0"\n[[variants]]\nouttype = "q4_0"\n'
+                               'onnx_dtype = "int8"\n[verify]\nmax_new_tokens = 2\n', "asr.toml"),
+               write(tmp_path, 'name = "broken"\narchitecture = "qwen3-asr"\n[source]\npath = "missing"\n'
+                               '[[variants]]\n', "broken.toml")]
+    listed = CliRunner().invoke(cli, ["recipe", *map(str, recipes), "--list", "--json"])
+    keys = [e["key"] for e in json.loads(listed.stdout)]
+    assert keys == ["asr/f16-fp32", "asr/q4_0-int8", "asr/q8_0-fp32", "broken/f16-fp32"]
+    one = CliRunner().invoke(cli, ["-q", "recipe", *map(str, recipes), "--out", str(tmp_path / "one"),
+                                   "--junit", str(tmp_path / "one.xml"), "--summary", str(tmp_path / "one.md")])
+    assert one.exit_code == 1  # the broken recipe's source is missing: one error, the others pass
+    for i in (1, 2):
+        shard = CliRunner().invoke(cli, ["-q", "recipe", *map(str, recipes), "--out", str(tmp_path / f"s{i}"),
+                                         "--shard", f"{i}/2", "--scratch", str(tmp_path / "scratch")])
+        assert shard.exit_code in (0, 1), shard.stderr
+    merged = CliRunner().invoke(cli, ["recipe-report", str(tmp_path / "s1"), str(tmp_path / "s2"),
+                                      "--junit", str(tmp_path / "merged.xml"), "--summary", str(tmp_path / "m.md")])
+    assert merged.exit_code == 1
+    assert _cases(tmp_path / "merged.xml") == _cases(tmp_path / "one.xml") and len(_cases(tmp_path / "one.xml")) == 4
+    assert _rows(tmp_path / "m.md") == _rows(tmp_path / "one.md") and len(_rows(tmp_path / "one.md")) == 4
+    only = CliRunner().invoke(cli, ["-q", "recipe", *map(str, recipes), "--out", str(tmp_path / "o"),
+                                    "--only", "asr/q8_0-fp32"])
+    assert only.exit_code == 0 and [p.name for p in (tmp_path / "o" / "asr").iterdir()] == ["q8_0-fp32"]
+    bad = CliRunner().invoke(cli, ["recipe", *map(str, recipes), "--only", "asr/q9"])
+    assert bad.exit_code == 2 and "--only" in bad.stderr
