@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from smt_convert import __version__
 from smt_convert.runtime.errors import SmtError, Terminated
@@ -353,9 +354,12 @@ def _register_arch_commands():
 @click.option("--host", type=click.Choice(["board", "hf"]), default="board", show_default=True,
               help="Host preprocessing before the encoder: the board's own resize / log-mel (what the bundle meets "
                    "on the device) or the Hugging Face processor's (what the model was trained with).")
+@click.option("--segment", default="auto", show_default=True, metavar="auto|off|SECONDS",
+              help="Audio longer than this is cut at pauses into pieces transcribed one by one and joined (auto: "
+                   "30 s, or less when the bundle's -c holds less); off: one prompt, however long.")
 @_verbosity_options
 @click.pass_context
-def run(ctx, bundle, audio, image, prompt, language, context, max_new_tokens, threads, as_json, host):
+def run(ctx, bundle, audio, image, prompt, language, context, max_new_tokens, threads, as_json, host, segment):
     """Run BUNDLE with the minimal runtime (no torch) and print the answer."""
     from smt_convert.runtime.bundle import Bundle
     from smt_convert.runtime.media import MODALITIES
@@ -382,9 +386,13 @@ def run(ctx, bundle, audio, image, prompt, language, context, max_new_tokens, th
 
         for note in audio_warnings(media, opened.manifest["preprocessing"]):
             click.echo(f"warning: {given[kind]}: {note}", err=True)
+    pieces = _audio_pieces(media, opened.manifest, segment) if kind == "audio" else None
     runner = BundleRunner(bundle, threads=threads, host=host)
     if not runner.manifest.get("verification", {}).get("passed", False):
         click.echo(f"warning: {bundle}: this bundle failed verification when it was converted", err=True)
+    if pieces is not None and len(pieces) > 1:
+        _run_segments(ctx, runner, media, pieces, context, language, max_new_tokens, as_json)
+        return
     result = runner.run(media, fields={"context": context, "prompt": prompt}, language=language,
                         max_new_tokens=max_new_tokens, keep_encoder=False)  # one answer: decode without it
     if as_json:
@@ -394,6 +402,45 @@ def run(ctx, bundle, audio, image, prompt, language, context, max_new_tokens, th
         click.echo(result.text)
         if ctx.obj["verbosity"] >= 2:
             click.echo(json.dumps({"host": runner.host, **result.timings}), err=True)
+
+
+def _audio_pieces(wave, manifest: dict, segment: str):
+    """--segment: where a long recording is cut (runtime/segments.py)."""
+    from smt_convert.runtime.segments import AUTO_SECONDS, cut, longest_in_one_piece
+
+    rate = manifest["preprocessing"].get("sample_rate", 16000)
+    one_piece = longest_in_one_piece(manifest.get("memory", {}).get("n_ctx", 4096))
+    if segment == "off":
+        return None
+    if segment == "auto":
+        seconds = min(AUTO_SECONDS, one_piece)
+    else:
+        try:
+            seconds = float(segment)
+        except ValueError:
+            raise SmtError(f"--segment: expected auto, off or a number of seconds, got {segment!r}") from None
+        if not 5 <= seconds <= 3600:
+            raise SmtError(f"--segment: {segment}: expected 5 to 3600 seconds")
+    return cut(np.asarray(wave), rate, seconds)
+
+
+def _run_segments(ctx, runner, wave, pieces, context, language, max_new_tokens, as_json) -> None:
+    """Transcribe the pieces one by one (the sessions stay loaded) and join them; progress on stderr."""
+    rate = runner.manifest["preprocessing"].get("sample_rate", 16000)
+    report = _reporter(ctx)
+    out = []
+    with report.progress(len(pieces), "segments") as update:
+        for piece in pieces:
+            result = runner.run(wave[piece.start:piece.end], fields={"context": context}, language=language,
+                                max_new_tokens=max_new_tokens)
+            start, end = piece.seconds(rate)
+            out.append({"start": start, "end": end, "text": result.text, "tokens": result.tokens})
+            update(f"{start:.0f}-{end:.0f} s")
+    text = " ".join(s["text"].strip() for s in out if s["text"].strip())
+    if as_json:
+        click.echo(json.dumps({"text": text, "segments": out, "host": runner.host}, indent=1))
+    else:
+        click.echo(text)
 
 
 @cli.command()

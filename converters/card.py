@@ -414,6 +414,13 @@ def _memory(f: dict) -> list[str]:
            f"**{human_size(m['bytes']['total'])}** besides the board's Linux ({m['assumptions']}):", ""]
     out += markdown_table(("part", "size"), terms) + [""]
     out += markdown_table(("board memory", f"holds -c {m['n_ctx']}", "longest -c it holds"), sizes) + [""]
+    if f["modality"] == "audio":
+        from smt_convert.runtime.segments import AUTO_SECONDS, longest_in_one_piece
+
+        out += [f"At `-c {m['n_ctx']}` one prompt takes about {longest_in_one_piece(m['n_ctx']):.0f} s of audio with "
+                "room for its transcript. The board's llama-mtmd-cli sends a recording in one piece and does not cut "
+                "it: cut longer ones first, at pauses (`smt-convert run . --audio long.wav` does, into pieces of at "
+                f"most {AUTO_SECONDS:.0f} s, and prints them with `--json`), or convert with a larger `--context`.", ""]
     if profile:
         slow = ", ".join(f"{v['tensors']} x {k}" for k, v in profile["not_accelerated"].items())
         out += [f"Made for {profile['name'].upper()} ({profile['soc']}): "
