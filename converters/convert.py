@@ -96,7 +96,8 @@ def make_plan(plugin: ArchPlugin, checkpoint_dir: Path, opts: ConvertOptions) ->
     """Read config and headers, validate them, find the tokenizer: every problem surfaces here, before any
     tensor data is read. The types are settled here too (--board defaults need the model's modality): the
     returned plan's `outtype`/`onnx_dtype` are the ones used."""
-    for given, known, flag in ((opts.outtype, ALL_OUTTYPES, "--outtype"), (opts.onnx_dtype, ONNX_DTYPES, "--onnx-dtype")):
+    for given, known, flag in ((opts.outtype, ALL_OUTTYPES, "--outtype"),
+                               (opts.onnx_dtype, ONNX_DTYPES, "--onnx-dtype")):
         if given is not None and given not in known:
             raise SmtError(f"{flag}: '{given}' is not one of {', '.join(known)}")
 
@@ -346,7 +347,8 @@ def _write_text(plan: Plan, ckpt: Checkpoint, tmp: Path, report: Reporter, repo_
     types = {k: gguf.GGMLQuantizationType[v] for k, v in plan.text_types.items()}
     with report.progress(len(plan.text_tensors), "text gguf") as update:
         records = write_text_gguf(tmp / written, plan.text_arch, plan.text_tensors, types,
-                                  lambda name: _checked(ckpt, name), metadata, on_tensor=lambda i, n, name: update(name),
+                                  lambda name: _checked(ckpt, name), metadata,
+                                  on_tensor=lambda i, n, name: update(name),
                                   load_blocks=lambda name, rows: _checked_blocks(ckpt, name, rows))
     if requant is None:
         return records
@@ -503,7 +505,8 @@ def _manifest_skeleton(plan: Plan, source: dict, records, encoders: list[Written
             "kind": plan.tokenizer.kind, "files": [str(p) for p in plan.tokenizer.files]}},
         "hparams": plugin.hparams_record(hp),
         "text": {"file": plan.text_file, "gguf_arch": plan.text_arch, "outtype": plan.outtype,
-                 "precision": plan.precision, "quantiser": _quantiser(plan), "tensors": records, "rope_dimension_sections": list(plan.facts.rope_sections),
+                 "precision": plan.precision, "quantiser": _quantiser(plan), "tensors": records,
+                 "rope_dimension_sections": list(plan.facts.rope_sections),
                  "vocab": {"model": vocab.model, "pre": vocab.pre, "size": len(vocab.tokens),
                            "special_ids": vocab.special_ids}},
         "dropped_tensors": plan.dropped,

@@ -103,7 +103,8 @@ def standard_decoder(s: DecoderShape, prefix: str, to_ckpt: Callable[[str], str]
 
 def hf_layer_name(gguf_tensor: str, prefix: str, lm_head: str = "lm_head.weight") -> str | None:
     """The canonical checkpoint name of a standard decoder's GGUF tensor (None when it is not one)."""
-    globals_ = {gguf_name(T.TOKEN_EMBD): prefix + "embed_tokens.weight", gguf_name(T.OUTPUT_NORM): prefix + "norm.weight",
+    globals_ = {gguf_name(T.TOKEN_EMBD): prefix + "embed_tokens.weight",
+                gguf_name(T.OUTPUT_NORM): prefix + "norm.weight",
                 gguf_name(T.OUTPUT): lm_head}
     if gguf_tensor in globals_:
         return globals_[gguf_tensor]

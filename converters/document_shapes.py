@@ -75,7 +75,8 @@ def check_checkpoint_documents(*directories: Path | None) -> None:
                 if not path.is_file():
                     raise SmtError(f"{path}: not a regular file")
                 if path.stat().st_size > MAX_TEXT_BYTES:
-                    raise SmtError(f"{path}: {path.stat().st_size} bytes, more than the {MAX_TEXT_BYTES >> 20} MiB read")
+                    raise SmtError(f"{path}: {path.stat().st_size} bytes, more than the "
+                                   f"{MAX_TEXT_BYTES >> 20} MiB read")
                 try:
                     path.read_bytes().decode("utf-8")
                 except (OSError, UnicodeDecodeError) as exc:

@@ -50,10 +50,10 @@ CONTEXTS = (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144)
 
 # A fixed allowance for what no term above counts: the shared libraries' resident code and data (llama.cpp's
 # libllama + libggml: importing llama-cpp-python, which loads them, adds 27 MiB RSS on this x86-64 host; ONNX
-# Runtime's import adds 12 MiB), the vocabulary and chat-template structures, ggml's CPU work buffer (activations quantised for the
-# matmuls: a few MiB at n_ubatch 512), thread stacks, the server's HTTP state, and allocator slack. Those
-# measured pieces are about 40-50 MiB on x86-64; 128 MiB leaves room for the RISC-V builds, SpacemiT's
-# execution provider and its arenas, which could not be measured here.
+# Runtime's import adds 12 MiB), the vocabulary and chat-template structures, ggml's CPU work buffer
+# (activations quantised for the matmuls: a few MiB at n_ubatch 512), thread stacks, the server's HTTP state,
+# and allocator slack. Those measured pieces are about 40-50 MiB on x86-64; 128 MiB leaves room for the RISC-V
+# builds, SpacemiT's execution provider and its arenas, which could not be measured here.
 RUNTIME_OVERHEAD_BYTES = 128 * MiB
 
 # Memory the board's Linux keeps for itself. A "4 GB" BPI-F3 shows 3809 MiB to Linux (hwloc on a 4 GB board,

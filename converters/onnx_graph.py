@@ -194,7 +194,8 @@ def gelu(ctx: GraphContext, x: ir.Value, approximate: str = "none") -> ir.Value:
     """GELU as torch computes it: exact (erf) or the tanh approximation ("gelu_pytorch_tanh")."""
     op = ctx.op
     if approximate == "tanh":
-        inner = op.Mul(op.Add(x, op.Mul(op.Mul(op.Mul(x, x), x), ctx.const(0.044715))), ctx.const(math.sqrt(2 / math.pi)))
+        cube = op.Mul(op.Mul(x, x), x)
+        inner = op.Mul(op.Add(x, op.Mul(cube, ctx.const(0.044715))), ctx.const(math.sqrt(2 / math.pi)))
         return op.Mul(op.Mul(x, ctx.const(0.5)), op.Add(op.Tanh(inner), ctx.const(1.0)))
     if approximate != "none":
         raise ValueError(f"gelu approximation {approximate!r}")

@@ -259,7 +259,7 @@ class ArchPlugin(abc.ABC):
         """Checkpoint tensors deliberately not converted (glob over checkpoint names -> reason)."""
         return {}
 
-    def check_weights(self, ckpt: "Checkpoint", hp) -> None:
+    def check_weights(self, ckpt: "Checkpoint", hp) -> None:  # noqa: B027 - a hook: most families need none
         """Config-vs-weights checks that need more than names and shapes."""
 
     # ---- text GGUF -------------------------------------------------------------------------------

@@ -445,8 +445,9 @@ def format_summary(results: list[Result]) -> str:
     lines += markdown_table((*RESULT_HEADER, "bundle"), rows) + [""]
     compared = comparison_cells(results)
     if compared:
-        lines += ["### Variants compared", "", "Quality against the Hugging Face model (teacher-forced KL divergence of "
-                  "the next-token distribution, top-1 agreement) and what each variant needs on the board at its -c.",
+        lines += ["### Variants compared", "",
+                  "Quality against the Hugging Face model (teacher-forced KL divergence of the next-token "
+                  "distribution, top-1 agreement) and what each variant needs on the board at its -c.",
                   ""] + markdown_table(COMPARISON_HEADER, compared) + [""]
     bad = [r for r in results if r.status != "pass"]
     if bad:

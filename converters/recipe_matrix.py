@@ -93,7 +93,8 @@ def read_results(directories: list[Path]) -> list[Result]:
                 raise SmtError(f"{path}: expected a list of results")
             for i, entry in enumerate(data):
                 try:
-                    results.append(Result(**{**entry, "output": Path(entry["output"]) if entry.get("output") else None}))
+                    output = Path(entry["output"]) if entry.get("output") else None
+                    results.append(Result(**{**entry, "output": output}))
                 except (TypeError, KeyError) as exc:
                     raise SmtError(f"{path}: [{i}]: not a recipe result ({exc})") from None
     seen = set()

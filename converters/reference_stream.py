@@ -55,7 +55,8 @@ def load_module(module: "torch.nn.Module", load: Callable[[str], "torch.Tensor"]
             try:
                 value = load(prefix + name)
             except SmtError:
-                raise SmtError(f"{where}: tensor {prefix + name}: the reference model needs it but it is missing") from None
+                raise SmtError(f"{where}: tensor {prefix + name}: the reference model needs it but it is "
+                               "missing") from None
             if tuple(value.shape) != tuple(param.shape):
                 raise SmtError(f"{where}: tensor {prefix + name}: shape {list(value.shape)}, the model expects "
                                f"{list(param.shape)}")

@@ -25,7 +25,8 @@ FIELD_LIMITS = {
     "head_dim": 4096, "max_position_embeddings": 1 << 24, "num_mel_bins": 1024,
 }
 MAX_CONFIG_INT = (1 << 31) - 1   # any other integer field
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list", dict: "an object"}
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list",
+               dict: "an object"}
 
 
 @dataclass
@@ -107,7 +108,8 @@ def check_tensors(
         info = tensors.get(name)
         if info is not None and tuple(info.shape) != tuple(shape):
             raise SmtError(
-                f"{info.file}: tensor {name}: shape {list(info.shape)} does not match the config, expected {list(shape)}"
+                f"{info.file}: tensor {name}: shape {list(info.shape)} does not match the config, "
+                f"expected {list(shape)}"
             )
     result = TensorCheck()
     unexpected = []

@@ -29,7 +29,8 @@ class RuntimeTokenizer:
         return self._tok.encode(text, add_special_tokens=add_special).ids
 
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
-        """Decode (byte-level BPE or SentencePiece byte fallback); special tokens are dropped unless skip_special is False."""
+        """Decode (byte-level BPE or SentencePiece byte fallback); special tokens are dropped unless
+        skip_special is False."""
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special)
 
     def token_id(self, text: str) -> int:

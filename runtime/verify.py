@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -217,8 +216,8 @@ def board_config_problems(bundle) -> list[str]:
         for key, manifest_key in BOARD_AUDIO_KEYS.items():
             value, want = audio.get(key), pre.get(manifest_key)
             if want is not None and value != want:
-                problems.append(f"config.json audio_model.{key} is {value!r}, the manifest's preprocessing.{manifest_key}"
-                                f" is {want!r}")
+                problems.append(f"config.json audio_model.{key} is {value!r}, the manifest's "
+                                f"preprocessing.{manifest_key} is {want!r}")
     return problems
 
 

@@ -44,7 +44,8 @@ class VisionEncoder:
         out = outputs[0]
         if out.type != "tensor(float)":
             raise SmtError(f"{self.path}: {out.name}: expected float32 output, got {out.type}")
-        if len(out.shape) not in (2, 3) or (len(out.shape) == 3 and isinstance(out.shape[0], int) and out.shape[0] != 1):
+        batched = len(out.shape) == 3 and isinstance(out.shape[0], int) and out.shape[0] != 1
+        if len(out.shape) not in (2, 3) or batched:
             raise SmtError(f"{self.path}: {out.name}: expected [N, hidden] or [1, N, hidden], got {list(out.shape)}")
         self.input_name = inp.name
         self._input_size = (shape[2], shape[3])

@@ -30,7 +30,8 @@ counts kept weights only; the process also holds still-mapped file pages (at mos
 KV cache and activations. Memory beyond the budget does not grow with the number of layers.
 
 Threads: ONNX Runtime sessions use `threads` (constructor, else SMT_RUNTIME_THREADS, else OMP_NUM_THREADS,
-else the CPU count); numpy's BLAS follows OMP_NUM_THREADS as usual. SMT_RUNTIME_QMATMUL (or `quant_matmul`) picks path 2's kernel:
+else the CPU count); numpy's BLAS follows OMP_NUM_THREADS as usual. SMT_RUNTIME_QMATMUL (or `quant_matmul`) picks
+path 2's kernel:
 "exact" (default; see qmatmul.py), "int8" (opt-in, several times faster: Q8_0 stays 8-bit and the kernel
 quantises the activations to int8 per block of 32, much as llama.cpp itself does for Q8_0 weights, so logits
 move by about the Q8_0 storage error and no longer equal a float32 reference), or "0" (numpy paths only).

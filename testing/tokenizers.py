@@ -40,7 +40,8 @@ TRAINING_TEXT = [
     "我想在苹果工作。今天天气很好，我们去公园散步吧！语音识别模型。",
     "日本語のテキストも少し。こんにちは世界。한국어 문장도 있습니다.",
     "Emoji: 🚀 🦙🦙 😀 ✅ 👍🏽 — and accents: café naïve résumé Ärger straße",
-    "def encode(text: str) -> list[int]:\n    return [ord(c) for c in text]\n\n\nif __name__ == '__main__':\n    print(encode('hi'))",
+    "def encode(text: str) -> list[int]:\n    return [ord(c) for c in text]\n\n\n"
+    "if __name__ == '__main__':\n    print(encode('hi'))",
     "for (int i = 0; i < n; i++) { sum += a[i] * b[i]; }  // dot product\n\t\ttabs\tand    spaces",
     "Привет, мир! Это тест. Ελληνικά κείμενα. العربية نص قصير.",
     "user\nhello there\nassistant\nHi! How can I help you today?\n\n\nSure.",

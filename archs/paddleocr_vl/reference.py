@@ -178,7 +178,7 @@ def text_logits(cfg, hp: Hparams, load, ids: list[int], image_rows: torch.Tensor
         position_embeddings = rotary(h, position_ids)
         causal = create_causal_mask(config=tcfg, inputs_embeds=h, attention_mask=None, cache=None, position_ids=None)
         for i in range(t.num_layers):
-            layer = build_module(lambda: M.PaddleOCRDecoderLayer(tcfg, i), load, f"{TEXT_PREFIX}layers.{i}.")
+            layer = build_module(lambda i=i: M.PaddleOCRDecoderLayer(tcfg, i), load, f"{TEXT_PREFIX}layers.{i}.")
             h = layer(h, attention_mask=causal, position_embeddings=position_embeddings)
             del layer
         norm = build_module(lambda: M.PaddleOCRRMSNorm(t.hidden_size, eps=t.rms_norm_eps), load, TEXT_PREFIX + "norm.")

@@ -81,7 +81,8 @@ def text_tensors(hp: TextHparams, layout: TextLayout = NATIVE_LAYOUT,
         if kind in fused:
             return TextTensor(name, (to_ckpt(layer + "self_attn.qkv_proj.weight"),), shape, split_qkv(hp, fused[kind]))
         if kind in fused_ffn:
-            return TextTensor(name, (to_ckpt(layer + "mlp.up_gate_proj.weight"),), shape, split_up_gate(fused_ffn[kind]))
+            return TextTensor(name, (to_ckpt(layer + "mlp.up_gate_proj.weight"),), shape,
+                              split_up_gate(fused_ffn[kind]))
         return None
 
     return standard_decoder(decoder_shape(hp), layout.prefix, to_ckpt, LM_HEAD, replace)

@@ -76,7 +76,8 @@ def checkpoint_loader(ckpt, hp: Hparams) -> Callable[[str], Any]:
         if hp.experts == "per_expert" and name.endswith(".mlp.experts.gate_up_proj"):
             base = name[: -len("gate_up_proj")]
             return torch.stack([torch.cat([ckpt.load(f"{base}{j}.gate_proj.weight"),
-                                           ckpt.load(f"{base}{j}.up_proj.weight")]) for j in range(hp.text.num_experts)])
+                                           ckpt.load(f"{base}{j}.up_proj.weight")])
+                                for j in range(hp.text.num_experts)])
         if hp.experts == "per_expert" and name.endswith(".mlp.experts.down_proj"):
             base = name[: -len("down_proj")]
             return torch.stack([ckpt.load(f"{base}{j}.down_proj.weight") for j in range(hp.text.num_experts)])
@@ -163,7 +164,7 @@ def text_logits(text_config, cls: Classes, load: Callable, hp: Hparams, ids: lis
         mask = create_causal_mask(config=text_config, inputs_embeds=h, attention_mask=None, cache=None,
                                   position_ids=None)
         for i in range(hp.text.num_layers):
-            layer = build_module(lambda: cls.decoder_layer(text_config, i), load, f"{prefix}layers.{i}.")
+            layer = build_module(lambda i=i: cls.decoder_layer(text_config, i), load, f"{prefix}layers.{i}.")
             h = layer(h, position_embeddings=cos_sin, attention_mask=None if hp.text.is_linear(i) else mask)
             del layer
         norm = build_module(lambda: cls.norm(hp.text.hidden_size, eps=hp.text.rms_norm_eps), load, prefix + "norm.")

@@ -116,7 +116,7 @@ def text_logits(config, load: Callable, prompt: list[int], continuation: list[in
         mask = create_causal_mask(config=text, inputs_embeds=h, attention_mask=None, cache=None,
                                   position_ids=positions)
         for i in range(text.num_hidden_layers):
-            layer = build_module(lambda: Qwen3DecoderLayer(text, i), load, f"{TEXT}layers.{i}.")
+            layer = build_module(lambda i=i: Qwen3DecoderLayer(text, i), load, f"{TEXT}layers.{i}.")
             h = layer(h, attention_mask=mask, position_ids=positions, position_embeddings=cos_sin)
             del layer
         norm = build_module(lambda: Qwen3RMSNorm(text.hidden_size, eps=text.rms_norm_eps), load, TEXT + "norm.")

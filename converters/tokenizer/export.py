@@ -109,7 +109,8 @@ def runtime_tokenizer_json(source: TokenizerSource) -> str:
     tokenizer.json (export_runtime_tokenizer copies that one as is)."""
     if source.kind == SPM_KIND or (source.kind in ("tokenizer.json", AUTO_KIND) and is_sentencepiece(source)):
         return spm_runtime_tokenizer_json(source)
-    if source.kind == "vocab.json+merges.txt" and source.config.get("tokenizer_class", "Qwen2Tokenizer") in QWEN2_CLASSES:
+    qwen2 = source.config.get("tokenizer_class", "Qwen2Tokenizer") in QWEN2_CLASSES
+    if source.kind == "vocab.json+merges.txt" and qwen2:
         return qwen2_tokenizer_json(parts_from_vocab_merges(source.directory, source.config), source.config)
     return auto_tokenizer_json(source)
 

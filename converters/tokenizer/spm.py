@@ -59,7 +59,8 @@ def spm_model_proto(path: Path):
     try:
         from sentencepiece import sentencepiece_model_pb2
     except ImportError as e:
-        raise SmtError(f"{path}: tokenizer: reading a SentencePiece model needs sentencepiece and protobuf ({e})") from None
+        raise SmtError(f"{path}: tokenizer: reading a SentencePiece model needs sentencepiece and protobuf "
+                       f"({e})") from None
     proto = sentencepiece_model_pb2.ModelProto()
     try:
         proto.ParseFromString(path.read_bytes())
@@ -173,7 +174,8 @@ def check_spm_agree(from_model: SpmParts, from_json: SpmParts, renamed: set[int]
     """tokenizer.model and tokenizer.json must describe the same base vocabulary (ids renamed by the config aside)."""
     where = f"{from_json.origin}: model.vocab"
     if len(from_json.tokens) != len(from_model.tokens):
-        raise SmtError(f"{where}: {len(from_json.tokens)} pieces but {from_model.origin.name} has {len(from_model.tokens)}")
+        raise SmtError(f"{where}: {len(from_json.tokens)} pieces but {from_model.origin.name} has "
+                       f"{len(from_model.tokens)}")
     for i, (a, b) in enumerate(zip(from_model.tokens, from_json.tokens)):
         if i not in renamed and a != b:
             raise SmtError(f"{where}: id {i} is {b!r} but {from_model.origin.name} has {a!r}")
@@ -218,7 +220,8 @@ def is_sentencepiece(source: TokenizerSource) -> bool:
 # ---------------------------------------------------------------- GGUF vocabulary
 
 
-def spm_token_table(parts: SpmParts, source: TokenizerSource, vocab_size: int) -> tuple[list[str], list[float], list[int]]:
+def spm_token_table(parts: SpmParts, source: TokenizerSource,
+                    vocab_size: int) -> tuple[list[str], list[float], list[int]]:
     """Base pieces, then added tokens as upstream applies them, padded with [PAD{i}] to vocab_size rows.
 
     Order (later wins): tokenizer.json added tokens beyond the base pieces, added_tokens.json (USER_DEFINED),
