@@ -406,21 +406,21 @@ def run(ctx, bundle, audio, image, prompt, language, context, max_new_tokens, th
 
 def _audio_pieces(wave, manifest: dict, segment: str):
     """--segment: where a long recording is cut (runtime/segments.py)."""
-    from smt_convert.runtime.segments import AUTO_SECONDS, cut, longest_in_one_piece
+    from smt_convert.runtime.segments import AUTO_SECONDS, MIN_SEGMENT_SECONDS, cut, longest_in_one_piece
 
     rate = manifest["preprocessing"].get("sample_rate", 16000)
     one_piece = longest_in_one_piece(manifest.get("memory", {}).get("n_ctx", 4096))
     if segment == "off":
         return None
     if segment == "auto":
-        seconds = min(AUTO_SECONDS, one_piece)
+        seconds = max(MIN_SEGMENT_SECONDS, min(AUTO_SECONDS, one_piece))
     else:
         try:
             seconds = float(segment)
         except ValueError:
             raise SmtError(f"--segment: expected auto, off or a number of seconds, got {segment!r}") from None
-        if not 5 <= seconds <= 3600:
-            raise SmtError(f"--segment: {segment}: expected 5 to 3600 seconds")
+        if not MIN_SEGMENT_SECONDS <= seconds <= 3600:
+            raise SmtError(f"--segment: {segment}: expected {MIN_SEGMENT_SECONDS:.0f} to 3600 seconds")
     return cut(np.asarray(wave), rate, seconds)
 
 

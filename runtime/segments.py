@@ -19,6 +19,7 @@ HOP = 0.010          # s
 PAUSE_ABOVE_FLOOR_DB = 10.0   # a frame within 10 dB of the recording's noise floor (its 5th percentile) is a pause,
 SPEECH_BELOW_PEAK_DB = 15.0   # unless that is within 15 dB of the loud frames (95th percentile): then there is none
 AUTO_SECONDS = 30.0  # --segment auto: pieces of at most 30 s (what the model was trained on per utterance)
+MIN_SEGMENT_SECONDS = 5.0   # shorter pieces cut sentences more often than pauses allow
 AUDIO_TOKENS_PER_SECOND = 13   # Qwen3-ASR: 13 encoder rows per 100-frame (1 s) chunk
 TEXT_TOKENS_PER_SECOND = 5     # a fast speaker's transcript, with margin
 PROMPT_TOKENS = 64
@@ -59,7 +60,7 @@ def quiet_threshold(db: np.ndarray) -> float:
 
 def cut(wave: np.ndarray, rate: int, max_seconds: float) -> list[Segment]:
     """Segments covering `wave`, each at most `max_seconds`, cut at pauses where there are any."""
-    limit = int(max_seconds * rate)
+    limit = int(max(max_seconds, MIN_SEGMENT_SECONDS) * rate)
     if len(wave) <= limit:
         return [Segment(0, len(wave))]
     db = frame_db(wave, rate)
