@@ -265,13 +265,19 @@ def edit_manifest(root: Path, change) -> None:
     (root / "manifest.json").write_text(json.dumps(m))
 
 
-def test_partial_output_of_a_killed_run_is_swept(pristine, tmp_path):
-    out = tmp_path / "out"
+def conversion_under_way(pristine: Path, out: Path) -> subprocess.Popen:
+    """A conversion in a subprocess, returned once it writes into its temporary directory."""
     proc = subprocess.Popen([sys.executable, "-m", "smt_convert", "qwen3-asr", str(pristine / "single"), str(out)],
                             stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
         if "writing" in line:
             break
+    return proc
+
+
+def test_partial_output_of_a_killed_run_is_swept(pristine, tmp_path):
+    out = tmp_path / "out"
+    proc = conversion_under_way(pristine, out)
     proc.kill()
     proc.wait()
     assert list(tmp_path.glob(".out.partial-*")), "SIGKILL cannot clean up: the next run must"
@@ -398,11 +404,7 @@ def test_image_bomb_is_refused_before_decoding(bundle, tmp_path):
 @pytest.mark.parametrize("signum,code,word", [(1, 129, "hangup"), (15, 143, "terminated")])
 def test_sighup_and_sigterm_clean_up_alike(pristine, tmp_path, signum, code, word):
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "smt_convert", "qwen3-asr", str(pristine / "single"), str(out)],
-                            stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        if "writing" in line:
-            break
+    proc = conversion_under_way(pristine, out)
     proc.send_signal(signum)
     rest = proc.communicate(timeout=120)[1]
     assert proc.returncode == code, rest
