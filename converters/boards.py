@@ -167,7 +167,7 @@ def acceleration_record(board: BoardProfile, tensors: list[dict]) -> dict:
     quantises them."""
     matrices = [t for t in tensors if len(t["shape"]) >= 2 and t["type"] != "F32"]
     total = sum(t["bytes"] for t in matrices) or 1
-    slow = {}
+    slow: dict[str, int] = {}
     for t in matrices:
         if not accelerated(board, t["type"]):
             slow[t["type"]] = slow.get(t["type"], 0) + t["bytes"]

@@ -30,6 +30,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from smt_convert.runtime.bundle import MANIFEST, validate_manifest
 from smt_convert.runtime.documents import load_json
@@ -334,10 +335,11 @@ def held_signals():
 
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 _AT_FDCWD = -100
+_renameat2_fn: Any = None
 try:
     _renameat2_fn = ctypes.CDLL(None, use_errno=True).renameat2
 except (OSError, AttributeError):  # not glibc >= 2.28
-    _renameat2_fn = None
+    pass
 
 
 def _renameat2(src: Path, dst: Path, flags: int) -> bool:

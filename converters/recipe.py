@@ -393,7 +393,7 @@ COMPARISON_HEADER = ("recipe", "variant", "gguf", "encoders", "KLD mean", "KLD p
                      "fits")
 
 
-def comparison_cells(results: list[Result]) -> list[tuple[str, ...]]:
+def comparison_cells(results: list[Result]) -> list[tuple]:
     """The variants side by side: what each costs (sizes, memory at its -c, the smallest board size that holds it)
     and what it loses against the Hugging Face model (KLD, top-1): the choice in one glance."""
     def mb(n):

@@ -80,9 +80,10 @@ def reference_tokens(logits: np.ndarray, prompt_len: int, continuation: list[int
 
 def compare_with_reference(plugin: ArchPlugin, ckpt, hp, runner, media, result, outtype: str, onnx_dtype: str,
                            max_new_tokens: int, thresholds: dict | None = None,
-                           cache: ReferenceCache | None = None, report=None) -> tuple[list[Row], list[int]]:
+                           cache: ReferenceCache | None = None,
+                           report=None) -> tuple[list[Row], list[int], Q.Quality]:
     """Rows for the encoder, text logits and greedy tokens (plus the plugin's own rows); `result` is the
-    runtime's run on `media`. Returns the rows and the reference's greedy tokens."""
+    runtime's run on `media`. Returns the rows, the reference's greedy tokens and the quality report."""
     host_input = runner.features(media) if media is not None else None
     prompt_ids = list(result.prompt.placeholder_ids)
     stop_ids = runner.stop_ids()
