@@ -272,8 +272,9 @@ def _convert_command(plugin_name: str | None):
     @click.argument("output", type=click.Path(path_type=Path))
     @_conversion_options
     @click.option("--stem", default=None, help="File-name prefix of the bundle files (default from the model).")
-    @click.option("--force", is_flag=True, help="Replace OUTPUT when it holds an smt-convert bundle (a directory "
-                                                "holding anything else is never replaced).")
+    @click.option("--force", is_flag=True, help="Replace OUTPUT when it holds an smt-convert bundle and nothing "
+                                                "else; only the files its manifest lists are deleted (README, "
+                                                "\"What happens at OUTPUT\").")
     @click.option("--no-verify", is_flag=True,
                   help="Skip the comparison with the Hugging Face model and the board-vs-hf host rows "
                        "(goldens are still recorded).")
