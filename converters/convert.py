@@ -290,10 +290,10 @@ def _write_bundle(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions,
 def _add_board_records(manifest: dict, plan: Plan, tmp: Path, opts: ConvertOptions, encoder_peak: int) -> None:
     """What the bundle needs on the board: the memory at its `-c` and which board sizes hold it (memory.py), the
     board command lines carrying that `-c`, and with --board the profile and how much of the GGUF it accelerates."""
-    gguf_path = tmp / plan.text_file
+    shape = memory.read_text_shape(tmp / plan.text_file)  # the GGUF's header, read once for both
     sizes = plan.board.memory_gb if plan.board else ()
-    n_ctx = memory.choose_context(gguf_path, encoder_peak, opts.context, sizes)
-    manifest["memory"] = memory.memory_record(gguf_path, n_ctx, encoder_peak)
+    n_ctx = memory.choose_context(shape, encoder_peak, opts.context, sizes)
+    manifest["memory"] = memory.memory_record(shape, n_ctx, encoder_peak)
     manifest["board"] = commands.board_record(tuple(plan.plugin.board_flags), plan.text_file, plan.modality,
                                               commands.golden_input_path(manifest["golden"]),
                                               commands.golden_prompt(manifest), context=n_ctx,

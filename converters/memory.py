@@ -362,8 +362,8 @@ def choose_context(gguf_path, encoder_peak_bytes: int, requested: int | None,
                    board_sizes_gb: tuple[float, ...] = ()) -> int:
     """The `-c` the bundle documents: `requested` (capped by the model's context_length); without one,
     DEFAULT_CONTEXT, or with a board profile the largest context up to DEFAULT_CONTEXT that fits its largest
-    memory size (a 2 GB-only board gets what fits there)."""
-    s = read_text_shape(gguf_path)
+    memory size (a 2 GB-only board gets what fits there). `gguf_path` may be a TextShape already read."""
+    s = _shape(gguf_path)
     if requested is not None:
         return min(requested, s.context_length)
     ceiling = min(DEFAULT_CONTEXT, s.context_length)
@@ -376,8 +376,9 @@ def choose_context(gguf_path, encoder_peak_bytes: int, requested: int | None,
 
 def memory_record(gguf_path, n_ctx: int, encoder_peak_bytes: int) -> dict:
     """The manifest's `memory`: the budget at the bundle's `-c`, which board sizes hold it, and the longest
-    context each size holds (card and `inspect` print it; nothing is loaded to compute it)."""
-    s = read_text_shape(gguf_path)
+    context each size holds (card and `inspect` print it; nothing is loaded to compute it). `gguf_path` may be a
+    TextShape already read."""
+    s = _shape(gguf_path)
     budget = text_memory(s, n_ctx, encoder_peak_bytes=encoder_peak_bytes)
     usable = {gb: int(gb * GiB) - OS_RESERVE_BYTES for gb in BOARD_SIZES_GB}
     longest = fits(lambda n: text_memory(s, n, encoder_peak_bytes=encoder_peak_bytes).total, BOARD_SIZES_GB,
