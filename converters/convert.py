@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gguf
 import numpy as np
 
 from smt_convert import __version__
@@ -32,7 +33,7 @@ from smt_convert.converters.reference import ReferenceCache, compare_with_refere
 from smt_convert.converters.output import PARTIAL_MARKER, claim_output, finish_output, release
 from smt_convert.converters.precision import apply as apply_precision
 from smt_convert.converters.report import Reporter
-from smt_convert.converters.kquant import KQUANT_PRESETS, quantize_gguf
+from smt_convert.converters.kquant import KQUANT_PRESETS, OVERRIDE_TYPES, quantize_gguf
 from smt_convert.converters.text_gguf import (ALL_OUTTYPES, OUTTYPES, estimated_kquant_types, tensor_nbytes,
                                               write_general_metadata, write_text_gguf)
 from smt_convert.converters.tokenizer import build_vocab, export_runtime_tokenizer, find_tokenizer, write_vocab
@@ -129,6 +130,10 @@ def make_plan(plugin: ArchPlugin, checkpoint_dir: Path, opts: ConvertOptions) ->
         written = plugin.text_types(tensors, source)
         estimate, precision = apply_precision(estimated_kquant_types(tensors, opts.outtype), tensors, rules,
                                               opts.tensor_types)
+        bad = next((t for t in (opts.tensor_types or {}).values() if Q_TYPES[t.upper()] not in OVERRIDE_TYPES), None)
+        if bad is not None:  # found now, not after the float GGUF is written
+            raise SmtError(f"--tensor-type: {bad} is not a type llama.cpp's quantiser makes without an importance "
+                           f"matrix ({', '.join(sorted(t.name.lower() for t in OVERRIDE_TYPES))})")
         requant = {"preset": opts.outtype, "source_type": source,
                    "tensor_types": {**dict(opts.tensor_types or {}),
                                     **{r.pattern: r.qtype.lower() for r in rules
@@ -158,6 +163,7 @@ def make_plan(plugin: ArchPlugin, checkpoint_dir: Path, opts: ConvertOptions) ->
 
 
 WRITABLE = {OUTTYPES[t][0] for t in OUTTYPES}   # what gguf-py writes
+Q_TYPES = gguf.GGMLQuantizationType
 
 
 def source_float_type(ckpt: Checkpoint, expected: dict) -> str:

@@ -110,6 +110,10 @@ def owned_files(path: Path, shown: Path) -> tuple[str, ...]:
     except SmtError as exc:
         raise SmtError(f"{shown}: is not an smt-convert bundle we can replace ({exc})") from None
     listed = {e["path"]: e["size"] for e in manifest["files"]}
+    escaping = next((n for n in listed if Path(n).is_absolute() or ".." in Path(n).parts or not n), None)
+    if escaping is not None:  # --force deletes what is listed: only ever inside OUTPUT
+        raise SmtError(f"{shown}: is not an smt-convert bundle we can replace ({manifest_path}: files lists "
+                       f"{escaping!r}, a path outside the bundle)")
     parents = {str(p) for name in listed for p in Path(name).parents if str(p) != "."}
     for root, dirs, files in os.walk(path):
         for name in sorted(dirs) + sorted(files):
@@ -193,9 +197,12 @@ def _unlock(lock_path: Path, fd: int) -> None:
 
 
 def release(claim: OutputClaim) -> None:
-    """Remove the temporary directory (if still there) and the lock. Signals are held meanwhile."""
+    """Remove the temporary directory if it is still our unfinished work (its marker says so: after the final
+    move the path may hold the old bundle's leftovers or a bundle we could not place, which are kept), and the
+    lock. Signals are held meanwhile."""
     with held_signals():
-        shutil.rmtree(claim.tmp, ignore_errors=True)
+        if (claim.tmp / PARTIAL_MARKER).is_file():
+            shutil.rmtree(claim.tmp, ignore_errors=True)
         _unlock(claim.out_dir.parent / f".{claim.out_dir.name}.lock", claim.lock_fd)
 
 
@@ -205,8 +212,8 @@ def finish_output(claim: OutputClaim) -> list[str]:
     appeared inside a replaced bundle during the run and were kept)."""
     out, tmp = claim.out_dir, claim.tmp
     with held_signals():
-        (tmp / PARTIAL_MARKER).unlink(missing_ok=True)
         changed = _changed_since_claim(claim)
+        (tmp / PARTIAL_MARKER).unlink(missing_ok=True)  # from here on, whatever `tmp` holds is kept
         if changed is not None:
             kept = _keep_beside(tmp, out)
             raise SmtError(f"{claim.shown}: {changed} during the run and was left as it is; the finished bundle is "
@@ -278,9 +285,10 @@ def _swap(tmp: Path, out: Path) -> Path:
 def _remove_listed(old: Path, listed: tuple[str, ...], out: Path) -> list[str]:
     """Delete the old bundle's own files, then its directories if empty. Anything else found there (a file
     that appeared in the moments before the swap) is kept and reported, never deleted."""
+    inside = old.resolve()
     for name in listed:
         path = old / name
-        if path.is_file() and not path.is_symlink():
+        if path.is_file() and not path.is_symlink() and inside in path.resolve().parents:
             path.unlink()
     for root, dirs, _ in sorted(os.walk(old, topdown=False), key=lambda t: -len(t[0])):
         for d in dirs:
@@ -292,9 +300,11 @@ def _remove_listed(old: Path, listed: tuple[str, ...], out: Path) -> list[str]:
         os.rmdir(old)
         return []
     except OSError:
-        kept = out.with_name(f"{out.name}.kept")
-        if _rename(old, kept, noreplace=True):
-            old = kept
+        for i in range(1, 1000):
+            kept = out.with_name(f"{out.name}.kept" + (f"-{i}" if i > 1 else ""))
+            if _rename(old, kept, noreplace=True):
+                old = kept
+                break
         return [f"{old}: files that appeared in the old bundle during the run were kept here"]
 
 
@@ -323,12 +333,19 @@ def _alive(pid: int) -> bool:
 
 @contextmanager
 def held_signals():
-    """Hold SIGINT/SIGTERM/SIGHUP (delivered when the block ends): a clean-up or a move is never cut in half."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    """Hold SIGINT/SIGTERM/SIGHUP (delivered when the block ends): a clean-up or a move is never cut in half.
+    Python runs signal handlers in the main thread whichever thread the kernel delivers to (the hashing pool,
+    onnxruntime's threads), so blocking the signals in one thread is not enough: the handlers themselves only
+    note the signal while the block runs, and it is raised again, once, after."""
+    pending: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in HELD_SIGNALS}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(pending):
+            signal.raise_signal(s)
 
 
 # ---- atomic renames -------------------------------------------------------------------------------------

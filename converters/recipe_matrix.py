@@ -92,6 +92,8 @@ def read_results(directories: list[Path]) -> list[Result]:
             if not isinstance(data, list):
                 raise SmtError(f"{path}: expected a list of results")
             for i, entry in enumerate(data):
+                if not isinstance(entry, dict):
+                    raise SmtError(f"{path}: [{i}]: not a recipe result (expected an object)")
                 try:
                     output = Path(entry["output"]) if entry.get("output") else None
                     results.append(Result(**{**entry, "output": output}))

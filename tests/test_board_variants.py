@@ -164,3 +164,10 @@ def test_recipe_board_and_the_variant_comparison(tmp_path):
     assert float(rows["q4_0-int8"][4]) > float(rows["q8_0-int8"][4])  # 4-bit loses more than 8-bit (KLD mean)
     assert "### Variants compared" in summary.read_text()
     assert (tmp_path / "out" / "asr" / "q4_0-int8" / "manifest.json").is_file()
+
+
+def test_a_tensor_type_llama_cpp_cannot_make_is_refused_before_writing(wide, tmp_path):
+    result = invoke("qwen3.5", wide, tmp_path / "k", "--outtype", "q4_k_m", "--tensor-type", "ssm_out=iq2_xxs",
+                    "--no-verify")
+    assert result.exit_code == 2 and "iq2_xxs" in result.stderr and "importance" in result.stderr
+    assert not (tmp_path / "k").exists() and not list(tmp_path.glob(".k.*"))

@@ -226,3 +226,39 @@ def test_signals_are_held_during_clean_up_and_delivered_after():
         assert got == ["hup"]
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+@pytest.mark.parametrize("escape", ["../victim.txt", "/tmp/victim-abs.txt", ""])
+def test_a_manifest_listing_paths_outside_the_bundle_is_not_ours(tmp_path, escape):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not the bundle's")
+    out = fake_bundle(tmp_path / "out")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"].append({"path": escape, "size": 15, "sha256": "0" * 64})
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SmtError, match="a path outside the bundle"):
+        claim_output(out, force=True)
+    assert victim.read_text() == "not the bundle's"
+
+
+def test_leftovers_kept_after_the_move_are_not_removed_by_the_release(tmp_path):
+    out = fake_bundle(tmp_path / "out")
+    (tmp_path / "out.kept").mkdir()                      # the first name for kept files is taken
+    claim = claim_output(out, force=True)
+    try:
+        write_new_bundle(claim)
+        listed = claim.existing.listed
+        (out / "late.wav").write_bytes(b"RIFF")          # appears after the re-check, before the swap
+        import smt_convert.converters.output as output
+
+        real = output._changed_since_claim
+        output._changed_since_claim = lambda c: None      # the race: the re-check saw nothing
+        try:
+            notes = finish_output(claim)
+        finally:
+            output._changed_since_claim = real
+        assert listed and len(notes) == 1
+    finally:
+        release(claim)
+    kept = tmp_path / "out.kept-2"
+    assert (kept / "late.wav").read_bytes() == b"RIFF" and (out / "new.gguf").is_file()
