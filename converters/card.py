@@ -32,10 +32,10 @@ LICENSE_KEYS = ("license", "license_name", "license_link")  # the Hub's keys ("o
 
 # ---- recorded at conversion --------------------------------------------------------------------------------
 
-def add_card_records(manifest: dict, board_flags: tuple[str, ...], checkpoint_dir: Path, opts) -> None:
+def add_card_records(manifest: dict, checkpoint_dir: Path, opts) -> None:
     """What the card needs beyond the manifest skeleton: the conversion options as given (`opts`, a
-    ConvertOptions), the source's license, the board's command lines (with the plugin's `board_flags`) and the
-    card's own name (so that `verify` requires it to be listed)."""
+    ConvertOptions), the source's license and the card's own name (so that `verify` requires it to be listed).
+    The board's command lines are added after verification (convert.py), when the bundle's -c is known."""
     size = opts.image_size
     manifest["options"] = {
         "outtype": opts.outtype, "onnx_dtype": opts.onnx_dtype,
@@ -46,10 +46,7 @@ def add_card_records(manifest: dict, board_flags: tuple[str, ...], checkpoint_di
         "fields": dict(opts.fields or {}), "board": opts.board, "context": opts.context,
         "tensor_types": dict(opts.tensor_types or {})}
     manifest["source"]["license"] = source_license(Path(checkpoint_dir))
-    manifest["board"] = commands.board_record(tuple(board_flags), manifest["text"]["file"], manifest["modality"],
-                                              commands.golden_input_path(manifest["golden"]),
-                                              commands.golden_prompt(manifest))
-    manifest["card"] = CARD_FILE
+    manifest["card"] = CARD_FILE  # (the board's command lines come after verification: they carry the -c)
 
 
 # ---- the source's license ----------------------------------------------------------------------------------

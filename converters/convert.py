@@ -274,7 +274,7 @@ def _write_bundle(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions,
     if opts.hub is not None:
         source = {**source, **opts.hub.record()}
     manifest = _manifest_skeleton(plan, source, records, encoders, tokenizer_files)
-    add_card_records(manifest, plan.plugin.board_flags, ckpt.root, opts)
+    add_card_records(manifest, ckpt.root, opts)
     manifest["timings"] = timings
     # The runtime reads the manifest, so a provisional one (complete: false, no hashes) goes in first.
     _write_manifest(tmp, manifest, complete=False)

@@ -72,6 +72,10 @@ def check_checkpoint_documents(*directories: Path | None) -> None:
         for name in TEXT_FILES:
             path = Path(directory) / name
             if path.exists():
+                stat = path.stat()
+                key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+                if key in _CHECKED:
+                    continue
                 if not path.is_file():
                     raise SmtError(f"{path}: not a regular file")
                 if path.stat().st_size > MAX_TEXT_BYTES:
@@ -81,6 +85,7 @@ def check_checkpoint_documents(*directories: Path | None) -> None:
                     path.read_bytes().decode("utf-8")
                 except (OSError, UnicodeDecodeError) as exc:
                     raise SmtError(f"{path}: cannot be read as UTF-8 text ({exc.__class__.__name__})") from None
+                _CHECKED.add(key)
 
 
 __all__ = ["check_checkpoint_documents", "check_shape"]
