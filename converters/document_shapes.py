@@ -54,38 +54,39 @@ _CHECKED: set[tuple] = set()   # (path, size, mtime) already checked in this pro
 
 def check_checkpoint_documents(*directories: Path | None) -> None:
     """Every JSON document and text file smt-convert reads from these directories (the checkpoint, --tokenizer),
-    parsed with limits and checked against the shape we use, before anything else reads them."""
+    parsed with limits and checked against the shape we use, before anything else reads them (once per run for
+    an unchanged file)."""
     for directory in [d for d in directories if d is not None]:
-        for name, shape in CHECKPOINT_DOCUMENTS.items():
+        checks = [(name, lambda path, shape=shape: _check_document(path, shape))
+                  for name, shape in CHECKPOINT_DOCUMENTS.items()]
+        for name, check in checks + [(name, _check_text) for name in TEXT_FILES]:
             path = Path(directory) / name
-            if path.exists():
-                stat = path.stat()
-                key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-                if key in _CHECKED:
-                    continue
-                data = load_checked(path, shape)
-                if name == "generation_config.json":
-                    top_k = data.get("top_k")
-                    if isinstance(top_k, int) and not 0 <= top_k <= MAX_TOP_K:
-                        raise SmtError(f"{path}: top_k: {top_k} is outside 0..{MAX_TOP_K}")
+            if not path.exists():
+                continue
+            stat = path.stat()
+            key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+            if key not in _CHECKED:
+                check(path)
                 _CHECKED.add(key)
-        for name in TEXT_FILES:
-            path = Path(directory) / name
-            if path.exists():
-                stat = path.stat()
-                key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-                if key in _CHECKED:
-                    continue
-                if not path.is_file():
-                    raise SmtError(f"{path}: not a regular file")
-                if path.stat().st_size > MAX_TEXT_BYTES:
-                    raise SmtError(f"{path}: {path.stat().st_size} bytes, more than the "
-                                   f"{MAX_TEXT_BYTES >> 20} MiB read")
-                try:
-                    path.read_bytes().decode("utf-8")
-                except (OSError, UnicodeDecodeError) as exc:
-                    raise SmtError(f"{path}: cannot be read as UTF-8 text ({exc.__class__.__name__})") from None
-                _CHECKED.add(key)
+
+
+def _check_document(path: Path, shape) -> None:
+    data = load_checked(path, shape)
+    if path.name == "generation_config.json":
+        top_k = data.get("top_k")
+        if isinstance(top_k, int) and not 0 <= top_k <= MAX_TOP_K:
+            raise SmtError(f"{path}: top_k: {top_k} is outside 0..{MAX_TOP_K}")
+
+
+def _check_text(path: Path) -> None:
+    if not path.is_file():
+        raise SmtError(f"{path}: not a regular file")
+    if path.stat().st_size > MAX_TEXT_BYTES:
+        raise SmtError(f"{path}: {path.stat().st_size} bytes, more than the {MAX_TEXT_BYTES >> 20} MiB read")
+    try:
+        path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SmtError(f"{path}: cannot be read as UTF-8 text ({exc.__class__.__name__})") from None
 
 
 __all__ = ["check_checkpoint_documents", "check_shape"]
