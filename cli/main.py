@@ -20,9 +20,27 @@ from smt_convert import __version__
 from smt_convert.runtime.errors import SmtError, Terminated
 
 # Kept here (not imported from converters) so that `run` and `verify` start without importing conversion code.
-OUTTYPE_CHOICES = ["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0",   # gguf-py writes these
-                   "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k",
-                   "iq4_nl", "iq4_xs"]   # llama.cpp's quantiser (the [kquants] extra)
+OUTTYPE_CHOICES = [
+    "f32",
+    "f16",
+    "bf16",
+    "q8_0",
+    "q5_1",
+    "q5_0",
+    "q4_1",
+    "q4_0",  # gguf-py writes these
+    "q2_k",
+    "q3_k_s",
+    "q3_k_m",
+    "q3_k_l",
+    "q4_k_s",
+    "q4_k_m",
+    "q5_k_s",
+    "q5_k_m",
+    "q6_k",
+    "iq4_nl",
+    "iq4_xs",
+]  # llama.cpp's quantiser (the [kquants] extra)
 ONNX_DTYPE_CHOICES = ["fp32", "fp16", "int8"]
 BOARD_CHOICES = ["k1", "k3", "host"]
 # Bounds on what drives time and memory (README, "Limits"), checked when the command line is read.
@@ -31,8 +49,16 @@ MAX_RUN_TOKENS = 32768
 MAX_THREADS = 256
 MAX_PROMPT_CHARS = 32768
 # What the [convert] extra adds: a board's base install has none of these.
-CONVERSION_PACKAGES = {"torch", "transformers", "safetensors", "onnx", "onnx_ir", "onnxscript", "sentencepiece",
-                       "huggingface_hub"}
+CONVERSION_PACKAGES = {
+    "torch",
+    "transformers",
+    "safetensors",
+    "onnx",
+    "onnx_ir",
+    "onnxscript",
+    "sentencepiece",
+    "huggingface_hub",
+}
 
 
 class SmtGroup(click.Group):
@@ -58,8 +84,11 @@ class SmtGroup(click.Group):
             package = (exc.name or "").split(".")[0]
             if package not in CONVERSION_PACKAGES:
                 raise
-            click.echo(f"error: {ctx.invoked_subcommand or 'this command'}: needs the conversion packages "
-                       f"(pip install 'smt-convert[convert]'); {package} is not installed", err=True)
+            click.echo(
+                f"error: {ctx.invoked_subcommand or 'this command'}: needs the conversion packages "
+                f"(pip install 'smt-convert[convert]'); {package} is not installed",
+                err=True,
+            )
             sys.exit(2)
 
     def main(self, *args, **kwargs):
@@ -155,10 +184,17 @@ def _verbosity_options(f):
             ctx.find_root().obj["verbosity"] = 0 if param.name == "quiet" else 2
         return value
 
-    f = click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=apply,
-                     help="Also print per-tensor and per-check details.")(f)
-    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=apply,
-                        help="Print only results and errors.")(f)
+    f = click.option(
+        "-v",
+        "--verbose",
+        is_flag=True,
+        expose_value=False,
+        callback=apply,
+        help="Also print per-tensor and per-check details.",
+    )(f)
+    return click.option(
+        "-q", "--quiet", is_flag=True, expose_value=False, callback=apply, help="Print only results and errors."
+    )(f)
 
 
 def _parse_image_size(ctx, param, value):
@@ -173,32 +209,64 @@ def _parse_image_size(ctx, param, value):
 
 def _conversion_options(f):
     options = [
-        click.option("--outtype", type=click.Choice(OUTTYPE_CHOICES), default=None,
-                     help="Type of the text GGUF's weight matrices (norms and biases stay f32). K-quants and "
-                          "iq4 are made by llama.cpp's own quantiser (pip install 'smt-convert[kquants]'). "
-                          "Default: f16, or the --board profile's."),
-        click.option("--onnx-dtype", type=click.Choice(ONNX_DTYPE_CHOICES), default=None,
-                     help="Encoder weights/compute precision (inputs and outputs stay float32). Default: fp32, or "
-                          "the --board profile's."),
-        click.option("--board", type=click.Choice(BOARD_CHOICES), default=None,
-                     help="Target board: its defaults for --outtype/--onnx-dtype (k1: q4_0 + int8 audio / fp16 "
-                          "vision encoder; k3: the same; host: q8_0 + fp32), its ONNX Runtime thread settings "
-                          "(config.json ep_config) and a -c that fits its memory. Explicit options win; a type the "
-                          "board does not accelerate is a warning."),
-        click.option("--context", type=click.IntRange(256, 1 << 20), default=None,
-                     help="The -c the bundle's board commands carry and its memory is stated at (default 4096, or "
-                          "what the --board's memory holds, at most the model's own context length)."),
-        click.option("--image-size", default=None, callback=_parse_image_size,
-                     help="Vision input side N (square) or HxW, multiples of 32 (Qwen3.5); default from the model."),
-        click.option("--tokenizer", "tokenizer_dir", default=None,
-                     type=click.Path(path_type=Path, exists=True, file_okay=False),
-                     help="Directory with the tokenizer files, when the checkpoint lacks them."),
-        click.option("--revision", default=None,
-                     help="Branch, tag or commit of a Hugging Face repo id CHECKPOINT (default main)."),
-        click.option("--tensor-type", "tensor_types", multiple=True, metavar="PATTERN=TYPE",
-                     help="Give GGUF tensors whose name matches the regular expression PATTERN this ggml type "
-                          "(e.g. ssm_alpha=f16, 'blk\\.0\\.'=q8_0), as llama-quantize's option; repeatable, "
-                          "applied last."),
+        click.option(
+            "--outtype",
+            type=click.Choice(OUTTYPE_CHOICES),
+            default=None,
+            help="Type of the text GGUF's weight matrices (norms and biases stay f32). K-quants and "
+            "iq4 are made by llama.cpp's own quantiser (pip install 'smt-convert[kquants]'). "
+            "Default: f16, or the --board profile's.",
+        ),
+        click.option(
+            "--onnx-dtype",
+            type=click.Choice(ONNX_DTYPE_CHOICES),
+            default=None,
+            help="Encoder weights/compute precision (inputs and outputs stay float32). Default: fp32, or "
+            "the --board profile's.",
+        ),
+        click.option(
+            "--board",
+            type=click.Choice(BOARD_CHOICES),
+            default=None,
+            help="Target board: its defaults for --outtype/--onnx-dtype (k1: q4_0 + int8 audio / fp16 "
+            "vision encoder; k3: the same; host: q8_0 + fp32), its ONNX Runtime thread settings "
+            "(config.json ep_config) and a -c that fits its memory. Explicit options win; a type the "
+            "board does not accelerate is a warning.",
+        ),
+        click.option(
+            "--context",
+            type=click.IntRange(256, 1 << 20),
+            default=None,
+            help="The -c the bundle's board commands carry and its memory is stated at (default 4096, or "
+            "what the --board's memory holds, at most the model's own context length).",
+        ),
+        click.option(
+            "--image-size",
+            default=None,
+            callback=_parse_image_size,
+            help="Vision input side N (square) or HxW, multiples of 32 (Qwen3.5); default from the model.",
+        ),
+        click.option(
+            "--tokenizer",
+            "tokenizer_dir",
+            default=None,
+            type=click.Path(path_type=Path, exists=True, file_okay=False),
+            help="Directory with the tokenizer files, when the checkpoint lacks them.",
+        ),
+        click.option(
+            "--revision",
+            default=None,
+            help="Branch, tag or commit of a Hugging Face repo id CHECKPOINT (default main).",
+        ),
+        click.option(
+            "--tensor-type",
+            "tensor_types",
+            multiple=True,
+            metavar="PATTERN=TYPE",
+            help="Give GGUF tensors whose name matches the regular expression PATTERN this ggml type "
+            "(e.g. ssm_alpha=f16, 'blk\\.0\\.'=q8_0), as llama-quantize's option; repeatable, "
+            "applied last.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -222,8 +290,9 @@ def _resolve_checkpoint(ctx, checkpoint: str, revision: str | None, what: str = 
 @_conversion_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan (or the bundle's facts) as JSON.")
 @click.pass_context
-def inspect(ctx, checkpoint, outtype, onnx_dtype, board, context, image_size, tokenizer_dir, revision, tensor_types,
-            as_json):
+def inspect(
+    ctx, checkpoint, outtype, onnx_dtype, board, context, image_size, tokenizer_dir, revision, tensor_types, as_json
+):
     """Validate CHECKPOINT (a directory, or a Hugging Face repo id ORG/NAME) and print what a conversion would
     produce (writes nothing but the Hub cache).
 
@@ -244,10 +313,19 @@ def inspect(ctx, checkpoint, outtype, onnx_dtype, board, context, image_size, to
     plugin = detect_plugin(ckpt.config, ckpt.config_path)
     from smt_convert.converters.precision import parse_overrides
 
-    plan, _ = make_plan(plugin, checkpoint, ConvertOptions(outtype=outtype, onnx_dtype=onnx_dtype,
-                                                           tokenizer_dir=tokenizer_dir, image_size=image_size,
-                                                           tensor_types=parse_overrides(tensor_types),
-                                                           board=board, context=context))
+    plan, _ = make_plan(
+        plugin,
+        checkpoint,
+        ConvertOptions(
+            outtype=outtype,
+            onnx_dtype=onnx_dtype,
+            tokenizer_dir=tokenizer_dir,
+            image_size=image_size,
+            tensor_types=parse_overrides(tensor_types),
+            board=board,
+            context=context,
+        ),
+    )
     description = describe_plan(plan, ckpt)
     if resolved.hub is not None:
         description.update(resolved.hub.record())
@@ -272,19 +350,46 @@ def _convert_command(plugin_name: str | None):
     @click.argument("output", type=click.Path(path_type=Path))
     @_conversion_options
     @click.option("--stem", default=None, help="File-name prefix of the bundle files (default from the model).")
-    @click.option("--force", is_flag=True, help="Replace OUTPUT when it holds an smt-convert bundle and nothing "
-                                                "else; only the files its manifest lists are deleted (README, "
-                                                "\"What happens at OUTPUT\").")
-    @click.option("--no-verify", is_flag=True,
-                  help="Skip the comparison with the Hugging Face model and the board-vs-hf host rows "
-                       "(goldens are still recorded).")
-    @click.option("--max-new-tokens", default=16, show_default=True, type=click.IntRange(1, MAX_VERIFY_TOKENS),
-                  help="Greedy tokens compared with the Hugging Face model's greedy choice and stored as goldens "
-                       f"(at most {MAX_VERIFY_TOKENS}: the reference scores every one).")
+    @click.option(
+        "--force",
+        is_flag=True,
+        help="Replace OUTPUT when it holds an smt-convert bundle and nothing "
+        "else; only the files its manifest lists are deleted (README, "
+        '"What happens at OUTPUT").',
+    )
+    @click.option(
+        "--no-verify",
+        is_flag=True,
+        help="Skip the comparison with the Hugging Face model and the board-vs-hf host rows "
+        "(goldens are still recorded).",
+    )
+    @click.option(
+        "--max-new-tokens",
+        default=16,
+        show_default=True,
+        type=click.IntRange(1, MAX_VERIFY_TOKENS),
+        help="Greedy tokens compared with the Hugging Face model's greedy choice and stored as goldens "
+        f"(at most {MAX_VERIFY_TOKENS}: the reference scores every one).",
+    )
     @_verbosity_options
     @click.pass_context
-    def command(ctx, checkpoint, output, outtype, onnx_dtype, board, context, image_size, tokenizer_dir, revision,
-                tensor_types, stem, force, no_verify, max_new_tokens):
+    def command(
+        ctx,
+        checkpoint,
+        output,
+        outtype,
+        onnx_dtype,
+        board,
+        context,
+        image_size,
+        tokenizer_dir,
+        revision,
+        tensor_types,
+        stem,
+        force,
+        no_verify,
+        max_new_tokens,
+    ):
         from smt_convert.converters.checkpoint import read_json
         from smt_convert.converters.convert import ConvertOptions, convert
         from smt_convert.converters.output import check_output
@@ -312,9 +417,20 @@ def _convert_command(plugin_name: str | None):
                 report.warning(warning)
         else:
             plugin = detect_plugin(config, config_path)
-        opts = ConvertOptions(outtype=outtype, onnx_dtype=onnx_dtype, tokenizer_dir=tokenizer_dir, stem=stem,
-                              force=force, verify=not no_verify, max_new_tokens=max_new_tokens, image_size=image_size,
-                              hub=resolved.hub, tensor_types=overrides, board=board, context=context)
+        opts = ConvertOptions(
+            outtype=outtype,
+            onnx_dtype=onnx_dtype,
+            tokenizer_dir=tokenizer_dir,
+            stem=stem,
+            force=force,
+            verify=not no_verify,
+            max_new_tokens=max_new_tokens,
+            image_size=image_size,
+            hub=resolved.hub,
+            tensor_types=overrides,
+            board=board,
+            context=context,
+        )
         manifest = convert(plugin, checkpoint, output, opts, report)
         rows = [Row.from_dict(r) for r in manifest["verification"]["rows"]]
         click.echo(format_table(rows))
@@ -324,20 +440,25 @@ def _convert_command(plugin_name: str | None):
     return command
 
 
-cli.command("convert", help="Convert CHECKPOINT (a directory, or a Hugging Face repo id ORG/NAME with optional "
-                            "--revision) into a bundle at OUTPUT, detecting the architecture from config.json, then "
-                            "verify it and print the result table.")(_convert_command(None))
+cli.command(
+    "convert",
+    help="Convert CHECKPOINT (a directory, or a Hugging Face repo id ORG/NAME with optional "
+    "--revision) into a bundle at OUTPUT, detecting the architecture from config.json, then "
+    "verify it and print the result table.",
+)(_convert_command(None))
 
 
 def _register_arch_commands():
     from smt_convert.converters.plugin import all_plugins
 
     for plugin in all_plugins():
-        cli.command(plugin.name, help=f"Convert a {plugin.summary} checkpoint CHECKPOINT (a directory, or a "
-                                      f"Hugging Face repo id ORG/NAME with optional --revision) into a bundle at "
-                                      f"OUTPUT, then verify it against the Hugging Face model and print the result "
-                                      f"table.")(
-            _convert_command(plugin.name))
+        cli.command(
+            plugin.name,
+            help=f"Convert a {plugin.summary} checkpoint CHECKPOINT (a directory, or a "
+            f"Hugging Face repo id ORG/NAME with optional --revision) into a bundle at "
+            f"OUTPUT, then verify it against the Hugging Face model and print the result "
+            f"table.",
+        )(_convert_command(plugin.name))
 
 
 @cli.command()
@@ -347,17 +468,36 @@ def _register_arch_commands():
 @click.option("--prompt", default=None, help="The question or instruction (vision and text bundles).")
 @click.option("--language", default=None, help="Force the language, e.g. English or en (ASR models).")
 @click.option("--context", default=None, help="Context or hot words placed in the system prompt (ASR models).")
-@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(1, MAX_RUN_TOKENS),
-              help=f"Stop after this many generated tokens (at most {MAX_RUN_TOKENS}).")
-@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
-              help=f"ONNX Runtime intra-op threads (at most {MAX_THREADS}; more threads than cores only slow it).")
+@click.option(
+    "--max-new-tokens",
+    default=256,
+    show_default=True,
+    type=click.IntRange(1, MAX_RUN_TOKENS),
+    help=f"Stop after this many generated tokens (at most {MAX_RUN_TOKENS}).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, MAX_THREADS),
+    default=None,
+    help=f"ONNX Runtime intra-op threads (at most {MAX_THREADS}; more threads than cores only slow it).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print text, tokens, host and timings as JSON.")
-@click.option("--host", type=click.Choice(["board", "hf"]), default="board", show_default=True,
-              help="Host preprocessing before the encoder: the board's own resize / log-mel (what the bundle meets "
-                   "on the device) or the Hugging Face processor's (what the model was trained with).")
-@click.option("--segment", default="auto", show_default=True, metavar="auto|off|SECONDS",
-              help="Audio longer than this is cut at pauses into pieces transcribed one by one and joined (auto: "
-                   "30 s, or less when the bundle's -c holds less); off: one prompt, however long.")
+@click.option(
+    "--host",
+    type=click.Choice(["board", "hf"]),
+    default="board",
+    show_default=True,
+    help="Host preprocessing before the encoder: the board's own resize / log-mel (what the bundle meets "
+    "on the device) or the Hugging Face processor's (what the model was trained with).",
+)
+@click.option(
+    "--segment",
+    default="auto",
+    show_default=True,
+    metavar="auto|off|SECONDS",
+    help="Audio longer than this is cut at pauses into pieces transcribed one by one and joined (auto: "
+    "30 s, or less when the bundle's -c holds less); off: one prompt, however long.",
+)
 @_verbosity_options
 @click.pass_context
 def run(ctx, bundle, audio, image, prompt, language, context, max_new_tokens, threads, as_json, host, segment):
@@ -368,8 +508,10 @@ def run(ctx, bundle, audio, image, prompt, language, context, max_new_tokens, th
 
     for flag, text in (("--prompt", prompt), ("--context", context)):
         if text is not None and len(text) > MAX_PROMPT_CHARS:
-            raise SmtError(f"{flag}: {len(text)} characters; at most {MAX_PROMPT_CHARS} (the prompt is prefilled "
-                           "by the numpy runtime in one pass)")
+            raise SmtError(
+                f"{flag}: {len(text)} characters; at most {MAX_PROMPT_CHARS} (the prompt is prefilled "
+                "by the numpy runtime in one pass)"
+            )
     opened = Bundle.open(bundle)
     opened.check_sizes()  # a bundle copied incompletely is refused before anything loads
     kind = opened.manifest["modality"]
@@ -394,11 +536,26 @@ def run(ctx, bundle, audio, image, prompt, language, context, max_new_tokens, th
     if pieces is not None and len(pieces) > 1:
         _run_segments(ctx, runner, media, pieces, context, language, max_new_tokens, as_json)
         return
-    result = runner.run(media, fields={"context": context, "prompt": prompt}, language=language,
-                        max_new_tokens=max_new_tokens, keep_encoder=False)  # one answer: decode without it
+    result = runner.run(
+        media,
+        fields={"context": context, "prompt": prompt},
+        language=language,
+        max_new_tokens=max_new_tokens,
+        keep_encoder=False,
+    )  # one answer: decode without it
     if as_json:
-        click.echo(json.dumps({"text": result.text, "raw": result.raw_text, "tokens": result.tokens,
-                               "host": runner.host, "timings": result.timings}, indent=1))
+        click.echo(
+            json.dumps(
+                {
+                    "text": result.text,
+                    "raw": result.raw_text,
+                    "tokens": result.tokens,
+                    "host": runner.host,
+                    "timings": result.timings,
+                },
+                indent=1,
+            )
+        )
     else:
         click.echo(result.text)
         if ctx.obj["verbosity"] >= 2:
@@ -432,8 +589,12 @@ def _run_segments(ctx, runner, wave, pieces, context, language, max_new_tokens, 
     out = []
     with report.progress(len(pieces), "segments") as update:
         for piece in pieces:
-            result = runner.run(wave[piece.start:piece.end], fields={"context": context}, language=language,
-                                max_new_tokens=max_new_tokens)
+            result = runner.run(
+                wave[piece.start : piece.end],
+                fields={"context": context},
+                language=language,
+                max_new_tokens=max_new_tokens,
+            )
             start, end = piece.seconds(rate)
             out.append({"start": start, "end": end, "text": result.text, "tokens": result.tokens})
             update(f"{start:.0f}-{end:.0f} s")
@@ -446,12 +607,20 @@ def _run_segments(ctx, runner, wave, pieces, context, language, max_new_tokens, 
 
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--reference", default=None,
-              help="Hugging Face checkpoint to compare with (a directory or a repo id ORG/NAME; needs torch); "
-                   "without it, check hashes and goldens.")
+@click.option(
+    "--reference",
+    default=None,
+    help="Hugging Face checkpoint to compare with (a directory or a repo id ORG/NAME; needs torch); "
+    "without it, check hashes and goldens.",
+)
 @click.option("--revision", default=None, help="Branch, tag or commit of a repo id --reference (default main).")
-@click.option("--max-new-tokens", default=16, show_default=True, type=click.IntRange(min=1),
-              help="With --reference: greedy tokens compared with the Hugging Face model's greedy choice.")
+@click.option(
+    "--max-new-tokens",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="With --reference: greedy tokens compared with the Hugging Face model's greedy choice.",
+)
 @_verbosity_options
 @click.pass_context
 def verify(ctx, bundle, reference, revision, max_new_tokens):
@@ -484,22 +653,47 @@ _register_arch_commands()
 
 @cli.command()
 @click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "out_root", type=click.Path(path_type=Path), default=Path("recipe-out"), show_default=True,
-              help="Bundles go to OUT/<recipe name>/<variant>/.")
+@click.option(
+    "--out",
+    "out_root",
+    type=click.Path(path_type=Path),
+    default=Path("recipe-out"),
+    show_default=True,
+    help="Bundles go to OUT/<recipe name>/<variant>/.",
+)
 @click.option("--junit", type=click.Path(path_type=Path), default=None, help="Also write JUnit XML here (for CI).")
-@click.option("--summary", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Also append a Markdown summary to this file (a CI job summary, e.g. \"$GITHUB_STEP_SUMMARY\").")
-@click.option("--scratch", type=click.Path(path_type=Path), default=None,
-              help="Where tiny: sources are built (default: OUT/.sources).")
-@click.option("--list", "list_only", is_flag=True,
-              help="Print the variants (one key per line: RECIPE/VARIANT) and run nothing; with --json, as data "
-                   "for a CI matrix.")
+@click.option(
+    "--summary",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help='Also append a Markdown summary to this file (a CI job summary, e.g. "$GITHUB_STEP_SUMMARY").',
+)
+@click.option(
+    "--scratch",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where tiny: sources are built (default: OUT/.sources).",
+)
+@click.option(
+    "--list",
+    "list_only",
+    is_flag=True,
+    help="Print the variants (one key per line: RECIPE/VARIANT) and run nothing; with --json, as data for a CI matrix.",
+)
 @click.option("--json", "as_json", is_flag=True, help="With --list: a JSON list of the variants.")
-@click.option("--only", default=None, metavar="KEY[,KEY]",
-              help="Run only these variants (RECIPE/VARIANT keys from --list) or recipes (RECIPE).")
-@click.option("--shard", default=None, metavar="I/N",
-              help="Run the I-th of N deterministic shares of the variants (a CI matrix job); merge the shares' "
-                   "--out directories with `smt-convert recipe-report`.")
+@click.option(
+    "--only",
+    default=None,
+    metavar="KEY[,KEY]",
+    help="Run only these variants (RECIPE/VARIANT keys from --list) or recipes (RECIPE).",
+)
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="Run the I-th of N deterministic shares of the variants (a CI matrix job); merge the shares' "
+    "--out directories with `smt-convert recipe-report`.",
+)
 @_verbosity_options
 @click.pass_context
 def recipe(ctx, recipes, out_root, junit, summary, scratch, list_only, as_json, only, shard):
@@ -522,12 +716,16 @@ def recipe(ctx, recipes, out_root, junit, summary, scratch, list_only, as_json, 
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SmtError(f"{flag}: {directory}: cannot be created ({exc.strerror or exc})") from None
-    sources, failed = prepare_recipes(loaded, scratch or out_root / ".sources",
-                                      progress=ctx.find_root().obj["verbosity"] >= 1)
+    sources, failed = prepare_recipes(
+        loaded, scratch or out_root / ".sources", progress=ctx.find_root().obj["verbosity"] >= 1
+    )
     results = []
     for r in loaded:
-        results += run_recipe(r, sources[r.name], out_root, _reporter(ctx)) if r.name in sources else \
-            [f for f in failed if f.recipe == r.name]
+        results += (
+            run_recipe(r, sources[r.name], out_root, _reporter(ctx))
+            if r.name in sources
+            else [f for f in failed if f.recipe == r.name]
+        )
     write_results(results, out_root, shard_)
     _report(results, junit, summary)
 
@@ -535,8 +733,12 @@ def recipe(ctx, recipes, out_root, junit, summary, scratch, list_only, as_json, 
 @cli.command("recipe-report")
 @click.argument("directories", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=False))
 @click.option("--junit", type=click.Path(path_type=Path), default=None, help="Write the merged JUnit XML here.")
-@click.option("--summary", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Append the merged Markdown summary to this file.")
+@click.option(
+    "--summary",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Append the merged Markdown summary to this file.",
+)
 @_verbosity_options
 def recipe_report(directories, junit, summary):
     """Merge the --out DIRECTORIES of `recipe --shard` runs into the report one run writes: the table, --junit,

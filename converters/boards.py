@@ -26,15 +26,15 @@ class BoardProfile:
 
     name: str
     soc: str
-    cores: int | None                  # CPU cores Linux sees (None: whatever the machine has)
-    ai_cores: tuple[int, ...]          # CPU ids with SpacemiT's matrix extension (IME); () when none
-    llama_threads: int | None          # llama.cpp -t on the board (None: llama.cpp's default)
-    ort_intra_threads: int | None      # SPACEMIT_EP_INTRA_THREAD_NUM (None: ONNX Runtime's default)
-    memory_gb: tuple[int, ...]         # memory sizes the board is sold with (GB as sold, = GiB of LPDDR)
+    cores: int | None  # CPU cores Linux sees (None: whatever the machine has)
+    ai_cores: tuple[int, ...]  # CPU ids with SpacemiT's matrix extension (IME); () when none
+    llama_threads: int | None  # llama.cpp -t on the board (None: llama.cpp's default)
+    ort_intra_threads: int | None  # SPACEMIT_EP_INTRA_THREAD_NUM (None: ONNX Runtime's default)
+    memory_gb: tuple[int, ...]  # memory sizes the board is sold with (GB as sold, = GiB of LPDDR)
     accelerated_types: frozenset[str] | None
-    default_text_type: str             # smt-convert --outtype a user would pick there
-    encoder_dtype: str                 # smt-convert --onnx-dtype for audio encoders as SpacemiT ships them
-    vision_encoder_dtype: str          # the same for vision encoders
+    default_text_type: str  # smt-convert --outtype a user would pick there
+    encoder_dtype: str  # smt-convert --onnx-dtype for audio encoders as SpacemiT ships them
+    vision_encoder_dtype: str  # the same for vision encoders
 
     def ep_config(self) -> dict[str, str]:
         """`ep_config` for the bundle's config.json: the execution provider's intra-op threads, pinned to the
@@ -74,33 +74,51 @@ class BoardProfile:
 #           (SMT-CONTRACT.md). No K3-specific bundle was found, so K3 uses the same encoder dtypes.
 BOARDS: dict[str, BoardProfile] = {
     "k1": BoardProfile(
-        name="k1", soc="SpacemiT K1 (8 x X60, RVV 1.0 VLEN 256; IME on cluster 0)",
-        cores=8, ai_cores=(0, 1, 2, 3), llama_threads=4, ort_intra_threads=4,        # [k1dt] [fork]
-        memory_gb=(2, 4, 8, 16),                                                      # [bpif3]
-        accelerated_types=frozenset({"Q4_0", "Q4_1", "Q4_K"}),                        # [fork] [ime]
+        name="k1",
+        soc="SpacemiT K1 (8 x X60, RVV 1.0 VLEN 256; IME on cluster 0)",
+        cores=8,
+        ai_cores=(0, 1, 2, 3),
+        llama_threads=4,
+        ort_intra_threads=4,  # [k1dt] [fork]
+        memory_gb=(2, 4, 8, 16),  # [bpif3]
+        accelerated_types=frozenset({"Q4_0", "Q4_1", "Q4_K"}),  # [fork] [ime]
         # Q4_0: accelerated and what SpacemiT ships [ship]; Q4_K_M is the other common pick, but gguf-py
         # (hence smt-convert) cannot write K-quants.
         default_text_type="q4_0",
-        encoder_dtype="int8", vision_encoder_dtype="fp16",                            # [ship]
+        encoder_dtype="int8",
+        vision_encoder_dtype="fp16",  # [ship]
     ),
     "k3": BoardProfile(
-        name="k3", soc="SpacemiT K3 (8 x X100 + 8 x A100 AI cores, IME2 on the A100)",
-        cores=16, ai_cores=(8, 9, 10, 11, 12, 13, 14, 15), llama_threads=8, ort_intra_threads=8,  # [k3] [ortaff]
-        memory_gb=(32,),                                                              # [k3]
-        accelerated_types=frozenset({"Q2_K", "Q3_K", "Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K",
-                                     "Q8_0"}),                                        # [fork]
+        name="k3",
+        soc="SpacemiT K3 (8 x X100 + 8 x A100 AI cores, IME2 on the A100)",
+        cores=16,
+        ai_cores=(8, 9, 10, 11, 12, 13, 14, 15),
+        llama_threads=8,
+        ort_intra_threads=8,  # [k3] [ortaff]
+        memory_gb=(32,),  # [k3]
+        accelerated_types=frozenset(
+            {"Q2_K", "Q3_K", "Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0"}
+        ),  # [fork]
         # Q4_0: SpacemiT's own K3 benchmarks use it [fork]; decoding is memory-bound, so half the bytes of
         # Q8_0 (also accelerated here, the choice when accuracy matters more than speed).
         default_text_type="q4_0",
-        encoder_dtype="int8", vision_encoder_dtype="fp16",                            # [ship]
+        encoder_dtype="int8",
+        vision_encoder_dtype="fp16",  # [ship]
     ),
     # The host runs the same files for testing and verification; nothing limits the choice, so the near-lossless
     # defaults (README "Verification thresholds": q8_0 NMSE ~2e-4) and fp32 encoders.
     "host": BoardProfile(
-        name="host", soc="the machine smt-convert runs on (x86-64 or arm64)",
-        cores=None, ai_cores=(), llama_threads=None, ort_intra_threads=None,
-        memory_gb=(), accelerated_types=None, default_text_type="q8_0",
-        encoder_dtype="fp32", vision_encoder_dtype="fp32",
+        name="host",
+        soc="the machine smt-convert runs on (x86-64 or arm64)",
+        cores=None,
+        ai_cores=(),
+        llama_threads=None,
+        ort_intra_threads=None,
+        memory_gb=(),
+        accelerated_types=None,
+        default_text_type="q8_0",
+        encoder_dtype="fp32",
+        vision_encoder_dtype="fp32",
     ),
 }
 
@@ -126,8 +144,17 @@ def accelerated(board: str | BoardProfile, ggml_type_name: str) -> bool:
 
 # The ggml type that carries most of a llama-quantize preset's weights (its matrices; llama.cpp's
 # `llama_tensor_get_type` raises a few, e.g. the output projection, to a higher type).
-PRESET_MAIN_TYPE = {"q2_k": "Q2_K", "q3_k_s": "Q3_K", "q3_k_m": "Q3_K", "q3_k_l": "Q3_K", "q4_k_s": "Q4_K",
-                    "q4_k_m": "Q4_K", "q5_k_s": "Q5_K", "q5_k_m": "Q5_K", "q6_k": "Q6_K"}
+PRESET_MAIN_TYPE = {
+    "q2_k": "Q2_K",
+    "q3_k_s": "Q3_K",
+    "q3_k_m": "Q3_K",
+    "q3_k_l": "Q3_K",
+    "q4_k_s": "Q4_K",
+    "q4_k_m": "Q4_K",
+    "q5_k_s": "Q5_K",
+    "q5_k_m": "Q5_K",
+    "q6_k": "Q6_K",
+}
 
 
 def main_type(outtype: str) -> str:
@@ -155,9 +182,11 @@ def choose(board: str | None, outtype: str | None, onnx_dtype: str | None, modal
     chosen = Choice(outtype or profile_.default_text_type, onnx_dtype or encoder_default, profile_)
     warnings = []
     if not accelerated(profile_, main_type(chosen.outtype)):
-        warnings.append(f"--outtype {chosen.outtype}: {profile_.name.upper()} does not accelerate "
-                        f"{main_type(chosen.outtype)} (it accelerates {', '.join(sorted(profile_.accelerated_types))});"
-                        " it runs on the slower vector path")
+        warnings.append(
+            f"--outtype {chosen.outtype}: {profile_.name.upper()} does not accelerate "
+            f"{main_type(chosen.outtype)} (it accelerates {', '.join(sorted(profile_.accelerated_types))});"
+            " it runs on the slower vector path"
+        )
     return Choice(chosen.outtype, chosen.onnx_dtype, profile_, tuple(warnings))
 
 
@@ -171,6 +200,9 @@ def acceleration_record(board: BoardProfile, tensors: list[dict]) -> dict:
     for t in matrices:
         if not accelerated(board, t["type"]):
             slow[t["type"]] = slow.get(t["type"], 0) + t["bytes"]
-    return {"accelerated_bytes_share": round(1 - sum(slow.values()) / total, 4),
-            "not_accelerated": {k: {"bytes": v, "tensors": sum(1 for t in matrices if t["type"] == k)}
-                                for k, v in sorted(slow.items())}}
+    return {
+        "accelerated_bytes_share": round(1 - sum(slow.values()) / total, 4),
+        "not_accelerated": {
+            k: {"bytes": v, "tensors": sum(1 for t in matrices if t["type"] == k)} for k, v in sorted(slow.items())
+        },
+    }

@@ -25,12 +25,29 @@ CARD_FILE = "README.md"
 LIBRARY_NAME = "llama.cpp"
 PIPELINE_TAGS = {"audio": "automatic-speech-recognition", "image": "image-text-to-text", "text": "text-generation"}
 BOARD_TAGS = ("spacemit", "riscv64")
-LOSSY_TEXT = ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "q6_k", "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "iq4_nl",
-              "iq4_xs", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k")
+LOSSY_TEXT = (
+    "q8_0",
+    "q5_1",
+    "q5_0",
+    "q4_1",
+    "q4_0",
+    "q6_k",
+    "q5_k_m",
+    "q5_k_s",
+    "q4_k_m",
+    "q4_k_s",
+    "iq4_nl",
+    "iq4_xs",
+    "q3_k_l",
+    "q3_k_m",
+    "q3_k_s",
+    "q2_k",
+)
 LICENSE_KEYS = ("license", "license_name", "license_link")  # the Hub's keys ("other" comes with name and link)
 
 
 # ---- recorded at conversion --------------------------------------------------------------------------------
+
 
 def add_card_records(manifest: dict, checkpoint_dir: Path, opts) -> None:
     """What the card needs beyond the manifest skeleton: the conversion options as given (`opts`, a
@@ -38,18 +55,27 @@ def add_card_records(manifest: dict, checkpoint_dir: Path, opts) -> None:
     The board's command lines are added after verification (convert.py), when the bundle's -c is known."""
     size = opts.image_size
     manifest["options"] = {
-        "outtype": opts.outtype, "onnx_dtype": opts.onnx_dtype,
+        "outtype": opts.outtype,
+        "onnx_dtype": opts.onnx_dtype,
         "image_size": list(size) if isinstance(size, (tuple, list)) else size,
-        "stem": opts.stem, "tokenizer": str(opts.tokenizer_dir) if opts.tokenizer_dir else None,
-        "verify": opts.verify, "max_new_tokens": opts.max_new_tokens, "thresholds": dict(opts.thresholds or {}),
-        "golden_input": str(opts.golden_input) if opts.golden_input else None, "language": opts.language,
-        "fields": dict(opts.fields or {}), "board": opts.board, "context": opts.context,
-        "tensor_types": dict(opts.tensor_types or {})}
+        "stem": opts.stem,
+        "tokenizer": str(opts.tokenizer_dir) if opts.tokenizer_dir else None,
+        "verify": opts.verify,
+        "max_new_tokens": opts.max_new_tokens,
+        "thresholds": dict(opts.thresholds or {}),
+        "golden_input": str(opts.golden_input) if opts.golden_input else None,
+        "language": opts.language,
+        "fields": dict(opts.fields or {}),
+        "board": opts.board,
+        "context": opts.context,
+        "tensor_types": dict(opts.tensor_types or {}),
+    }
     manifest["source"]["license"] = source_license(Path(checkpoint_dir))
     manifest["card"] = CARD_FILE  # (the board's command lines come after verification: they carry the -c)
 
 
 # ---- the source's license ----------------------------------------------------------------------------------
+
 
 def source_license(checkpoint_dir: Path) -> dict[str, str]:
     """The license keys of the checkpoint: `license` in config.json (rare), else the front matter of its own
@@ -84,9 +110,8 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-
-
 # ---- what the card says ------------------------------------------------------------------------------------
+
 
 def bundle_report(root: Path, as_json: bool = False) -> str:
     """`smt-convert inspect BUNDLE`: the card's facts of the bundle at `root` as JSON or for a terminal (its
@@ -121,35 +146,65 @@ def card_facts(manifest: dict) -> dict:
         "title": f"{base_model} for SpacemiT boards",
         "front_matter": front,
         "base_model": base_model,
-        "source": {"repo": source.get("repo"), "revision": source.get("revision"), "directory": source["directory"],
-                   "layout": source.get("layout"), "config_sha256": source.get("config_sha256"),
-                   "weight_files": len(source.get("weight_files", [])),
-                   "weight_bytes": sum(w.get("size", 0) for w in source.get("weight_files", [])),
-                   "license": source.get("license", {}).get("license")},
-        "tool": {"name": manifest["tool"]["name"], "version": manifest["tool"]["version"],
-                 "created": manifest.get("created")},
+        "source": {
+            "repo": source.get("repo"),
+            "revision": source.get("revision"),
+            "directory": source["directory"],
+            "layout": source.get("layout"),
+            "config_sha256": source.get("config_sha256"),
+            "weight_files": len(source.get("weight_files", [])),
+            "weight_bytes": sum(w.get("size", 0) for w in source.get("weight_files", [])),
+            "license": source.get("license", {}).get("license"),
+        },
+        "tool": {
+            "name": manifest["tool"]["name"],
+            "version": manifest["tool"]["version"],
+            "created": manifest.get("created"),
+        },
         "architecture": manifest["architecture"],
         "modality": manifest["modality"],
         "files": _files(manifest),
         "card": next((e for e in manifest.get("files", []) if e["path"] == CARD_FILE), None),
-        "gguf": {"file": text["file"], "arch": text["gguf_arch"], "outtype": text["outtype"],
-                 "tensors": len(text.get("tensors", [])), "tensor_types": tensor_type_counts(manifest),
-                 "vocab": text.get("vocab", {})},
-        "encoders": [{"file": e["file"], "role": e["role"], "dtype": e.get("dtype", manifest["onnx_dtype"]),
-                      "data_file": e.get("data_file"), "inputs": e.get("inputs", []), "outputs": e.get("outputs", [])}
-                     for e in manifest["encoders"]],
+        "gguf": {
+            "file": text["file"],
+            "arch": text["gguf_arch"],
+            "outtype": text["outtype"],
+            "tensors": len(text.get("tensors", [])),
+            "tensor_types": tensor_type_counts(manifest),
+            "vocab": text.get("vocab", {}),
+        },
+        "encoders": [
+            {
+                "file": e["file"],
+                "role": e["role"],
+                "dtype": e.get("dtype", manifest["onnx_dtype"]),
+                "data_file": e.get("data_file"),
+                "inputs": e.get("inputs", []),
+                "outputs": e.get("outputs", []),
+            }
+            for e in manifest["encoders"]
+        ],
         "options": manifest.get("options"),
         "convert_command": commands.convert_command(manifest),
-        "verification": {"reference": manifest.get("verification", {}).get("reference"),
-                         "passed": manifest.get("verification", {}).get("passed"), "rows": rows},
+        "verification": {
+            "reference": manifest.get("verification", {}).get("reference"),
+            "passed": manifest.get("verification", {}).get("passed"),
+            "rows": rows,
+        },
         "limits": known_limits(manifest),
-        "board": {"flags": board.get("flags", []), "commands": board.get("commands", {}),
-                  "notes": board.get("notes", [])},
+        "board": {
+            "flags": board.get("flags", []),
+            "commands": board.get("commands", {}),
+            "notes": board.get("notes", []),
+        },
         "smt_convert": {"run": commands.run_command(manifest), "verify": commands.verify_command()},
         "timings": manifest.get("timings", {}),
         "quality": manifest.get("quality"),
-        "golden": {"input": commands.golden_input_path(manifest["golden"]),
-                   "input_text": manifest["golden"].get("input_text"), "answer": manifest["golden"].get("answer")},
+        "golden": {
+            "input": commands.golden_input_path(manifest["golden"]),
+            "input_text": manifest["golden"].get("input_text"),
+            "answer": manifest["golden"].get("answer"),
+        },
         "memory": manifest.get("memory"),
         "board_profile": manifest.get("board_profile"),
     }
@@ -169,8 +224,11 @@ def tensor_type_counts(manifest: dict) -> dict[str, int]:
 
 def _files(manifest: dict) -> list[dict]:
     """Every listed file with what it is; the card's own entry is left out (it cannot show its own hash)."""
-    return [{**entry, "what": _what(manifest, entry["path"])} for entry in manifest.get("files", [])
-            if entry["path"] != CARD_FILE]
+    return [
+        {**entry, "what": _what(manifest, entry["path"])}
+        for entry in manifest.get("files", [])
+        if entry["path"] != CARD_FILE
+    ]
 
 
 def _what(manifest: dict, path: str) -> str:
@@ -198,39 +256,60 @@ def known_limits(manifest: dict) -> list[str]:
     verification = manifest.get("verification", {})
     failing = [r for r in verification.get("rows", []) if r.get("gate", True) and not r.get("ok", True)]
     if failing:
-        limits.append("This bundle FAILED verification at conversion: " + "; ".join(
-            f"{r['check']} {r['metric']} {_value(r['value'])} (threshold {r['threshold']})" for r in failing) + ".")
+        limits.append(
+            "This bundle FAILED verification at conversion: "
+            + "; ".join(
+                f"{r['check']} {r['metric']} {_value(r['value'])} (threshold {r['threshold']})" for r in failing
+            )
+            + "."
+        )
     if verification.get("reference") is None:
-        limits.append("Not compared with the Hugging Face model at conversion (`--no-verify`): only the goldens were "
-                      "recorded. `smt-convert verify . --reference CHECKPOINT` makes the comparison.")
+        limits.append(
+            "Not compared with the Hugging Face model at conversion (`--no-verify`): only the goldens were "
+            "recorded. `smt-convert verify . --reference CHECKPOINT` makes the comparison."
+        )
     outtype = manifest["text"]["outtype"]
     others = {t: n for t, n in tensor_type_counts(manifest).items() if t not in ("F32", outtype.upper())}
     kept = ", ".join(f"{n} x {t}" for t, n in others.items())
     if outtype in LOSSY_TEXT:
-        limits.append(f"Text weights are {outtype}: block quantisation is lossy. The logits differ from the "
-                      "original model's (the text-logits rows above), and greedy output can part from it after a "
-                      "near-tie, so token agreement is reported, not gated."
-                      + (f" Kept at other types (the output projection at 4/5 bits, rows that do not fill a "
-                         f"quantisation block, tensors the family keeps wider): {kept}." if kept else ""))
+        limits.append(
+            f"Text weights are {outtype}: block quantisation is lossy. The logits differ from the "
+            "original model's (the text-logits rows above), and greedy output can part from it after a "
+            "near-tie, so token agreement is reported, not gated."
+            + (
+                f" Kept at other types (the output projection at 4/5 bits, rows that do not fill a "
+                f"quantisation block, tensors the family keeps wider): {kept}."
+                if kept
+                else ""
+            )
+        )
     elif outtype in ("f16", "bf16"):
-        limits.append(f"Text weights are rounded to {outtype} (norms and biases stay F32): differences from the "
-                      "original model are at rounding level.")
+        limits.append(
+            f"Text weights are rounded to {outtype} (norms and biases stay F32): differences from the "
+            "original model are at rounding level."
+        )
     dtype = manifest["onnx_dtype"]
     if manifest["encoders"] and dtype == "fp16":
-        limits.append("Encoder weights and compute in fp16 (LayerNorm, Softmax and reductions in fp32): its rows "
-                      "differ from fp32 by rounding (the encoder rows above).")
+        limits.append(
+            "Encoder weights and compute in fp16 (LayerNorm, Softmax and reductions in fp32): its rows "
+            "differ from fp32 by rounding (the encoder rows above)."
+        )
     elif manifest["encoders"] and dtype == "int8":
-        limits.append("Encoder MatMul/Gemm weights are dynamically quantised to int8 (convolutions stay float): "
-                      "lossy, and the text bounds are loosened to match.")
+        limits.append(
+            "Encoder MatMul/Gemm weights are dynamically quantised to int8 (convolutions stay float): "
+            "lossy, and the text bounds are loosened to match."
+        )
     pre = manifest.get("preprocessing", {})
     if pre.get("image_size"):
         h, w = pre["image_size"]
         limits.append(f"Images are resized to exactly {h}x{w} (the vision ONNX input is static).")
     if pre.get("board_guess_matches") is False:
-        limits.append(f"Non-square image grid {pre['grid'][0]}x{pre['grid'][1]}: the board lays the image rows out "
-                      f"as the closest-to-square factor pair ({pre['board_grid_guess'][0]}x"
-                      f"{pre['board_grid_guess'][1]}), so its image positions differ from the model's; "
-                      "`smt-convert run` uses the real grid. For the board, convert with a square `--image-size`.")
+        limits.append(
+            f"Non-square image grid {pre['grid'][0]}x{pre['grid'][1]}: the board lays the image rows out "
+            f"as the closest-to-square factor pair ({pre['board_grid_guess'][0]}x"
+            f"{pre['board_grid_guess'][1]}), so its image positions differ from the model's; "
+            "`smt-convert run` uses the real grid. For the board, convert with a square `--image-size`."
+        )
     limits += [f"Note from the conversion: {note}." for note in manifest.get("notes", [])]
     dropped = manifest.get("dropped_tensors", {})
     if dropped:
@@ -247,17 +326,33 @@ def _value(v) -> str:
 
 # ---- Markdown -----------------------------------------------------------------------------------------------
 
+
 def render_card(manifest: dict) -> str:
     """The whole README.md: YAML front matter, then the sections."""
     f = card_facts(manifest)
     out = [front_matter(f["front_matter"]), "", f"# {f['title']}", ""]
     out += [_summary(f), ""]
-    out += ["## Run it", "", "On the board (SpacemiT's llama.cpp with the SMT backend), from this directory:", "",
-            "```bash", *f["board"]["commands"].values(), "```", ""]
+    out += [
+        "## Run it",
+        "",
+        "On the board (SpacemiT's llama.cpp with the SMT backend), from this directory:",
+        "",
+        "```bash",
+        *f["board"]["commands"].values(),
+        "```",
+        "",
+    ]
     out += [" ".join(f["board"]["notes"]), ""] if f["board"]["notes"] else []
-    out += ["Anywhere with `pip install smt-convert` (no torch), from this directory: run the bundle on its golden "
-            "input, and re-check every file's sha256 and the golden vectors:", "",
-            "```bash", f["smt_convert"]["run"], f["smt_convert"]["verify"], "```", ""]
+    out += [
+        "Anywhere with `pip install smt-convert` (no torch), from this directory: run the bundle on its golden "
+        "input, and re-check every file's sha256 and the golden vectors:",
+        "",
+        "```bash",
+        f["smt_convert"]["run"],
+        f["smt_convert"]["verify"],
+        "```",
+        "",
+    ]
     out += _golden(f)
     out += _memory(f)
     out += _contents(f)
@@ -287,8 +382,10 @@ def _yaml_str(value: str) -> str:
 
 def _summary(f: dict) -> str:
     gguf = f["gguf"]
-    parts = [f"`{f['base_model']}` converted by {f['tool']['name']} {f['tool']['version']} for SpacemiT's llama.cpp "
-             f"fork (SMT backend): the text decoder as GGUF `{gguf['arch']}` ({gguf['outtype']})"]
+    parts = [
+        f"`{f['base_model']}` converted by {f['tool']['name']} {f['tool']['version']} for SpacemiT's llama.cpp "
+        f"fork (SMT backend): the text decoder as GGUF `{gguf['arch']}` ({gguf['outtype']})"
+    ]
     if f["encoders"]:
         roles = ", ".join(e["role"] for e in f["encoders"])
         parts.append(f", the {f['modality']} encoder as ONNX ({f['encoders'][0]['dtype']}; {roles})")
@@ -303,8 +400,9 @@ def _md(cell) -> str:
 
 def markdown_table(header, rows) -> list[str]:
     """A GitHub/Hub Markdown table; `|` inside a cell is escaped."""
-    return ["| " + " | ".join(_md(h) for h in header) + " |", "|" + "---|" * len(header)] + \
-           ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
+    return ["| " + " | ".join(_md(h) for h in header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(_md(c) for c in row) + " |" for row in rows
+    ]
 
 
 def human_size(n: int) -> str:
@@ -325,35 +423,48 @@ def shape(dims: list) -> str:
 
 
 def _contents(f: dict) -> list[str]:
-    rows = [(f"`{e['path']}`", f"{e['size']} ({human_size(e['size'])})", f"`{e['sha256']}`", e["what"])
-            for e in f["files"]]
-    rows += [(f"`{CARD_FILE}`", "-", "in manifest.json", "this card"),
-             (f"`{MANIFEST}`", "-", "-", "written last: every file's size and sha256, I/O contracts, "
-                                        "preprocessing, prompt rules, verification")]
+    rows = [
+        (f"`{e['path']}`", f"{e['size']} ({human_size(e['size'])})", f"`{e['sha256']}`", e["what"]) for e in f["files"]
+    ]
+    rows += [
+        (f"`{CARD_FILE}`", "-", "in manifest.json", "this card"),
+        (
+            f"`{MANIFEST}`",
+            "-",
+            "-",
+            "written last: every file's size and sha256, I/O contracts, preprocessing, prompt rules, verification",
+        ),
+    ]
     gguf = f["gguf"]
     types = ", ".join(f"{n} x {t}" for t, n in gguf["tensor_types"].items())
     vocab = gguf["vocab"]
     out = ["## Contents", ""] + markdown_table(("file", "bytes", "sha256", "what"), rows) + [""]
-    out += [f"Text GGUF `{gguf['file']}`: architecture `{gguf['arch']}`, `--outtype {gguf['outtype']}`, "
-            f"{gguf['tensors']} tensors: {types}; vocabulary `{vocab.get('model')}` with {vocab.get('size')} tokens.",
-            ""]
+    out += [
+        f"Text GGUF `{gguf['file']}`: architecture `{gguf['arch']}`, `--outtype {gguf['outtype']}`, "
+        f"{gguf['tensors']} tensors: {types}; vocabulary `{vocab.get('model')}` with {vocab.get('size')} tokens.",
+        "",
+    ]
     if f["encoders"]:
         out += ["Encoders (ONNX; inputs and outputs float32, fixed shapes except the named axes):", ""]
-        out += markdown_table(("file", "role", "dtype", "inputs", "outputs"),
-                      [(f"`{e['file']}`", e["role"], e["dtype"], _io(e["inputs"]), _io(e["outputs"]))
-                       for e in f["encoders"]]) + [""]
+        out += markdown_table(
+            ("file", "role", "dtype", "inputs", "outputs"),
+            [(f"`{e['file']}`", e["role"], e["dtype"], _io(e["inputs"]), _io(e["outputs"])) for e in f["encoders"]],
+        ) + [""]
     return out
 
 
 def _made(f: dict) -> list[str]:
     src = f["source"]
     where = f"`{src['repo']}` at commit `{src['revision']}`" if src["repo"] else f"directory `{src['directory']}`"
-    out = ["## How it was made", "",
-           f"- {f['tool']['name']} {f['tool']['version']}, {f['tool']['created']}",
-           f"- source: {where} ({src['layout']} layout, config.json sha256 `{src['config_sha256']}`, "
-           f"{src['weight_files']} weight file(s), {human_size(src['weight_bytes'])}; every weight file's sha256 is "
-           "in manifest.json)",
-           f"- license: {src['license'] or 'not stated by the source (no `license` in its config.json or card)'}"]
+    out = [
+        "## How it was made",
+        "",
+        f"- {f['tool']['name']} {f['tool']['version']}, {f['tool']['created']}",
+        f"- source: {where} ({src['layout']} layout, config.json sha256 `{src['config_sha256']}`, "
+        f"{src['weight_files']} weight file(s), {human_size(src['weight_bytes'])}; every weight file's sha256 is "
+        "in manifest.json)",
+        f"- license: {src['license'] or 'not stated by the source (no `license` in its config.json or card)'}",
+    ]
     options = f["options"]
     if options:
         shown = ", ".join(f"{k} {json.dumps(v)}" for k, v in options.items() if v not in (None, {}, []))
@@ -362,10 +473,22 @@ def _made(f: dict) -> list[str]:
         out.append("- time: " + ", ".join(f"{k.removesuffix('_s')} {v} s" for k, v in f["timings"].items()))
     if f["convert_command"]:
         recipe_only = [k for k in ("thresholds", "golden_input", "language", "fields") if (options or {}).get(k)]
-        also = (f"; the verification settings {', '.join(recipe_only)} above came from a recipe and have no "
-                "command-line option") if recipe_only else ""
-        out += ["", f"The same conversion as one command (OUTPUT: a new directory{also}):", "", "```bash",
-                f["convert_command"], "```"]
+        also = (
+            (
+                f"; the verification settings {', '.join(recipe_only)} above came from a recipe and have no "
+                "command-line option"
+            )
+            if recipe_only
+            else ""
+        )
+        out += [
+            "",
+            f"The same conversion as one command (OUTPUT: a new directory{also}):",
+            "",
+            "```bash",
+            f["convert_command"],
+            "```",
+        ]
     return out + [""]
 
 
@@ -377,18 +500,33 @@ def _golden(f: dict) -> list[str]:
     out = ["## On its golden input", ""]
     if g["input_text"]:
         out += [f"`{g['input']}` {verb}:", "", *[f"> {line}" for line in g["input_text"].splitlines()], ""]
-    out += ["This bundle's own answer to it (greedy, smt-convert's runtime with the board's host preprocessing; "
-            "re-checked by `smt-convert verify`):", "", "```text", g["answer"].strip() or "(empty)", "```", ""]
+    out += [
+        "This bundle's own answer to it (greedy, smt-convert's runtime with the board's host preprocessing; "
+        "re-checked by `smt-convert verify`):",
+        "",
+        "```text",
+        g["answer"].strip() or "(empty)",
+        "```",
+        "",
+    ]
     if g["input_text"]:
-        out += ["A model with random or broken weights answers with nonsense here; a good conversion of a real "
-                "checkpoint answers with the text above.", ""]
+        out += [
+            "A model with random or broken weights answers with nonsense here; a good conversion of a real "
+            "checkpoint answers with the text above.",
+            "",
+        ]
     return out
 
 
-MEMORY_TERMS = (("weights", "text weights (the GGUF's tensors, mapped)"), ("kv_cache", "KV cache (attention layers)"),
-                ("recurrent_state", "recurrent state (Gated-DeltaNet layers)"),
-                ("compute", "llama.cpp compute buffer (estimate)"), ("output", "logits buffer"),
-                ("encoder", "encoder session peak (measured at conversion)"), ("overhead", "runtime allowance"))
+MEMORY_TERMS = (
+    ("weights", "text weights (the GGUF's tensors, mapped)"),
+    ("kv_cache", "KV cache (attention layers)"),
+    ("recurrent_state", "recurrent state (Gated-DeltaNet layers)"),
+    ("compute", "llama.cpp compute buffer (estimate)"),
+    ("output", "logits buffer"),
+    ("encoder", "encoder session peak (measured at conversion)"),
+    ("overhead", "runtime allowance"),
+)
 
 
 def memory_lines(m: dict) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
@@ -396,8 +534,10 @@ def memory_lines(m: dict) -> tuple[list[tuple[str, str]], list[tuple[str, str, s
     longest -c) per board size."""
     terms = [(what, human_size(m["bytes"][key])) for key, what in MEMORY_TERMS if m["bytes"].get(key)]
     terms.append(("total", human_size(m["bytes"]["total"])))
-    sizes = [(f"{gb} GB", "yes" if int(gb) in m["fits_at_n_ctx"] else "no", str(ctx) if ctx else "does not fit")
-             for gb, ctx in m["longest_context"].items()]
+    sizes = [
+        (f"{gb} GB", "yes" if int(gb) in m["fits_at_n_ctx"] else "no", str(ctx) if ctx else "does not fit")
+        for gb, ctx in m["longest_context"].items()
+    ]
     return terms, sizes
 
 
@@ -406,24 +546,34 @@ def _memory(f: dict) -> list[str]:
     if not m:
         return []
     terms, sizes = memory_lines(m)
-    out = ["## Memory on the board", "",
-           f"At `-c {m['n_ctx']}` (the board commands above), this bundle needs about "
-           f"**{human_size(m['bytes']['total'])}** besides the board's Linux ({m['assumptions']}):", ""]
+    out = [
+        "## Memory on the board",
+        "",
+        f"At `-c {m['n_ctx']}` (the board commands above), this bundle needs about "
+        f"**{human_size(m['bytes']['total'])}** besides the board's Linux ({m['assumptions']}):",
+        "",
+    ]
     out += markdown_table(("part", "size"), terms) + [""]
     out += markdown_table(("board memory", f"holds -c {m['n_ctx']}", "longest -c it holds"), sizes) + [""]
     if f["modality"] == "audio":
         from smt_convert.runtime.segments import AUTO_SECONDS, longest_in_one_piece
 
-        out += [f"At `-c {m['n_ctx']}` one prompt takes about {longest_in_one_piece(m['n_ctx']):.0f} s of audio with "
-                "room for its transcript. The board's llama-mtmd-cli sends a recording in one piece and does not cut "
-                "it: cut longer ones first, at pauses (`smt-convert run . --audio long.wav` does, into pieces of at "
-                f"most {AUTO_SECONDS:.0f} s, and prints them with `--json`), or convert with a larger `--context`.", ""]
+        out += [
+            f"At `-c {m['n_ctx']}` one prompt takes about {longest_in_one_piece(m['n_ctx']):.0f} s of audio with "
+            "room for its transcript. The board's llama-mtmd-cli sends a recording in one piece and does not cut "
+            "it: cut longer ones first, at pauses (`smt-convert run . --audio long.wav` does, into pieces of at "
+            f"most {AUTO_SECONDS:.0f} s, and prints them with `--json`), or convert with a larger `--context`.",
+            "",
+        ]
     if profile:
         slow = ", ".join(f"{v['tensors']} x {k}" for k, v in profile["not_accelerated"].items())
-        out += [f"Made for {profile['name'].upper()} ({profile['soc']}): "
-                f"{100 * profile['accelerated_bytes_share']:.0f}% of the text matrices' bytes are in types it "
-                f"accelerates ({', '.join(profile['accelerated_types'])})" + (f"; {slow} run on the vector path."
-                                                                            if slow else "."), ""]
+        out += [
+            f"Made for {profile['name'].upper()} ({profile['soc']}): "
+            f"{100 * profile['accelerated_bytes_share']:.0f}% of the text matrices' bytes are in types it "
+            f"accelerates ({', '.join(profile['accelerated_types'])})"
+            + (f"; {slow} run on the vector path." if slow else "."),
+            "",
+        ]
     return out
 
 
@@ -431,13 +581,22 @@ def _verification(f: dict) -> list[str]:
     v = f["verification"]
     reference = v["reference"] or "none (goldens only)"
     rows = [Row.from_dict(r) for r in v["rows"]]
-    return ["## Verification", "",
+    return (
+        [
+            "## Verification",
+            "",
             f"The bundle run by smt-convert's minimal runtime, compared with: {reference}. Rows marked info are "
             "reported, not gated; the thresholds are smt-convert's, per type (its README, \"Verification "
-            "thresholds\").", ""] + markdown_table(TABLE_HEADER, table_cells(rows)) + [""]
+            'thresholds").',
+            "",
+        ]
+        + markdown_table(TABLE_HEADER, table_cells(rows))
+        + [""]
+    )
 
 
 # ---- plain text (`smt-convert inspect BUNDLE`) ---------------------------------------------------------------
+
 
 def format_facts(f: dict, bundle: Path) -> str:
     """The card's facts for a terminal: one line per fact, tables without Markdown."""
@@ -446,17 +605,21 @@ def format_facts(f: dict, bundle: Path) -> str:
     types = ", ".join(f"{n} x {t}" for t, n in gguf["tensor_types"].items())
     v = f["verification"]
     verdict = {True: "passed", False: "FAILED"}.get(v["passed"], "not recorded")
-    lines = [f"bundle        {bundle}",
-             f"base model    {f['base_model']} ({where}, {src['layout']} layout; license "
-             f"{src['license'] or 'not stated by the source'})",
-             f"made by       {f['tool']['name']} {f['tool']['version']}, {f['tool']['created']}",
-             f"architecture  {f['architecture']} ({f['front_matter']['pipeline_tag']})",
-             f"text GGUF     {gguf['file']}: {gguf['arch']}, {gguf['outtype']}, {gguf['tensors']} tensors ({types})",
-             f"verification  {verdict}, " + (f"against {v['reference']}" if v["reference"]
-                                            else "goldens only (no Hugging Face comparison)")]
+    lines = [
+        f"bundle        {bundle}",
+        f"base model    {f['base_model']} ({where}, {src['layout']} layout; license "
+        f"{src['license'] or 'not stated by the source'})",
+        f"made by       {f['tool']['name']} {f['tool']['version']}, {f['tool']['created']}",
+        f"architecture  {f['architecture']} ({f['front_matter']['pipeline_tag']})",
+        f"text GGUF     {gguf['file']}: {gguf['arch']}, {gguf['outtype']}, {gguf['tensors']} tensors ({types})",
+        f"verification  {verdict}, "
+        + (f"against {v['reference']}" if v["reference"] else "goldens only (no Hugging Face comparison)"),
+    ]
     if f["options"]:
-        lines.append("options       " + ", ".join(f"{k} {json.dumps(val)}" for k, val in f["options"].items()
-                                                  if val not in (None, {}, [])))
+        lines.append(
+            "options       "
+            + ", ".join(f"{k} {json.dumps(val)}" for k, val in f["options"].items() if val not in (None, {}, []))
+        )
     if f["convert_command"]:
         lines.append(f"made with     {f['convert_command']}")
     lines.append("files:")
@@ -467,27 +630,40 @@ def format_facts(f: dict, bundle: Path) -> str:
         io = lambda items: ", ".join(f"{x['name']} {shape(x['shape'])} {x['dtype']}" for x in items)
         lines.append(f"encoder       {e['file']} ({e['role']}, {e['dtype']}): {io(e['inputs'])} -> {io(e['outputs'])}")
     if v["rows"]:
-        lines += ["verification rows:"] + ["  " + line for line in format_table([Row.from_dict(r) for r in v["rows"]])
-                                           .splitlines()]
+        lines += ["verification rows:"] + [
+            "  " + line for line in format_table([Row.from_dict(r) for r in v["rows"]]).splitlines()
+        ]
     if f.get("memory"):
         terms, sizes = memory_lines(f["memory"])
         lines.append(f"memory        at -c {f['memory']['n_ctx']}: " + ", ".join(f"{t} {v}" for t, v in terms))
-        lines.append("board sizes   " + "; ".join(f"{gb}: {'holds it' if ok == 'yes' else 'too small'} (longest -c "
-                                                   f"{ctx})" for gb, ok, ctx in sizes))
+        lines.append(
+            "board sizes   "
+            + "; ".join(
+                f"{gb}: {'holds it' if ok == 'yes' else 'too small'} (longest -c {ctx})" for gb, ok, ctx in sizes
+            )
+        )
     if f.get("golden", {}).get("answer") is not None:
         said = f["golden"]["input_text"]
-        lines.append(f"golden        {f['golden']['input']}" + (f" ({said.splitlines()[0]!r}...)" if said else "")
-                     + f" -> {f['golden']['answer'].strip()[:100]!r}")
+        lines.append(
+            f"golden        {f['golden']['input']}"
+            + (f" ({said.splitlines()[0]!r}...)" if said else "")
+            + f" -> {f['golden']['answer'].strip()[:100]!r}"
+        )
     if f.get("quality"):
         q = f["quality"]
-        lines.append(f"quality       KLD mean {q['kld_mean']:.4g}, p99 {q['kld_p99']:.4g}, top-1 {q['top1']:.3f} vs "
-                     f"Hugging Face over {q['positions']} positions")
+        lines.append(
+            f"quality       KLD mean {q['kld_mean']:.4g}, p99 {q['kld_p99']:.4g}, top-1 {q['top1']:.3f} vs "
+            f"Hugging Face over {q['positions']} positions"
+        )
     lines.append("on the board, from the bundle directory:")
     lines += [f"  {c}" for c in f["board"]["commands"].values()] + [f"  ({n})" for n in f["board"]["notes"]]
     if not f["board"]["commands"]:
         lines.append("  (not recorded: this bundle was written before smt-convert recorded board command lines)")
-    lines += ["with smt-convert, from the bundle directory:", f"  {f['smt_convert']['run']}",
-              f"  {f['smt_convert']['verify']}"]
+    lines += [
+        "with smt-convert, from the bundle directory:",
+        f"  {f['smt_convert']['run']}",
+        f"  {f['smt_convert']['verify']}",
+    ]
     if f["limits"]:
         lines += ["known limits:"] + [f"  - {limit}" for limit in f["limits"]]
     return "\n".join(lines)

@@ -17,8 +17,20 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 # Bytes per element of the safetensors dtypes a checkpoint may use.
-DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-               "F8_E4M3": 1, "F8_E5M2": 1}
+DTYPE_SIZES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 
 
 @dataclass(frozen=True)
@@ -145,7 +157,7 @@ class Checkpoint:
             with safe_open(str(info.file), framework="pt") as f:
                 sl = f.get_slice(name)
                 for start in range(0, info.shape[0], rows):
-                    yield sl[start:start + rows]
+                    yield sl[start : start + rows]
         except Exception as exc:
             raise SmtError(f"{info.file}: tensor {name}: cannot be read ({exc})") from None
 
@@ -163,7 +175,7 @@ class Checkpoint:
             with safe_open(str(ia.file), framework="pt") as fa, safe_open(str(ib.file), framework="pt") as fb:
                 sa, sb = fa.get_slice(a), fb.get_slice(b)
                 for start in range(0, rows, step):
-                    block_a, block_b = sa[start:start + step], sb[start:start + step]
+                    block_a, block_b = sa[start : start + step], sb[start : start + step]
                     if not block_a.float().equal(block_b.float()):
                         return False
         except Exception as exc:  # safetensors raises its own error types for damaged files
@@ -190,4 +202,3 @@ class Checkpoint:
                 entry["sha256"] = sha256(path)
             record["weight_files"].append(entry)
         return record
-

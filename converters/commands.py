@@ -19,40 +19,63 @@ import shlex
 
 BUNDLE_DIR = "."  # the lines run from inside the bundle
 MEDIA_MARKER = "<__media__>"
-FLAG_REASONS = {"--jinja": "this model's chat template is not one of llama.cpp's built-in templates, so the board "
-                           "must render it with its Jinja engine"}
+FLAG_REASONS = {
+    "--jinja": "this model's chat template is not one of llama.cpp's built-in templates, so the board "
+    "must render it with its Jinja engine"
+}
 
 
-def board_record(flags: tuple[str, ...], text_file: str, modality: str, golden_input: str | None,
-                 prompt: str | None, context: int | None = None, threads: int | None = None) -> dict:
+def board_record(
+    flags: tuple[str, ...],
+    text_file: str,
+    modality: str,
+    golden_input: str | None,
+    prompt: str | None,
+    context: int | None = None,
+    threads: int | None = None,
+) -> dict:
     """The manifest's `board` record: the plugin's flags and the two board command lines.
 
     `golden_input` is the golden medium's path inside the bundle (None for text only); `prompt` the prompt text
     the golden run used (None when the model takes none, e.g. speech recognition)."""
     model = ["-m", text_file] + (["-c", str(context)] if context else []) + (["-t", str(threads)] if threads else [])
     if modality == "text":
-        commands = {"llama-cli": shlex.join(["llama-cli", *model, *flags, *(["-p", prompt] if prompt else [])]),
-                    "llama-server": shlex.join(["llama-server", *model, *flags])}
+        commands = {
+            "llama-cli": shlex.join(["llama-cli", *model, *flags, *(["-p", prompt] if prompt else [])]),
+            "llama-server": shlex.join(["llama-server", *model, *flags]),
+        }
     else:
         smt = [*model, "--smt-config-dir", BUNDLE_DIR, *flags]
         cli_prompt = prompt if prompt else MEDIA_MARKER
-        commands = {"llama-mtmd-cli": shlex.join(["llama-mtmd-cli", *smt, f"--{modality}", golden_input,
-                                                  "-p", cli_prompt]),
-                    "llama-server": shlex.join(["llama-server", *smt])}
+        commands = {
+            "llama-mtmd-cli": shlex.join(["llama-mtmd-cli", *smt, f"--{modality}", golden_input, "-p", cli_prompt]),
+            "llama-server": shlex.join(["llama-server", *smt]),
+        }
     notes = [f"`{flag}`: {FLAG_REASONS[flag]}." for flag in flags if flag in FLAG_REASONS]
     if modality == "text":
         notes.append("No encoder, so no `--smt-config-dir`: this config.json names no model for the SMT backend.")
     else:
-        notes.append("llama-mtmd-cli answers once when it has the medium and `-p`; without them it starts its chat "
-                     "mode. llama-server serves the same model over its OpenAI-compatible HTTP API.")
+        notes.append(
+            "llama-mtmd-cli answers once when it has the medium and `-p`; without them it starts its chat "
+            "mode. llama-server serves the same model over its OpenAI-compatible HTTP API."
+        )
         if not prompt:
-            notes.append(f"`-p '{MEDIA_MARKER}'` adds no text: it marks where the {modality} goes, and the board "
-                         "builds this model's prompt around it.")
+            notes.append(
+                f"`-p '{MEDIA_MARKER}'` adds no text: it marks where the {modality} goes, and the board "
+                "builds this model's prompt around it."
+            )
     if context:
-        notes.append(f"`-c {context}`: the context the bundle's memory statement is made for (see Memory on the "
-                     "board); llama.cpp's default is the model's whole training context, which a board may not hold.")
-    return {"target": "SpacemiT llama.cpp with the SMT backend (spacemit-com/llama.cpp)",
-            "run_from": "the bundle directory", "flags": list(flags), "commands": commands, "notes": notes}
+        notes.append(
+            f"`-c {context}`: the context the bundle's memory statement is made for (see Memory on the "
+            "board); llama.cpp's default is the model's whole training context, which a board may not hold."
+        )
+    return {
+        "target": "SpacemiT llama.cpp with the SMT backend (spacemit-com/llama.cpp)",
+        "run_from": "the bundle directory",
+        "flags": list(flags),
+        "commands": commands,
+        "notes": notes,
+    }
 
 
 def run_command(manifest: dict) -> str:

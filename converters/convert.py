@@ -34,8 +34,14 @@ from smt_convert.converters.output import PARTIAL_MARKER, claim_output, finish_o
 from smt_convert.converters.precision import apply as apply_precision
 from smt_convert.converters.report import Reporter
 from smt_convert.converters.kquant import KQUANT_PRESETS, OVERRIDE_TYPES, quantize_gguf
-from smt_convert.converters.text_gguf import (ALL_OUTTYPES, OUTTYPES, estimated_kquant_types, tensor_nbytes,
-                                              write_general_metadata, write_text_gguf)
+from smt_convert.converters.text_gguf import (
+    ALL_OUTTYPES,
+    OUTTYPES,
+    estimated_kquant_types,
+    tensor_nbytes,
+    write_general_metadata,
+    write_text_gguf,
+)
 from smt_convert.converters.tokenizer import build_vocab, export_runtime_tokenizer, find_tokenizer, write_vocab
 from smt_convert.converters.validate import check_tensors
 from smt_convert.runtime import verify as V
@@ -44,8 +50,8 @@ from smt_convert.runtime.errors import SmtError, Terminated
 from smt_convert.runtime.media import modality
 
 SUPPORTED_WEIGHT_DTYPES = {"F32", "F16", "BF16"}
-EXACT_OUTTYPES = {"f32", "f16", "bf16"}   # the family's precision rules apply to the lossier types
-GOLDEN_HOST = "board"   # goldens run the board's own host preprocessing: what `verify` on a board checks
+EXACT_OUTTYPES = {"f32", "f16", "bf16"}  # the family's precision rules apply to the lossier types
+GOLDEN_HOST = "board"  # goldens run the board's own host preprocessing: what `verify` on a board checks
 
 
 @dataclass
@@ -74,31 +80,33 @@ class SharedWork:
 
 @dataclass
 class ConvertOptions:
-    outtype: str | None = "f16"          # None: the board profile's (or f16)
-    onnx_dtype: str | None = "fp32"      # None: the board profile's (or fp32)
+    outtype: str | None = "f16"  # None: the board profile's (or f16)
+    onnx_dtype: str | None = "fp32"  # None: the board profile's (or fp32)
     tokenizer_dir: Path | None = None
     stem: str | None = None
     force: bool = False
     verify: bool = True
     max_new_tokens: int = 16
-    thresholds: dict | None = None       # overrides of runtime.verify's per-type thresholds (recipes)
-    golden_input: Path | None = None     # verification/golden input instead of the plugin's own
-    language: str | None = None          # prompt options used for the golden run
+    thresholds: dict | None = None  # overrides of runtime.verify's per-type thresholds (recipes)
+    golden_input: Path | None = None  # verification/golden input instead of the plugin's own
+    language: str | None = None  # prompt options used for the golden run
     fields: dict | None = None
-    image_size: int | tuple[int, int] | None = None   # vision models only
-    shared: SharedWork | None = None     # a recipe's shared work (None: a single conversion)
-    hub: HubSource | None = None         # the checkpoint came from the Hugging Face Hub (repo, commit)
-    tensor_types: dict[str, str] | None = None   # --tensor-type PATTERN=TYPE overrides (precision.py)
-    board: str | None = None             # --board k1|k3|host: defaults for the types, ep_config, -c (boards.py)
-    context: int | None = None           # --context: the -c the board commands carry and the memory is stated at
+    image_size: int | tuple[int, int] | None = None  # vision models only
+    shared: SharedWork | None = None  # a recipe's shared work (None: a single conversion)
+    hub: HubSource | None = None  # the checkpoint came from the Hugging Face Hub (repo, commit)
+    tensor_types: dict[str, str] | None = None  # --tensor-type PATTERN=TYPE overrides (precision.py)
+    board: str | None = None  # --board k1|k3|host: defaults for the types, ep_config, -c (boards.py)
+    context: int | None = None  # --context: the -c the board commands carry and the memory is stated at
 
 
 def make_plan(plugin: ArchPlugin, checkpoint_dir: Path, opts: ConvertOptions) -> tuple[Plan, Checkpoint]:
     """Read config and headers, validate them, find the tokenizer: every problem surfaces here, before any
     tensor data is read. The types are settled here too (--board defaults need the model's modality): the
     returned plan's `outtype`/`onnx_dtype` are the ones used."""
-    for given, known, flag in ((opts.outtype, ALL_OUTTYPES, "--outtype"),
-                               (opts.onnx_dtype, ONNX_DTYPES, "--onnx-dtype")):
+    for given, known, flag in (
+        (opts.outtype, ALL_OUTTYPES, "--outtype"),
+        (opts.onnx_dtype, ONNX_DTYPES, "--onnx-dtype"),
+    ):
         if given is not None and given not in known:
             raise SmtError(f"{flag}: '{given}' is not one of {', '.join(known)}")
 
@@ -115,8 +123,10 @@ def make_plan(plugin: ArchPlugin, checkpoint_dir: Path, opts: ConvertOptions) ->
     for name in expected:
         info = ckpt.tensors[name]
         if info.dtype not in SUPPORTED_WEIGHT_DTYPES:
-            raise SmtError(f"{info.file}: tensor {name}: dtype {info.dtype} is not supported "
-                           f"(expected {', '.join(sorted(SUPPORTED_WEIGHT_DTYPES))})")
+            raise SmtError(
+                f"{info.file}: tensor {name}: dtype {info.dtype} is not supported "
+                f"(expected {', '.join(sorted(SUPPORTED_WEIGHT_DTYPES))})"
+            )
     tokenizer = find_tokenizer(ckpt.root, opts.tokenizer_dir)
     vocab = _vocab(plugin, tokenizer, facts.vocab_size)
     check_special_tokens(plugin.required_tokens(hp), vocab, tokenizer)
@@ -128,41 +138,67 @@ def make_plan(plugin: ArchPlugin, checkpoint_dir: Path, opts: ConvertOptions) ->
         # written as the checkpoint's own float type (lossless), then requantised by llama.cpp (converters/kquant.py)
         source = source_float_type(ckpt, expected)
         written = plugin.text_types(tensors, source)
-        estimate, precision = apply_precision(estimated_kquant_types(tensors, opts.outtype), tensors, rules,
-                                              opts.tensor_types)
+        estimate, precision = apply_precision(
+            estimated_kquant_types(tensors, opts.outtype), tensors, rules, opts.tensor_types
+        )
         bad = next((t for t in (opts.tensor_types or {}).values() if Q_TYPES[t.upper()] not in OVERRIDE_TYPES), None)
         if bad is not None:  # found now, not after the float GGUF is written
-            raise SmtError(f"--tensor-type: {bad} is not a type llama.cpp's quantiser makes without an importance "
-                           f"matrix ({', '.join(sorted(t.name.lower() for t in OVERRIDE_TYPES))})")
-        requant = {"preset": opts.outtype, "source_type": source,
-                   "tensor_types": {**dict(opts.tensor_types or {}),
-                                    **{r.pattern: r.qtype.lower() for r in rules
-                                       if r.pattern not in (opts.tensor_types or {})}}}
+            raise SmtError(
+                f"--tensor-type: {bad} is not a type llama.cpp's quantiser makes without an importance "
+                f"matrix ({', '.join(sorted(t.name.lower() for t in OVERRIDE_TYPES))})"
+            )
+        requant = {
+            "preset": opts.outtype,
+            "source_type": source,
+            "tensor_types": {
+                **dict(opts.tensor_types or {}),
+                **{r.pattern: r.qtype.lower() for r in rules if r.pattern not in (opts.tensor_types or {})},
+            },
+        }
         types = written
     else:
         types, precision = apply_precision(plugin.text_types(tensors, opts.outtype), tensors, rules, opts.tensor_types)
         estimate = types
         unwritable = next((f"{n}: {q.name}" for n, q in types.items() if q not in WRITABLE), None)
         if unwritable:
-            raise SmtError(f"--tensor-type: {unwritable} is made by llama.cpp's quantiser, which runs only for a "
-                           f"K-quant --outtype ({', '.join(KQUANT_PRESETS)})")
+            raise SmtError(
+                f"--tensor-type: {unwritable} is made by llama.cpp's quantiser, which runs only for a "
+                f"K-quant --outtype ({', '.join(KQUANT_PRESETS)})"
+            )
     text_bytes = sum(tensor_nbytes(t.shape, estimate[t.name]) for t in tensors)
     encoders = plugin.encoder_outputs(hp, stem) if facts.modality != "text" else []
     text_params = sum(int(np.prod(t.shape)) for t in tensors)
     params = {"text": text_params, **{e.role: e.params for e in encoders}}
-    plan = Plan(plugin=plugin, hparams=hp, facts=facts, stem=stem, outtype=opts.outtype, onnx_dtype=opts.onnx_dtype,
-                text_file=f"{stem}-text-{opts.outtype.replace('_', '')}.gguf",
-                text_arch=facts.text_arch, modality=facts.modality,
-                golden_file=modality(facts.modality).golden_file,
-                text_tensors=tensors, text_types={k: v.name for k, v in types.items()}, text_bytes=text_bytes,
-                encoders=encoders, dropped=found.dropped, tokenizer=tokenizer, vocab=vocab, params=params,
-                notes=[n for n in [facts.tie_note] if n] + plugin.plan_notes(hp), precision=precision,
-                board=choice.board, warnings=list(choice.warnings), requant=requant,
-                estimated_types={k: v.name for k, v in estimate.items()})
+    plan = Plan(
+        plugin=plugin,
+        hparams=hp,
+        facts=facts,
+        stem=stem,
+        outtype=opts.outtype,
+        onnx_dtype=opts.onnx_dtype,
+        text_file=f"{stem}-text-{opts.outtype.replace('_', '')}.gguf",
+        text_arch=facts.text_arch,
+        modality=facts.modality,
+        golden_file=modality(facts.modality).golden_file,
+        text_tensors=tensors,
+        text_types={k: v.name for k, v in types.items()},
+        text_bytes=text_bytes,
+        encoders=encoders,
+        dropped=found.dropped,
+        tokenizer=tokenizer,
+        vocab=vocab,
+        params=params,
+        notes=[n for n in [facts.tie_note] if n] + plugin.plan_notes(hp),
+        precision=precision,
+        board=choice.board,
+        warnings=list(choice.warnings),
+        requant=requant,
+        estimated_types={k: v.name for k, v in estimate.items()},
+    )
     return plan, ckpt
 
 
-WRITABLE = {OUTTYPES[t][0] for t in OUTTYPES}   # what gguf-py writes
+WRITABLE = {OUTTYPES[t][0] for t in OUTTYPES}  # what gguf-py writes
 Q_TYPES = gguf.GGMLQuantizationType
 
 
@@ -222,8 +258,10 @@ def convert(plugin: ArchPlugin, checkpoint_dir: Path, out_dir: Path, opts: Conve
     opts = dataclasses.replace(opts, outtype=plan.outtype, onnx_dtype=plan.onnx_dtype)
     for warning in plan.warnings:
         report.warning(warning)
-    report.step(f"{plugin.name}: {plan.params['text'] / 1e6:.1f}M text parameters, layout {plan.facts.layout}, "
-                f"tokenizer from {plan.tokenizer.kind}" + (f", for {plan.board.name.upper()}" if plan.board else ""))
+    report.step(
+        f"{plugin.name}: {plan.params['text'] / 1e6:.1f}M text parameters, layout {plan.facts.layout}, "
+        f"tokenizer from {plan.tokenizer.kind}" + (f", for {plan.board.name.upper()}" if plan.board else "")
+    )
     for note in plan.notes:
         report.step(f"note: {note}")
     claim = claim_output(out_dir, opts.force)
@@ -251,8 +289,9 @@ def convert(plugin: ArchPlugin, checkpoint_dir: Path, out_dir: Path, opts: Conve
     return manifest
 
 
-def _write_bundle(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions, report: Reporter,
-                  hashes: BackgroundHashes) -> dict:
+def _write_bundle(
+    plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions, report: Reporter, hashes: BackgroundHashes
+) -> dict:
     """The four stages: text GGUF, encoder ONNX, board/runtime side files, verification with goldens. Each
     large file is handed to `hashes` as soon as it is complete."""
     timings = {}
@@ -269,8 +308,7 @@ def _write_bundle(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions,
 
     files = {"text": plan.text_file, **{e.role: e.file for e in encoders}}
     tokenizer_files = _write_side_files(plan, files, tmp)
-    source = (opts.shared.source_record(ckpt, hashes.sha256) if opts.shared
-              else ckpt.source_record(sha256=hashes.sha256))
+    source = opts.shared.source_record(ckpt, hashes.sha256) if opts.shared else ckpt.source_record(sha256=hashes.sha256)
     if opts.hub is not None:
         source = {**source, **opts.hub.record()}
     manifest = _manifest_skeleton(plan, source, records, encoders, tokenizer_files)
@@ -286,8 +324,11 @@ def _write_bundle(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions,
     manifest["golden"].update({k: v for k, v in answer.items() if v is not None})
     timings["verify_s"] = round(time.perf_counter() - t0, 2)
     _add_board_records(manifest, plan, tmp, opts, encoder_peak or 0)
-    manifest["verification"] = {"reference": reference, "rows": [r.to_dict() for r in rows],
-                                "passed": all(r.ok for r in rows)}
+    manifest["verification"] = {
+        "reference": reference,
+        "rows": [r.to_dict() for r in rows],
+        "passed": all(r.ok for r in rows),
+    }
     if quality is not None:
         manifest["quality"] = quality.to_dict()
     return manifest
@@ -300,15 +341,24 @@ def _add_board_records(manifest: dict, plan: Plan, tmp: Path, opts: ConvertOptio
     sizes = plan.board.memory_gb if plan.board else ()
     n_ctx = memory.choose_context(shape, encoder_peak, opts.context, sizes)
     manifest["memory"] = memory.memory_record(shape, n_ctx, encoder_peak)
-    manifest["board"] = commands.board_record(tuple(plan.plugin.board_flags), plan.text_file, plan.modality,
-                                              commands.golden_input_path(manifest["golden"]),
-                                              commands.golden_prompt(manifest), context=n_ctx,
-                                              threads=plan.board.llama_threads if plan.board else None)
+    manifest["board"] = commands.board_record(
+        tuple(plan.plugin.board_flags),
+        plan.text_file,
+        plan.modality,
+        commands.golden_input_path(manifest["golden"]),
+        commands.golden_prompt(manifest),
+        context=n_ctx,
+        threads=plan.board.llama_threads if plan.board else None,
+    )
     if plan.board is not None:
-        manifest["board_profile"] = {"name": plan.board.name, "soc": plan.board.soc,
-                                     "accelerated_types": sorted(plan.board.accelerated_types or []),
-                                     "memory_gb": list(plan.board.memory_gb), "ep_config": plan.board.ep_config(),
-                                     **boards.acceleration_record(plan.board, manifest["text"]["tensors"])}
+        manifest["board_profile"] = {
+            "name": plan.board.name,
+            "soc": plan.board.soc,
+            "accelerated_types": sorted(plan.board.accelerated_types or []),
+            "memory_gb": list(plan.board.memory_gb),
+            "ep_config": plan.board.ep_config(),
+            **boards.acceleration_record(plan.board, manifest["text"]["tensors"]),
+        }
 
 
 def _finite_float32(ckpt: Checkpoint, name: str, tensor) -> np.ndarray:
@@ -352,16 +402,23 @@ def _write_text(plan: Plan, ckpt: Checkpoint, tmp: Path, report: Reporter, repo_
     report.step(f"writing {written} ({len(plan.text_tensors)} tensors, {kind})")
     types = {k: gguf.GGMLQuantizationType[v] for k, v in plan.text_types.items()}
     with report.progress(len(plan.text_tensors), "text gguf") as update:
-        records = write_text_gguf(tmp / written, plan.text_arch, plan.text_tensors, types,
-                                  lambda name: _checked(ckpt, name), metadata,
-                                  on_tensor=lambda i, n, name: update(name),
-                                  load_blocks=lambda name, rows: _checked_blocks(ckpt, name, rows))
+        records = write_text_gguf(
+            tmp / written,
+            plan.text_arch,
+            plan.text_tensors,
+            types,
+            lambda name: _checked(ckpt, name),
+            metadata,
+            on_tensor=lambda i, n, name: update(name),
+            load_blocks=lambda name, rows: _checked_blocks(ckpt, name, rows),
+        )
     if requant is None:
         return records
     report.step(f"quantising to {plan.outtype} with llama.cpp's quantiser -> {plan.text_file}")
     try:
-        quantize_gguf(tmp / written, tmp / plan.text_file, plan.outtype, requant["tensor_types"] or None,
-                      log=report.detail)
+        quantize_gguf(
+            tmp / written, tmp / plan.text_file, plan.outtype, requant["tensor_types"] or None, log=report.detail
+        )
     finally:
         (tmp / written).unlink(missing_ok=True)
     return gguf_records(tmp / plan.text_file)
@@ -372,12 +429,20 @@ def gguf_records(path: Path) -> list[dict]:
     import gguf
 
     reader = gguf.GGUFReader(str(path))
-    return [{"name": t.name, "type": gguf.GGMLQuantizationType(t.tensor_type).name,
-             "shape": [int(d) for d in reversed(t.shape.tolist())], "bytes": int(t.n_bytes)} for t in reader.tensors]
+    return [
+        {
+            "name": t.name,
+            "type": gguf.GGMLQuantizationType(t.tensor_type).name,
+            "shape": [int(d) for d in reversed(t.shape.tolist())],
+            "bytes": int(t.n_bytes),
+        }
+        for t in reader.tensors
+    ]
 
 
 def checkpoint_weights(ckpt: Checkpoint, to_ckpt) -> Weights:
     """Canonical-name access to the checkpoint for graph builders (read one tensor at a time, when saved)."""
+
     def shape(name: str) -> tuple[int, ...]:
         info = ckpt.tensors.get(to_ckpt(name))
         if info is None:
@@ -406,8 +471,9 @@ def _write_encoders(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOption
         weights = checkpoint_weights(ckpt, plan.plugin.canonical_to_checkpoint(hp))
         graphs = plan.plugin.build_encoders(weights, hp, dtype)
         if len(graphs) != len(plan.encoders):
-            raise SmtError(f"{plan.plugin.name}: built {len(graphs)} encoder graphs for {len(plan.encoders)} planned "
-                           "files")
+            raise SmtError(
+                f"{plan.plugin.name}: built {len(graphs)} encoder graphs for {len(plan.encoders)} planned files"
+            )
         for i, (planned, graph) in enumerate(zip(plan.encoders, graphs)):
             if written[i] is None:
                 report.step(f"writing {planned.file} ({dtype})")
@@ -446,8 +512,9 @@ def _write_side_files(plan: Plan, files: dict[str, str], tmp: Path) -> list[str]
     return [p.name for p in export_runtime_tokenizer(plan.tokenizer, tmp)]
 
 
-def _verify_and_store_goldens(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions, report: Reporter,
-                              golden_answer: dict) -> tuple[list, str | None, object, int | None]:
+def _verify_and_store_goldens(
+    plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions, report: Reporter, golden_answer: dict
+) -> tuple[list, str | None, object, int | None]:
     """Run the bundle on the golden input, store what it produced, and compare with HF (unless --no-verify)."""
     from smt_convert.runtime.pipeline import BundleRunner
 
@@ -464,19 +531,36 @@ def _verify_and_store_goldens(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: Con
     # The board-vs-hf rows cost one more encoder pass (a full vision tower at 812x812: ~15 s here): part of the
     # verification, so --no-verify skips them. First, so the golden run below (board path) then releases the encoder.
     hf_embeds = runner.encode(runner.features(media, host="hf")) if media is not None and opts.verify else None
-    result = runner.run(media, fields=fields, language=opts.language, max_new_tokens=opts.max_new_tokens,
-                        keep_encoder=False)
+    result = runner.run(
+        media, fields=fields, language=opts.language, max_new_tokens=opts.max_new_tokens, keep_encoder=False
+    )
     if media is not None:
         np.save(golden / "encoder.npy", result.media_embeds.astype(np.float32))
     top = np.argsort(-result.first_logits)[:10]
-    expected = {"tokens": result.tokens, "fields": fields, "language": opts.language, "text": result.text,
-                "top_logits": {"ids": top.tolist(), "values": result.first_logits[top].astype(float).tolist()}}
+    expected = {
+        "tokens": result.tokens,
+        "fields": fields,
+        "language": opts.language,
+        "text": result.text,
+        "top_logits": {"ids": top.tolist(), "values": result.first_logits[top].astype(float).tolist()},
+    }
     rows, reference, quality = [], None, None
     if opts.verify:
         _quiet_library_logs()
         rows, expected["reference_tokens"], quality = compare_with_reference(
-            plugin, ckpt, hp, runner, media, result, plan.outtype, opts.onnx_dtype, opts.max_new_tokens,
-            opts.thresholds, cache=opts.shared.references if opts.shared else None, report=report)
+            plugin,
+            ckpt,
+            hp,
+            runner,
+            media,
+            result,
+            plan.outtype,
+            opts.onnx_dtype,
+            opts.max_new_tokens,
+            opts.thresholds,
+            cache=opts.shared.references if opts.shared else None,
+            report=report,
+        )
         reference = "transformers " + _transformers_version() + " (streamed layer by layer)"
     if media is not None and opts.golden_input is None:
         from smt_convert.converters.golden_inputs import text_of
@@ -489,14 +573,16 @@ def _verify_and_store_goldens(plan: Plan, ckpt: Checkpoint, tmp: Path, opts: Con
     if hf_embeds is not None:
         rows += V.host_path_rows(result.media_embeds, hf_embeds, kind.name)
     stored = len(list(golden.iterdir()))
-    rows.append(V.Row("goldens", "stored", f"{stored} files in {GOLDEN_DIR}/", "re-run by `smt-convert verify`",
-                      True, gate=False))
+    rows.append(
+        V.Row(
+            "goldens", "stored", f"{stored} files in {GOLDEN_DIR}/", "re-run by `smt-convert verify`", True, gate=False
+        )
+    )
     report.detail(V.format_table(rows))
     return rows, reference, quality, runner.encoder_peak_bytes
 
 
-def _manifest_skeleton(plan: Plan, source: dict, records, encoders: list[WrittenEncoder],
-                       tokenizer_files) -> dict:
+def _manifest_skeleton(plan: Plan, source: dict, records, encoders: list[WrittenEncoder], tokenizer_files) -> dict:
     plugin, hp, vocab = plan.plugin, plan.hparams, plan.vocab
     kind = modality(plan.modality)
     return {
@@ -507,22 +593,38 @@ def _manifest_skeleton(plan: Plan, source: dict, records, encoders: list[Written
         "architecture": plugin.name,
         "hf_architectures": list(plugin.hf_architectures),
         "modality": plan.modality,
-        "source": {**source, "layout": plan.facts.layout, "tokenizer": {
-            "kind": plan.tokenizer.kind, "files": [str(p) for p in plan.tokenizer.files]}},
+        "source": {
+            **source,
+            "layout": plan.facts.layout,
+            "tokenizer": {"kind": plan.tokenizer.kind, "files": [str(p) for p in plan.tokenizer.files]},
+        },
         "hparams": plugin.hparams_record(hp),
-        "text": {"file": plan.text_file, "gguf_arch": plan.text_arch, "outtype": plan.outtype,
-                 "precision": plan.precision, "quantiser": _quantiser(plan), "tensors": records,
-                 "rope_dimension_sections": list(plan.facts.rope_sections),
-                 "vocab": {"model": vocab.model, "pre": vocab.pre, "size": len(vocab.tokens),
-                           "special_ids": vocab.special_ids}},
+        "text": {
+            "file": plan.text_file,
+            "gguf_arch": plan.text_arch,
+            "outtype": plan.outtype,
+            "precision": plan.precision,
+            "quantiser": _quantiser(plan),
+            "tensors": records,
+            "rope_dimension_sections": list(plan.facts.rope_sections),
+            "vocab": {
+                "model": vocab.model,
+                "pre": vocab.pre,
+                "size": len(vocab.tokens),
+                "special_ids": vocab.special_ids,
+            },
+        },
         "dropped_tensors": plan.dropped,
         "encoders": [e.record() for e in encoders],
         "onnx_dtype": plan.onnx_dtype,
         "preprocessing": {**plugin.preprocessing(hp), **({"host": GOLDEN_HOST} if kind.has_media else {})},
         "prompt": plugin.prompt_record(hp),
         "tokenizer_files": tokenizer_files,
-        "golden": {"directory": GOLDEN_DIR, "input": kind.golden_file,
-                   "files": ([kind.golden_file, "encoder.npy"] if kind.has_media else []) + ["expected.json"]},
+        "golden": {
+            "directory": GOLDEN_DIR,
+            "input": kind.golden_file,
+            "files": ([kind.golden_file, "encoder.npy"] if kind.has_media else []) + ["expected.json"],
+        },
         "notes": plan.notes,
     }
 
@@ -534,8 +636,11 @@ def _write_manifest(root: Path, manifest: dict, complete: bool, sha256=sha256_fi
     if complete:
         card = root / CARD_FILE
         entry = lambda p: {"path": p.relative_to(root).as_posix(), "size": p.stat().st_size, "sha256": sha256(p)}
-        manifest["files"] = [entry(p) for p in sorted(root.rglob("*"))
-                             if p.is_file() and p.name not in (MANIFEST, PARTIAL_MARKER) and p != card]
+        manifest["files"] = [
+            entry(p)
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name not in (MANIFEST, PARTIAL_MARKER) and p != card
+        ]
         # The card shows the manifest as JSON has it and the other files' hashes; then it is listed like them.
         card.write_text(render_card(json.loads(json.dumps(manifest, default=_json_default))), encoding="utf-8")
         manifest["files"] = sorted(manifest["files"] + [entry(card)], key=lambda e: Path(e["path"]))
@@ -546,9 +651,13 @@ def _quantiser(plan: Plan) -> dict:
     """Who quantised the text weights: gguf-py's quants module, or llama.cpp's `llama_model_quantize` (K-quants)."""
     if plan.requant is None:
         return {"by": "gguf-py", "version": _version("gguf")}
-    return {"by": "llama.cpp llama_model_quantize (llama-cpp-python)", "version": _version("llama_cpp_python"),
-            "preset": plan.requant["preset"], "from": plan.requant["source_type"],
-            "tensor_types": plan.requant["tensor_types"]}
+    return {
+        "by": "llama.cpp llama_model_quantize (llama-cpp-python)",
+        "version": _version("llama_cpp_python"),
+        "preset": plan.requant["preset"],
+        "from": plan.requant["source_type"],
+        "tensor_types": plan.requant["tensor_types"],
+    }
 
 
 def _version(distribution: str) -> str:

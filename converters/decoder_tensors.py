@@ -50,19 +50,29 @@ class DecoderShape:
     hidden_size: int
     intermediate_size: int
     num_layers: int
-    q_dim: int          # heads x head_dim
-    kv_dim: int         # kv heads x head_dim
+    q_dim: int  # heads x head_dim
+    kv_dim: int  # kv heads x head_dim
     head_dim: int
-    qk_norm: bool       # Qwen3: per-head RMSNorm on q and k
-    tied: bool          # no lm_head: the token embedding doubles as the output
+    qk_norm: bool  # Qwen3: per-head RMSNorm on q and k
+    tied: bool  # no lm_head: the token embedding doubles as the output
 
 
 def layer_shapes(s: DecoderShape) -> dict[T, tuple[int, ...]]:
     """Shape of each tensor of one standard layer (transformers' [out, in] for matrices)."""
     H, F = s.hidden_size, s.intermediate_size
-    shapes = {T.ATTN_NORM: (H,), T.ATTN_Q: (s.q_dim, H), T.ATTN_K: (s.kv_dim, H), T.ATTN_V: (s.kv_dim, H),
-              T.ATTN_OUT: (H, s.q_dim), T.ATTN_Q_NORM: (s.head_dim,), T.ATTN_K_NORM: (s.head_dim,),
-              T.FFN_NORM: (H,), T.FFN_GATE: (F, H), T.FFN_UP: (F, H), T.FFN_DOWN: (H, F)}
+    shapes = {
+        T.ATTN_NORM: (H,),
+        T.ATTN_Q: (s.q_dim, H),
+        T.ATTN_K: (s.kv_dim, H),
+        T.ATTN_V: (s.kv_dim, H),
+        T.ATTN_OUT: (H, s.q_dim),
+        T.ATTN_Q_NORM: (s.head_dim,),
+        T.ATTN_K_NORM: (s.head_dim,),
+        T.FFN_NORM: (H,),
+        T.FFN_GATE: (F, H),
+        T.FFN_UP: (F, H),
+        T.FFN_DOWN: (H, F),
+    }
     return {kind: shape for kind, shape in shapes.items() if s.qk_norm or kind not in QK_NORM}
 
 
@@ -82,13 +92,19 @@ def expected_decoder(s: DecoderShape, prefix: str, lm_head: str = "lm_head.weigh
 Replace = Callable[[T, int, str, tuple[int, ...]], "TextTensor | None"]
 
 
-def standard_decoder(s: DecoderShape, prefix: str, to_ckpt: Callable[[str], str] = lambda name: name,
-                     lm_head: str = "lm_head.weight", replace: Replace | None = None) -> list[TextTensor]:
+def standard_decoder(
+    s: DecoderShape,
+    prefix: str,
+    to_ckpt: Callable[[str], str] = lambda name: name,
+    lm_head: str = "lm_head.weight",
+    replace: Replace | None = None,
+) -> list[TextTensor]:
     """Every text GGUF tensor of the standard decoder, in llama.cpp's write order: token_embd, each layer, then
     output_norm and (untied) output. Sources are `to_ckpt(canonical name)`; `replace(kind, layer, gguf name,
     shape)` may return a different TextTensor for a tensor the family stores otherwise."""
-    out = [TextTensor(gguf_name(T.TOKEN_EMBD), (to_ckpt(prefix + "embed_tokens.weight"),),
-                      (s.vocab_size, s.hidden_size))]
+    out = [
+        TextTensor(gguf_name(T.TOKEN_EMBD), (to_ckpt(prefix + "embed_tokens.weight"),), (s.vocab_size, s.hidden_size))
+    ]
     per_layer = layer_shapes(s)
     for i in range(s.num_layers):
         for kind, shape in per_layer.items():
@@ -103,9 +119,11 @@ def standard_decoder(s: DecoderShape, prefix: str, to_ckpt: Callable[[str], str]
 
 def hf_layer_name(gguf_tensor: str, prefix: str, lm_head: str = "lm_head.weight") -> str | None:
     """The canonical checkpoint name of a standard decoder's GGUF tensor (None when it is not one)."""
-    globals_ = {gguf_name(T.TOKEN_EMBD): prefix + "embed_tokens.weight",
-                gguf_name(T.OUTPUT_NORM): prefix + "norm.weight",
-                gguf_name(T.OUTPUT): lm_head}
+    globals_ = {
+        gguf_name(T.TOKEN_EMBD): prefix + "embed_tokens.weight",
+        gguf_name(T.OUTPUT_NORM): prefix + "norm.weight",
+        gguf_name(T.OUTPUT): lm_head,
+    }
     if gguf_tensor in globals_:
         return globals_[gguf_tensor]
     parts = gguf_tensor.split(".")

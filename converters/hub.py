@@ -19,11 +19,21 @@ from smt_convert.runtime.errors import SmtError, first_line
 # config and weights, tokenizer files in every layout files.py accepts, chat templates, processor configs
 # (preprocessing recorded in the bundle) and README.md (the model card states the license).
 ALLOW_PATTERNS = [
-    "config.json", "generation_config.json",
-    "*.safetensors", "model.safetensors.index.json",
-    "tokenizer*.json", "tokenizer.model", "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json",
-    "chat_template.json", "chat_template.jinja",
-    "preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json",
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer*.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.json",
+    "chat_template.jinja",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "video_preprocessor_config.json",
     "README.md",
 ]
 # Only the top level is read; subfolders can hold other copies of the weights (e.g. `original/`, `onnx/`).
@@ -37,8 +47,8 @@ class HubSource:
     """A checkpoint taken from the Hub: the repo id, the revision asked for and the commit it resolved to."""
 
     repo: str
-    requested: str      # branch, tag or commit as given ("main" by default)
-    commit: str         # the 40-hex commit the files are from
+    requested: str  # branch, tag or commit as given ("main" by default)
+    commit: str  # the 40-hex commit the files are from
 
     def record(self) -> dict:
         """The manifest's source fields (`revision` is the resolved commit, not the branch name)."""
@@ -75,15 +85,17 @@ def looks_like_repo_id(text: str) -> bool:
     return True
 
 
-def resolve_checkpoint(text: str | Path, revision: str | None = None, progress: bool = True,
-                       what: str = "CHECKPOINT") -> ResolvedCheckpoint:
+def resolve_checkpoint(
+    text: str | Path, revision: str | None = None, progress: bool = True, what: str = "CHECKPOINT"
+) -> ResolvedCheckpoint:
     """A local directory as given, or a repo id fetched (or found in the cache) at `revision` (default main).
     `what` names the argument in errors (e.g. "--reference", or a recipe's "file: source.repo")."""
     text = str(text)
     if not is_repo_id(text):
         if revision is not None:
-            raise SmtError(f"--revision: {text} is a local path; --revision applies to Hugging Face repo ids "
-                           "(ORG/NAME)")
+            raise SmtError(
+                f"--revision: {text} is a local path; --revision applies to Hugging Face repo ids (ORG/NAME)"
+            )
         return ResolvedCheckpoint(Path(text))
     return download(text, revision, progress, what)
 
@@ -91,36 +103,55 @@ def resolve_checkpoint(text: str | Path, revision: str | None = None, progress: 
 def download(repo: str, revision: str | None, progress: bool = True, what: str = "CHECKPOINT") -> ResolvedCheckpoint:
     """`snapshot_download` of the allowed files; each way it can fail becomes one line saying what to do."""
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     requested = revision or "main"
     where = f"{what}: {repo}" + (f" (revision {requested})" if revision else "")
     try:
         with _progress_bars(progress):
-            path = Path(snapshot_download(repo, revision=requested, allow_patterns=ALLOW_PATTERNS,
-                                          ignore_patterns=IGNORE_PATTERNS))
+            path = Path(
+                snapshot_download(
+                    repo, revision=requested, allow_patterns=ALLOW_PATTERNS, ignore_patterns=IGNORE_PATTERNS
+                )
+            )
     except GatedRepoError:
-        raise SmtError(f"{where}: gated repository; accept its terms at https://huggingface.co/{repo} and set "
-                       "HF_TOKEN (or run `hf auth login`)") from None
+        raise SmtError(
+            f"{where}: gated repository; accept its terms at https://huggingface.co/{repo} and set "
+            "HF_TOKEN (or run `hf auth login`)"
+        ) from None
     except RepositoryNotFoundError:
-        raise SmtError(f"{where}: no such directory, and no such repository on the Hugging Face Hub (private "
-                       "repositories need HF_TOKEN)") from None
+        raise SmtError(
+            f"{where}: no such directory, and no such repository on the Hugging Face Hub (private "
+            "repositories need HF_TOKEN)"
+        ) from None
     except RevisionNotFoundError:
-        raise SmtError(f"{where}: revision {requested!r} not found (give a branch, tag or commit of the "
-                       "repository)") from None
+        raise SmtError(
+            f"{where}: revision {requested!r} not found (give a branch, tag or commit of the repository)"
+        ) from None
     except LocalEntryNotFoundError as exc:  # offline or unreachable, and not (completely) in the cache
         cache = constants.HF_HUB_CACHE
         if constants.HF_HUB_OFFLINE:
-            raise SmtError(f"{where}: no such directory, and not (completely) in the Hugging Face cache {cache} with "
-                           "HF_HUB_OFFLINE set; run once with network access (or point HF_HUB_CACHE at a cache "
-                           "holding it)") from None
-        raise SmtError(f"{where}: the Hugging Face Hub cannot be reached and the cache {cache} does not hold it "
-                       f"({first_line(exc)})") from None
+            raise SmtError(
+                f"{where}: no such directory, and not (completely) in the Hugging Face cache {cache} with "
+                "HF_HUB_OFFLINE set; run once with network access (or point HF_HUB_CACHE at a cache "
+                "holding it)"
+            ) from None
+        raise SmtError(
+            f"{where}: the Hugging Face Hub cannot be reached and the cache {cache} does not hold it "
+            f"({first_line(exc)})"
+        ) from None
     except HfHubHTTPError as exc:
         if exc.response is not None and exc.response.status_code in (401, 403):
-            raise SmtError(f"{where}: access denied ({exc.response.status_code}); set HF_TOKEN (or run "
-                           "`hf auth login`) with access to the repository") from None
+            raise SmtError(
+                f"{where}: access denied ({exc.response.status_code}); set HF_TOKEN (or run "
+                "`hf auth login`) with access to the repository"
+            ) from None
         raise SmtError(f"{where}: download failed ({first_line(exc)})") from None
     except OSError as exc:  # disk full, permissions on the cache, ...
         raise SmtError(f"{where}: download failed ({exc.strerror or first_line(exc)})") from None
@@ -143,5 +174,3 @@ def _progress_bars(show: bool):
     finally:
         if turn_off:
             enable_progress_bars()
-
-

@@ -12,17 +12,35 @@ def describe_plan(plan: Plan, ckpt) -> dict:
     for t in plan.estimated_types.values():
         type_counts[t] = type_counts.get(t, 0) + 1
     bytes_per = {"fp32": 4, "fp16": 2, "int8": 1}[plan.onnx_dtype]  # int8: a lower bound (convs stay float)
-    outputs = [{"file": plan.text_file, "kind": f"GGUF {plan.text_arch}", "dtype": plan.outtype,
-                "tensor_types": type_counts, "bytes": plan.text_bytes}]
+    outputs = [
+        {
+            "file": plan.text_file,
+            "kind": f"GGUF {plan.text_arch}",
+            "dtype": plan.outtype,
+            "tensor_types": type_counts,
+            "bytes": plan.text_bytes,
+        }
+    ]
     for enc in plan.encoders:
-        outputs.append({"file": enc.file, "kind": f"ONNX {enc.role}", "dtype": plan.onnx_dtype,
-                        "bytes": enc.params * bytes_per, "inputs": enc.inputs, "outputs": enc.outputs})
+        outputs.append(
+            {
+                "file": enc.file,
+                "kind": f"ONNX {enc.role}",
+                "dtype": plan.onnx_dtype,
+                "bytes": enc.params * bytes_per,
+                "inputs": enc.inputs,
+                "outputs": enc.outputs,
+            }
+        )
     from smt_convert.converters.text_gguf import KQUANT_PRESETS, OUTTYPES, estimated_kquant_types, tensor_nbytes
 
     text_sizes = {}
     for outtype in [*OUTTYPES, *KQUANT_PRESETS]:  # K-quants: estimated (llama.cpp decides per tensor)
-        types = (plugin.text_types(plan.text_tensors, outtype) if outtype in OUTTYPES
-                 else estimated_kquant_types(plan.text_tensors, outtype))
+        types = (
+            plugin.text_types(plan.text_tensors, outtype)
+            if outtype in OUTTYPES
+            else estimated_kquant_types(plan.text_tensors, outtype)
+        )
         text_sizes[outtype] = sum(tensor_nbytes(t.shape, types[t.name]) for t in plan.text_tensors)
     encoder_params = sum(e.params for e in plan.encoders)
     # int8 quantises only MatMul/Gemm weights; treating every weight as int8 gives a lower bound
@@ -35,10 +53,12 @@ def describe_plan(plan: Plan, ckpt) -> dict:
         "weight_dtypes": sorted(ckpt.dtypes()),
         "weight_files": [p.name for p in ckpt.weight_files],
         "parameters": plan.params,
-        "tokenizer": {"kind": plan.tokenizer.kind, "directory": str(plan.tokenizer.directory),
-                      "files": [p.name for p in plan.tokenizer.files],
-                      "chat_template": str(plan.tokenizer.chat_template_file) if plan.tokenizer.chat_template_file
-                      else None},
+        "tokenizer": {
+            "kind": plan.tokenizer.kind,
+            "directory": str(plan.tokenizer.directory),
+            "files": [p.name for p in plan.tokenizer.files],
+            "chat_template": str(plan.tokenizer.chat_template_file) if plan.tokenizer.chat_template_file else None,
+        },
         "outputs": outputs,
         "dropped_tensors": plan.dropped,
         "notes": plan.notes,
@@ -47,13 +67,15 @@ def describe_plan(plan: Plan, ckpt) -> dict:
 
 def format_plan(d: dict) -> str:
     hub = f" (Hugging Face {d['repo']} at commit {d['revision']})" if "repo" in d else ""
-    lines = [f"checkpoint   {d['checkpoint']}{hub}",
-             f"architecture {d['architecture']} ({d['layout']} layout, weights {'/'.join(d['weight_dtypes'])} "
-             f"in {len(d['weight_files'])} file(s))",
-             "parameters   " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in d["parameters"].items()),
-             f"tokenizer    {d['tokenizer']['kind']} from {d['tokenizer']['directory']}"
-             + (f" (chat template: {d['tokenizer']['chat_template']})" if d["tokenizer"]["chat_template"] else ""),
-             "outputs:"]
+    lines = [
+        f"checkpoint   {d['checkpoint']}{hub}",
+        f"architecture {d['architecture']} ({d['layout']} layout, weights {'/'.join(d['weight_dtypes'])} "
+        f"in {len(d['weight_files'])} file(s))",
+        "parameters   " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in d["parameters"].items()),
+        f"tokenizer    {d['tokenizer']['kind']} from {d['tokenizer']['directory']}"
+        + (f" (chat template: {d['tokenizer']['chat_template']})" if d["tokenizer"]["chat_template"] else ""),
+        "outputs:",
+    ]
     for o in d["outputs"]:
         extra = ""
         if "tensor_types" in o:
@@ -68,8 +90,10 @@ def format_plan(d: dict) -> str:
     sizes = d["sizes_by_choice"]
     lines.append("size by choice:")
     lines.append("  --outtype     " + "  ".join(f"{k} {human_size(v)}" for k, v in sizes["text"].items()))
-    lines.append("  --onnx-dtype  " + "  ".join(f"{k} {'>=' if k == 'int8' else ''}{human_size(v)}"
-                                              for k, v in sizes["encoders"].items()))
+    lines.append(
+        "  --onnx-dtype  "
+        + "  ".join(f"{k} {'>=' if k == 'int8' else ''}{human_size(v)}" for k, v in sizes["encoders"].items())
+    )
     if d["dropped_tensors"]:
         lines.append(f"not converted ({len(d['dropped_tensors'])} tensors):")
         for name, why in list(d["dropped_tensors"].items())[:10]:

@@ -85,24 +85,39 @@ def _preset(name: str, base: Q) -> KQuantPreset:
 # Every llama-quantize preset that needs no importance matrix (`tensor_requires_imatrix`: IQ1/IQ2/IQ3_XXS types
 # and Q2_K inside Q2_K_S do, so Q2_K_S, IQ3_XS/XXS and the IQ2/IQ1 presets are left out; IQ3_S/M would work
 # but are too lossy for models of 0.6-4B parameters).
-KQUANT_PRESETS: dict[str, KQuantPreset] = {p.name: p for p in (
-    _preset("q2_k", Q.Q2_K),
-    _preset("q3_k_s", Q.Q3_K),
-    _preset("q3_k_m", Q.Q3_K),
-    _preset("q3_k_l", Q.Q3_K),
-    _preset("q4_k_s", Q.Q4_K),
-    _preset("q4_k_m", Q.Q4_K),
-    _preset("q5_k_s", Q.Q5_K),
-    _preset("q5_k_m", Q.Q5_K),
-    _preset("q6_k", Q.Q6_K),
-    _preset("iq4_nl", Q.IQ4_NL),
-    _preset("iq4_xs", Q.IQ4_XS),
-)}
+KQUANT_PRESETS: dict[str, KQuantPreset] = {
+    p.name: p
+    for p in (
+        _preset("q2_k", Q.Q2_K),
+        _preset("q3_k_s", Q.Q3_K),
+        _preset("q3_k_m", Q.Q3_K),
+        _preset("q3_k_l", Q.Q3_K),
+        _preset("q4_k_s", Q.Q4_K),
+        _preset("q4_k_m", Q.Q4_K),
+        _preset("q5_k_s", Q.Q5_K),
+        _preset("q5_k_m", Q.Q5_K),
+        _preset("q6_k", Q.Q6_K),
+        _preset("iq4_nl", Q.IQ4_NL),
+        _preset("iq4_xs", Q.IQ4_XS),
+    )
+}
 
 SOURCE_TYPES = {Q.F32, Q.F16, Q.BF16}
 # Types a pattern may ask for: float, and block types llama.cpp quantises without an importance matrix.
-OVERRIDE_TYPES = SOURCE_TYPES | {Q.Q8_0, Q.Q5_0, Q.Q5_1, Q.Q4_0, Q.Q4_1, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K,
-                                 Q.IQ4_NL, Q.IQ4_XS}
+OVERRIDE_TYPES = SOURCE_TYPES | {
+    Q.Q8_0,
+    Q.Q5_0,
+    Q.Q5_1,
+    Q.Q4_0,
+    Q.Q4_1,
+    Q.Q2_K,
+    Q.Q3_K,
+    Q.Q4_K,
+    Q.Q5_K,
+    Q.Q6_K,
+    Q.IQ4_NL,
+    Q.IQ4_XS,
+}
 
 
 def _binding(outtype: str):
@@ -113,8 +128,9 @@ def _binding(outtype: str):
     except ImportError:
         raise SmtError(f"--outtype {outtype}: needs llama.cpp's quantiser ({EXTRA})") from None
     except (OSError, RuntimeError) as exc:  # llama_cpp raises these when libllama cannot be loaded
-        raise SmtError(f"--outtype {outtype}: llama-cpp-python is installed but libllama does not load "
-                       f"({first_line(exc)})") from None
+        raise SmtError(
+            f"--outtype {outtype}: llama-cpp-python is installed but libllama does not load ({first_line(exc)})"
+        ) from None
     return llama_cpp
 
 
@@ -185,6 +201,7 @@ def _llama_logs(llama_cpp, log: Callable[[str], None] | None):
     finally:
         try:
             from llama_cpp import _logger
+
             llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
         except ImportError:  # a binding without its logger module: back to llama.cpp's default (stderr)
             llama_cpp.llama_log_set(None, ctypes.c_void_p(0))
@@ -193,8 +210,14 @@ def _llama_logs(llama_cpp, log: Callable[[str], None] | None):
         del callback
 
 
-def quantize_gguf(src: Path, dst: Path, preset: str, tensor_types: dict[str, str] | None = None,
-                  threads: int | None = None, log: Callable[[str], None] | None = None) -> None:
+def quantize_gguf(
+    src: Path,
+    dst: Path,
+    preset: str,
+    tensor_types: dict[str, str] | None = None,
+    threads: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> None:
     """Requantise the float GGUF `src` to the K-quant `preset` at `dst` with llama.cpp's `llama_model_quantize`.
 
     `tensor_types`: {regex on GGUF tensor names: ggml type name} (llama-quantize's `--tensor-type`; first match
@@ -224,8 +247,10 @@ def quantize_gguf(src: Path, dst: Path, preset: str, tensor_types: dict[str, str
         # Before `tt_overrides`, llama.h had `void * tensor_types`: a C++ std::vector<tensor_quantization{std::string,
         # ggml_type}>, which ctypes cannot build. Such a binding gets no per-tensor types.
         if not hasattr(llama_cpp.llama_model_quantize_params, "tt_overrides"):
-            raise SmtError(f"--tensor-type: llama-cpp-python {getattr(llama_cpp, '__version__', '?')} cannot pass "
-                           "per-tensor types to llama.cpp's quantiser (no tt_overrides field; 0.3.36 has it)")
+            raise SmtError(
+                f"--tensor-type: llama-cpp-python {getattr(llama_cpp, '__version__', '?')} cannot pass "
+                "per-tensor types to llama.cpp's quantiser (no tt_overrides field; 0.3.36 has it)"
+            )
         overrides = _override_array(llama_cpp, tensor_types, "--tensor-type")  # kept alive through the call
         params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
 
@@ -235,10 +260,11 @@ def quantize_gguf(src: Path, dst: Path, preset: str, tensor_types: dict[str, str
         with _llama_logs(llama_cpp, log) as errors:
             rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(partial), ctypes.byref(params))
         if rc != 0:
-            why = next((e.split("failed to quantize: ", 1)[-1].strip() for e in reversed(errors) if e.strip()),
-                       f"llama_model_quantize returned {rc}")
+            why = next(
+                (e.split("failed to quantize: ", 1)[-1].strip() for e in reversed(errors) if e.strip()),
+                f"llama_model_quantize returned {rc}",
+            )
             raise SmtError(f"{src}: llama.cpp could not quantise it to {preset} ({why})")
         os.replace(partial, dst)
     finally:
         partial.unlink(missing_ok=True)
-

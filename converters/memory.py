@@ -73,17 +73,17 @@ class TextShape:
     """What the memory arithmetic needs from a text GGUF (llama.cpp's hparams, under their GGUF names)."""
 
     arch: str
-    n_layer: int                  # block_count minus nextn (MTP) layers: the layers the main context runs
-    n_layer_all: int              # block_count
-    context_length: int           # {arch}.context_length (n_ctx_train)
+    n_layer: int  # block_count minus nextn (MTP) layers: the layers the main context runs
+    n_layer_all: int  # block_count
+    context_length: int  # {arch}.context_length (n_ctx_train)
     n_embd: int
     n_vocab: int
-    n_head: int                   # max over layers
-    n_head_kv: tuple[int, ...]    # per layer (n_layer_all)
+    n_head: int  # max over layers
+    n_head_kv: tuple[int, ...]  # per layer (n_layer_all)
     key_length: int
     value_length: int
-    n_ff: int                     # dense FFN width (max over layers); 0 when every layer is MoE
-    recurrent: tuple[bool, ...]   # per layer: a recurrent (Gated-DeltaNet) layer, no KV cache
+    n_ff: int  # dense FFN width (max over layers); 0 when every layer is MoE
+    recurrent: tuple[bool, ...]  # per layer: a recurrent (Gated-DeltaNet) layer, no KV cache
     ssm_d_conv: int = 0
     ssm_d_inner: int = 0
     ssm_d_state: int = 0
@@ -135,8 +135,12 @@ def read_text_shape(gguf_path: Path | str) -> TextShape:
     n_embd = int(key("embedding_length"))
     n_head_arr = _per_layer(key("attention.head_count"), n_layer_all, path, g.arch + ".attention.head_count")
     n_head = max(n_head_arr)
-    n_head_kv = _per_layer(key("attention.head_count_kv", n_head_arr if len(set(n_head_arr)) > 1 else n_head),
-                           n_layer_all, path, g.arch + ".attention.head_count_kv")
+    n_head_kv = _per_layer(
+        key("attention.head_count_kv", n_head_arr if len(set(n_head_arr)) > 1 else n_head),
+        n_layer_all,
+        path,
+        g.arch + ".attention.head_count_kv",
+    )
     # llama.cpp (llama-model.cpp load_hparams): key and value length each default to n_embd / n_head
     key_length = int(key("attention.key_length", n_embd // max(n_head, 1)))
     value_length = int(key("attention.value_length", n_embd // max(n_head, 1)))
@@ -148,8 +152,10 @@ def read_text_shape(gguf_path: Path | str) -> TextShape:
         if g.has_meta("{arch}.attention.recurrent_layers"):
             flags = key("attention.recurrent_layers")
             if len(flags) != n_layer_all:
-                raise SmtError(f"{where(path, g.arch + '.attention.recurrent_layers')}: {len(flags)} values for "
-                               f"{n_layer_all} layers")
+                raise SmtError(
+                    f"{where(path, g.arch + '.attention.recurrent_layers')}: {len(flags)} values for "
+                    f"{n_layer_all} layers"
+                )
             recurrent = [bool(f) for f in flags]
         else:  # llama.cpp's fallback: full attention every `full_attention_interval` layers (default 4)
             interval = int(key("full_attention_interval", 4))
@@ -161,17 +167,34 @@ def read_text_shape(gguf_path: Path | str) -> TextShape:
 
     ssm = {}
     if any(recurrent):
-        ssm = dict(ssm_d_conv=int(key("ssm.conv_kernel")), ssm_d_inner=int(key("ssm.inner_size")),
-                   ssm_d_state=int(key("ssm.state_size")), ssm_n_group=int(key("ssm.group_count")),
-                   ssm_dt_rank=int(key("ssm.time_step_rank")))
+        ssm = dict(
+            ssm_d_conv=int(key("ssm.conv_kernel")),
+            ssm_d_inner=int(key("ssm.inner_size")),
+            ssm_d_state=int(key("ssm.state_size")),
+            ssm_n_group=int(key("ssm.group_count")),
+            ssm_dt_rank=int(key("ssm.time_step_rank")),
+        )
     ff_exp = key("expert_feed_forward_length", 0)
     return TextShape(
-        arch=g.arch, n_layer=n_layer, n_layer_all=n_layer_all, context_length=int(key("context_length")),
-        n_embd=n_embd, n_vocab=n_vocab, n_head=n_head, n_head_kv=n_head_kv, key_length=key_length,
-        value_length=value_length, n_ff=n_ff, recurrent=tuple(recurrent),
-        n_expert=int(key("expert_count", 0)), n_expert_used=int(key("expert_used_count", 0)),
+        arch=g.arch,
+        n_layer=n_layer,
+        n_layer_all=n_layer_all,
+        context_length=int(key("context_length")),
+        n_embd=n_embd,
+        n_vocab=n_vocab,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        key_length=key_length,
+        value_length=value_length,
+        n_ff=n_ff,
+        recurrent=tuple(recurrent),
+        n_expert=int(key("expert_count", 0)),
+        n_expert_used=int(key("expert_used_count", 0)),
         n_ff_exp=max(ff_exp) if isinstance(ff_exp, list) else int(ff_exp),
-        n_ff_shexp=int(key("expert_shared_feed_forward_length", 0)), weights_bytes=weights, **ssm)
+        n_ff_shexp=int(key("expert_shared_feed_forward_length", 0)),
+        weights_bytes=weights,
+        **ssm,
+    )
 
 
 def _shape(model: TextShape | Path | str) -> TextShape:
@@ -201,8 +224,14 @@ def kv_cells(n_ctx: int, n_seq: int = 1, kv_unified: bool = False) -> tuple[int,
     return _pad(n_ctx // n_seq, CTX_PAD), n_seq
 
 
-def kv_cache_bytes(model, n_ctx: int, n_seq: int = 1, kv_unified: bool = False,
-                   type_k: str = DEFAULT_CACHE_TYPE, type_v: str = DEFAULT_CACHE_TYPE) -> int:
+def kv_cache_bytes(
+    model,
+    n_ctx: int,
+    n_seq: int = 1,
+    kv_unified: bool = False,
+    type_k: str = DEFAULT_CACHE_TYPE,
+    type_v: str = DEFAULT_CACHE_TYPE,
+) -> int:
     """sum over attention layers of cells x streams x (row(K) + row(V)), with
     row(K) = n_head_kv x key_length and row(V) = n_head_kv x value_length elements of the cache type
     (llama-kv-cache.cpp: `ggml_new_tensor_3d(type_k, n_embd_k_gqa, kv_size, n_stream)`). Recurrent layers
@@ -211,8 +240,14 @@ def kv_cache_bytes(model, n_ctx: int, n_seq: int = 1, kv_unified: bool = False,
     cells, streams = kv_cells(n_ctx, n_seq, kv_unified)
     total = 0
     for il in s.attention_layers:
-        total += cells * streams * (_row_bytes(type_k, s.n_head_kv[il] * s.key_length)
-                                    + _row_bytes(type_v, s.n_head_kv[il] * s.value_length))
+        total += (
+            cells
+            * streams
+            * (
+                _row_bytes(type_k, s.n_head_kv[il] * s.key_length)
+                + _row_bytes(type_v, s.n_head_kv[il] * s.value_length)
+            )
+        )
     return total
 
 
@@ -235,8 +270,9 @@ def output_buffer_bytes(model, n_seq: int = 1) -> int:
     return _shape(model).n_vocab * 4 * max(1, n_seq)
 
 
-def compute_buffer_bytes(model, n_ctx: int, n_seq: int = 1, n_ubatch: int = DEFAULT_UBATCH,
-                         flash_attn: bool = True, kv_unified: bool = False) -> int:
+def compute_buffer_bytes(
+    model, n_ctx: int, n_seq: int = 1, n_ubatch: int = DEFAULT_UBATCH, flash_attn: bool = True, kv_unified: bool = False
+) -> int:
     """Estimate of llama.cpp's compute buffer (`sched_reserve`): the worst-case graph is reserved for
     T = min(n_ctx, n_ubatch) tokens with T output rows (n_outputs_max = n_batch), and ggml's allocator frees a
     tensor after its last use, so the buffer is the peak of tensors alive at once. With f = 4 bytes (F32
@@ -259,7 +295,7 @@ def compute_buffer_bytes(model, n_ctx: int, n_seq: int = 1, n_ubatch: int = DEFA
     MoE phase was checked on one tiny qwen35moe model only: -7.4% ... +20%."""
     s = _shape(model)
     cells, streams = kv_cells(n_ctx, n_seq, kv_unified)
-    n_kv = cells                                 # each token attends to its own stream's cells
+    n_kv = cells  # each token attends to its own stream's cells
     T = min(cells * streams, n_ubatch)
     f = 4
     E = s.n_embd
@@ -277,8 +313,11 @@ def compute_buffer_bytes(model, n_ctx: int, n_seq: int = 1, n_ubatch: int = DEFA
     if s.n_ff:
         phases.append(mask + T * f * (4 * E + 3 * s.n_ff))
     if s.recurrent_layers:
-        phases.append(mask + T * f * (3 * s.conv_channels + s.ssm_d_inner + E)
-                      + 2 * max(1, n_seq) * s.ssm_d_state * s.ssm_d_inner * f)
+        phases.append(
+            mask
+            + T * f * (3 * s.conv_channels + s.ssm_d_inner + E)
+            + 2 * max(1, n_seq) * s.ssm_d_state * s.ssm_d_inner * f
+        )
     phases.append(T * s.n_vocab * f + T * f * (5 if flash_attn else 3) * E + mask)
     return max(phases)
 
@@ -287,7 +326,7 @@ def compute_buffer_bytes(model, n_ctx: int, n_seq: int = 1, n_ubatch: int = DEFA
 class MemoryBudget:
     """Bytes a bundle holds on the board at one context length (`total` is what must fit beside the OS)."""
 
-    n_ctx: int              # as llama.cpp allocates it (padded to 256)
+    n_ctx: int  # as llama.cpp allocates it (padded to 256)
     n_seq: int
     weights: int
     kv_cache: int
@@ -299,13 +338,29 @@ class MemoryBudget:
 
     @property
     def total(self) -> int:
-        return (self.weights + self.kv_cache + self.recurrent_state + self.compute + self.output + self.encoder
-                + self.overhead)
+        return (
+            self.weights
+            + self.kv_cache
+            + self.recurrent_state
+            + self.compute
+            + self.output
+            + self.encoder
+            + self.overhead
+        )
 
 
-def text_memory(gguf_path, n_ctx: int, n_seq: int = 1, *, encoder_peak_bytes: int = 0,
-                flash_attn: bool = True, n_ubatch: int = DEFAULT_UBATCH, kv_unified: bool = False,
-                cache_type: str = DEFAULT_CACHE_TYPE, overhead_bytes: int = RUNTIME_OVERHEAD_BYTES) -> MemoryBudget:
+def text_memory(
+    gguf_path,
+    n_ctx: int,
+    n_seq: int = 1,
+    *,
+    encoder_peak_bytes: int = 0,
+    flash_attn: bool = True,
+    n_ubatch: int = DEFAULT_UBATCH,
+    kv_unified: bool = False,
+    cache_type: str = DEFAULT_CACHE_TYPE,
+    overhead_bytes: int = RUNTIME_OVERHEAD_BYTES,
+) -> MemoryBudget:
     """The memory a bundle needs at `n_ctx` (total over `n_seq` parallel sequences, as llama.cpp's -c).
     `gguf_path` may also be a `TextShape` already read. flash_attn defaults to on: llama.cpp's default
     (`-fa auto`) turns it on when the CPU backend runs the layers, which is the board's case (SpacemiT's own
@@ -313,15 +368,26 @@ def text_memory(gguf_path, n_ctx: int, n_seq: int = 1, *, encoder_peak_bytes: in
     s = _shape(gguf_path)
     cells, streams = kv_cells(n_ctx, n_seq, kv_unified)
     return MemoryBudget(
-        n_ctx=cells * streams, n_seq=max(1, n_seq), weights=s.weights_bytes,
+        n_ctx=cells * streams,
+        n_seq=max(1, n_seq),
+        weights=s.weights_bytes,
         kv_cache=kv_cache_bytes(s, n_ctx, n_seq, kv_unified, cache_type, cache_type),
         recurrent_state=recurrent_state_bytes(s, n_seq),
         compute=compute_buffer_bytes(s, n_ctx, n_seq, n_ubatch, flash_attn, kv_unified),
-        output=output_buffer_bytes(s, n_seq), encoder=int(encoder_peak_bytes), overhead=int(overhead_bytes))
+        output=output_buffer_bytes(s, n_seq),
+        encoder=int(encoder_peak_bytes),
+        overhead=int(overhead_bytes),
+    )
 
 
-def fits(budget_bytes_fn: Callable[[int], int], board_sizes_gb: Iterable[float], *, max_ctx: int | None = None,
-         contexts: Iterable[int] = CONTEXTS, os_reserve_bytes: int = OS_RESERVE_BYTES) -> dict[float, int | None]:
+def fits(
+    budget_bytes_fn: Callable[[int], int],
+    board_sizes_gb: Iterable[float],
+    *,
+    max_ctx: int | None = None,
+    contexts: Iterable[int] = CONTEXTS,
+    os_reserve_bytes: int = OS_RESERVE_BYTES,
+) -> dict[float, int | None]:
     """For each board memory size (GB as sold: LPDDR is sized in GiB), the largest context in `contexts`
     (up to `max_ctx`, e.g. the model's context_length) whose `budget_bytes_fn(n_ctx)` fits in the board's memory
     minus `os_reserve_bytes`; None when not even the smallest fits. The budget grows with n_ctx, so the search
@@ -342,24 +408,38 @@ def fits(budget_bytes_fn: Callable[[int], int], board_sizes_gb: Iterable[float],
     return result
 
 
-def bundle_fits(gguf_path, board_sizes_gb: Iterable[float], *, encoder_peak_bytes: int = 0, n_seq: int = 1,
-                os_reserve_bytes: int = OS_RESERVE_BYTES, **options) -> dict[float, int | None]:
+def bundle_fits(
+    gguf_path,
+    board_sizes_gb: Iterable[float],
+    *,
+    encoder_peak_bytes: int = 0,
+    n_seq: int = 1,
+    os_reserve_bytes: int = OS_RESERVE_BYTES,
+    **options,
+) -> dict[float, int | None]:
     """`fits` for one text GGUF (read once), contexts up to its context_length; `options` go to `text_memory`."""
     s = read_text_shape(gguf_path)
-    return fits(lambda n: text_memory(s, n, n_seq, encoder_peak_bytes=encoder_peak_bytes, **options).total,
-                board_sizes_gb, max_ctx=s.context_length, os_reserve_bytes=os_reserve_bytes)
+    return fits(
+        lambda n: text_memory(s, n, n_seq, encoder_peak_bytes=encoder_peak_bytes, **options).total,
+        board_sizes_gb,
+        max_ctx=s.context_length,
+        os_reserve_bytes=os_reserve_bytes,
+    )
 
 
 # The board memory sizes a bundle's statement covers: every size K1 and K3 boards are sold with (boards.py).
 BOARD_SIZES_GB = (2, 4, 8, 16, 32)
-DEFAULT_CONTEXT = 4096   # the `-c` a bundle's board commands carry unless a board profile or --context says less
-ASSUMPTIONS = ("llama.cpp defaults: F16 KV cache, n_ubatch 512, flash attention on (as -fa auto on the CPU "
-               "backend), one sequence; the encoder session's peak as measured at conversion; "
-               f"{OS_RESERVE_BYTES // MiB} MiB kept for the board's Linux")
+DEFAULT_CONTEXT = 4096  # the `-c` a bundle's board commands carry unless a board profile or --context says less
+ASSUMPTIONS = (
+    "llama.cpp defaults: F16 KV cache, n_ubatch 512, flash attention on (as -fa auto on the CPU "
+    "backend), one sequence; the encoder session's peak as measured at conversion; "
+    f"{OS_RESERVE_BYTES // MiB} MiB kept for the board's Linux"
+)
 
 
-def choose_context(gguf_path, encoder_peak_bytes: int, requested: int | None,
-                   board_sizes_gb: tuple[float, ...] = ()) -> int:
+def choose_context(
+    gguf_path, encoder_peak_bytes: int, requested: int | None, board_sizes_gb: tuple[float, ...] = ()
+) -> int:
     """The `-c` the bundle documents: `requested` (capped by the model's context_length); without one,
     DEFAULT_CONTEXT, or with a board profile the largest context up to DEFAULT_CONTEXT that fits its largest
     memory size (a 2 GB-only board gets what fits there). `gguf_path` may be a TextShape already read."""
@@ -369,8 +449,9 @@ def choose_context(gguf_path, encoder_peak_bytes: int, requested: int | None,
     ceiling = min(DEFAULT_CONTEXT, s.context_length)
     if not board_sizes_gb:
         return ceiling
-    best = fits(lambda n: text_memory(s, n, encoder_peak_bytes=encoder_peak_bytes).total, [max(board_sizes_gb)],
-                max_ctx=ceiling)[max(board_sizes_gb)]
+    best = fits(
+        lambda n: text_memory(s, n, encoder_peak_bytes=encoder_peak_bytes).total, [max(board_sizes_gb)], max_ctx=ceiling
+    )[max(board_sizes_gb)]
     return best or min(CONTEXTS)
 
 
@@ -381,13 +462,27 @@ def memory_record(gguf_path, n_ctx: int, encoder_peak_bytes: int) -> dict:
     s = _shape(gguf_path)
     budget = text_memory(s, n_ctx, encoder_peak_bytes=encoder_peak_bytes)
     usable = {gb: int(gb * GiB) - OS_RESERVE_BYTES for gb in BOARD_SIZES_GB}
-    longest = fits(lambda n: text_memory(s, n, encoder_peak_bytes=encoder_peak_bytes).total, BOARD_SIZES_GB,
-                   max_ctx=s.context_length)
-    return {"n_ctx": n_ctx, "allocated_ctx": budget.n_ctx, "context_length": s.context_length,
-            "bytes": {"weights": budget.weights, "kv_cache": budget.kv_cache, "recurrent_state": budget.recurrent_state,
-                      "compute": budget.compute, "output": budget.output, "encoder": budget.encoder,
-                      "overhead": budget.overhead, "total": budget.total},
-            "os_reserve_bytes": OS_RESERVE_BYTES,
-            "fits_at_n_ctx": [gb for gb in BOARD_SIZES_GB if budget.total <= usable[gb]],
-            "longest_context": {str(gb): ctx for gb, ctx in longest.items()},
-            "assumptions": ASSUMPTIONS}
+    longest = fits(
+        lambda n: text_memory(s, n, encoder_peak_bytes=encoder_peak_bytes).total,
+        BOARD_SIZES_GB,
+        max_ctx=s.context_length,
+    )
+    return {
+        "n_ctx": n_ctx,
+        "allocated_ctx": budget.n_ctx,
+        "context_length": s.context_length,
+        "bytes": {
+            "weights": budget.weights,
+            "kv_cache": budget.kv_cache,
+            "recurrent_state": budget.recurrent_state,
+            "compute": budget.compute,
+            "output": budget.output,
+            "encoder": budget.encoder,
+            "overhead": budget.overhead,
+            "total": budget.total,
+        },
+        "os_reserve_bytes": OS_RESERVE_BYTES,
+        "fits_at_n_ctx": [gb for gb in BOARD_SIZES_GB if budget.total <= usable[gb]],
+        "longest_context": {str(gb): ctx for gb, ctx in longest.items()},
+        "assumptions": ASSUMPTIONS,
+    }

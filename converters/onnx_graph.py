@@ -26,7 +26,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxscript
 
-OPSET = 18          # LayerNormalization needs 17; 18 is what onnxruntime of 2024 onwards (and the board's) runs
+OPSET = 18  # LayerNormalization needs 17; 18 is what onnxruntime of 2024 onwards (and the board's) runs
 PRECISIONS = ("fp32", "fp16", "int8")
 _IR_DTYPE = {"fp32": ir.DataType.FLOAT, "fp16": ir.DataType.FLOAT16, "int8": ir.DataType.FLOAT}
 _NP_DTYPE = {"fp32": np.float32, "fp16": np.float16, "int8": np.float32}
@@ -100,8 +100,14 @@ class GraphContext:
     def from_fp32(self, x: ir.Value) -> ir.Value:
         return x if self.precision != "fp16" else self.op.Cast(x, to=self.dtype)
 
-    def param(self, name: str, transform: Callable[[np.ndarray], np.ndarray] | None = None,
-              shape: Sequence[int] | None = None, fp32: bool = False, int8: bool = False) -> ir.Value:
+    def param(
+        self,
+        name: str,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
+        shape: Sequence[int] | None = None,
+        fp32: bool = False,
+        int8: bool = False,
+    ) -> ir.Value:
         """The checkpoint tensor `name` (optionally transformed) as an initializer, read only when saved.
 
         `shape` is the transformed shape (default: the stored one). `fp32` keeps it float32 in fp16 graphs
@@ -139,8 +145,12 @@ class GraphContext:
             arr = arr.astype(np.int64)
         self._consts += 1
         name = name or f"const_{self._consts}"
-        value = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)),
-                         const_value=ir.tensor(arr, name=name))
+        value = ir.Value(
+            name=name,
+            shape=ir.Shape(arr.shape),
+            type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)),
+            const_value=ir.tensor(arr, name=name),
+        )
         self.graph.register_initializer(value)
         return value
 
@@ -185,8 +195,13 @@ def _quantized_t(w: np.ndarray) -> np.ndarray:
 
 def layer_norm(ctx: GraphContext, x: ir.Value, prefix: str, eps: float) -> ir.Value:
     """LayerNormalization over the last axis, computed in float32 whatever the graph's precision."""
-    y = ctx.op.LayerNormalization(ctx.to_fp32(x), ctx.param(f"{prefix}.weight", fp32=True),
-                                  ctx.param(f"{prefix}.bias", fp32=True), axis=-1, epsilon=float(eps))
+    y = ctx.op.LayerNormalization(
+        ctx.to_fp32(x),
+        ctx.param(f"{prefix}.weight", fp32=True),
+        ctx.param(f"{prefix}.bias", fp32=True),
+        axis=-1,
+        epsilon=float(eps),
+    )
     return ctx.from_fp32(y)
 
 
@@ -207,8 +222,9 @@ def softmax(ctx: GraphContext, x: ir.Value, axis: int = -1) -> ir.Value:
     return ctx.from_fp32(ctx.op.Softmax(ctx.to_fp32(x), axis=axis))
 
 
-def attention(ctx: GraphContext, q: ir.Value, k: ir.Value, v: ir.Value, scale: float,
-              mask: ir.Value | None = None, rank: int = 4) -> ir.Value:
+def attention(
+    ctx: GraphContext, q: ir.Value, k: ir.Value, v: ir.Value, scale: float, mask: ir.Value | None = None, rank: int = 4
+) -> ir.Value:
     """softmax(q k^T * scale + mask) v over [..., S, D] inputs; scores and softmax in float32.
 
     `mask` is additive and float32 (use a finite value such as -3e4 for padded keys: it stays finite if a graph
@@ -225,8 +241,9 @@ def attention(ctx: GraphContext, q: ir.Value, k: ir.Value, v: ir.Value, scale: f
 ATTENTION_BLOCK_BYTES = 64 << 20  # float32 attention scores a runtime holds at once in `blocked_attention`
 
 
-def blocked_attention(ctx: GraphContext, q: ir.Value, k: ir.Value, v: ir.Value, scale: float, heads: int,
-                      length: int) -> ir.Value:
+def blocked_attention(
+    ctx: GraphContext, q: ir.Value, k: ir.Value, v: ir.Value, scale: float, heads: int, length: int
+) -> ir.Value:
     """`attention` over [heads, S, hd] in blocks of query rows, so a runtime holds one block's float32 scores
     ([heads, rows, S]) at a time instead of all [heads, S, S] (0.7 GB per layer for a 3364-patch image, twice:
     scores and probabilities); the result is the same, row by row."""
@@ -234,6 +251,15 @@ def blocked_attention(ctx: GraphContext, q: ir.Value, k: ir.Value, v: ir.Value, 
     if rows >= length:
         return attention(ctx, q, k, v, scale, rank=3)
     op = ctx.op
-    blocks = [attention(ctx, op.Slice(q, ctx.ints([start]), ctx.ints([min(start + rows, length)]), ctx.ints([1])),
-                        k, v, scale, rank=3) for start in range(0, length, rows)]
+    blocks = [
+        attention(
+            ctx,
+            op.Slice(q, ctx.ints([start]), ctx.ints([min(start + rows, length)]), ctx.ints([1])),
+            k,
+            v,
+            scale,
+            rank=3,
+        )
+        for start in range(0, length, rows)
+    ]
     return op.Concat(*blocks, axis=1)

@@ -45,9 +45,17 @@ class WrittenEncoder:
     seconds: float = 0.0
 
     def record(self) -> dict:
-        return {"role": self.role, "file": self.file, "data_file": self.data_file, "dtype": self.dtype,
-                "inputs": self.inputs, "outputs": self.outputs, "builder": "graph (onnxscript GraphBuilder)",
-                "checks": self.checks, "write_seconds": round(self.seconds, 2)}
+        return {
+            "role": self.role,
+            "file": self.file,
+            "data_file": self.data_file,
+            "dtype": self.dtype,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "builder": "graph (onnxscript GraphBuilder)",
+            "checks": self.checks,
+            "write_seconds": round(self.seconds, 2),
+        }
 
 
 def save_graph(graph: EncoderGraph, path: Path, progress: Callable[[str], None] | None = None) -> str:
@@ -56,19 +64,23 @@ def save_graph(graph: EncoderGraph, path: Path, progress: Callable[[str], None] 
 
     data = path.name + ".data"
     _remove(path, path.with_name(data))
+
     def callback(tensor, info):  # noqa: ANN001 - onnx-ir's callback signature
         progress(str(tensor.name))
+
     try:
-        ir.save(graph.model, path, external_data=data, callback=callback if progress else None,
-                alignment=EXTERNAL_ALIGNMENT)
+        ir.save(
+            graph.model, path, external_data=data, callback=callback if progress else None, alignment=EXTERNAL_ALIGNMENT
+        )
     except OSError as exc:
         _remove(path, path.with_name(data))
         raise SmtError(f"{path}: cannot write the encoder ({exc.strerror or exc})") from None
     return data
 
 
-def write_encoder(graph: EncoderGraph, path: Path, dtype: str,
-                  log: Callable[[str], None] = lambda _: None) -> WrittenEncoder:
+def write_encoder(
+    graph: EncoderGraph, path: Path, dtype: str, log: Callable[[str], None] = lambda _: None
+) -> WrittenEncoder:
     """Write `graph` (built at precision `dtype`) to `path` and check it."""
     path = Path(path)
     if dtype not in ONNX_DTYPES:
@@ -79,8 +91,9 @@ def write_encoder(graph: EncoderGraph, path: Path, dtype: str,
     inputs, outputs = check_file(path, graph)
     checks = run_checks(path, graph, inputs)
     log(f"{path.name}: {dtype}, written in {seconds:.1f}s, {len(checks)} onnxruntime checks")
-    return WrittenEncoder(graph.role, path.name, data if (path.parent / data).is_file() else None, dtype,
-                          inputs, outputs, checks, seconds)
+    return WrittenEncoder(
+        graph.role, path.name, data if (path.parent / data).is_file() else None, dtype, inputs, outputs, checks, seconds
+    )
 
 
 def check_file(path: Path, graph: EncoderGraph) -> tuple[list[dict], list[dict]]:
@@ -126,11 +139,19 @@ def run_checks(path: Path, graph: EncoderGraph, inputs: list[dict]) -> list[dict
             raise SmtError(f"{path}: onnxruntime run on {shapes}: {first_line(exc)}") from None
         for meta, out in zip(session.get_outputs(), outs):
             finite = bool(np.isfinite(out).all())
-            rows.append({"inputs": {k: list(v.shape) for k, v in feeds.items()}, "output": meta.name,
-                         "shape": list(out.shape), "finite": finite})
+            rows.append(
+                {
+                    "inputs": {k: list(v.shape) for k, v in feeds.items()},
+                    "output": meta.name,
+                    "shape": list(out.shape),
+                    "finite": finite,
+                }
+            )
             if not finite:
-                raise SmtError(f"{path}: {meta.name}: non-finite values on inputs "
-                               f"{ {k: list(v.shape) for k, v in feeds.items()} } (check the weights for NaN/inf)")
+                raise SmtError(
+                    f"{path}: {meta.name}: non-finite values on inputs "
+                    f"{ {k: list(v.shape) for k, v in feeds.items()} } (check the weights for NaN/inf)"
+                )
     return rows
 
 

@@ -36,7 +36,7 @@ from smt_convert.runtime.bundle import MANIFEST, validate_manifest
 from smt_convert.runtime.documents import load_json
 from smt_convert.runtime.errors import SmtError
 
-PARTIAL_MARKER = ".smt-convert-partial"   # inside a temporary output: the pid of the run that writes it
+PARTIAL_MARKER = ".smt-convert-partial"  # inside a temporary output: the pid of the run that writes it
 HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
@@ -44,9 +44,9 @@ HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 class Existing:
     """What was at OUTPUT when the run started."""
 
-    kind: str                       # "none", "empty" or "bundle"
-    inode: tuple[int, int] | None   # (st_dev, st_ino) of the directory
-    listed: tuple[str, ...] = ()    # a bundle's files (its manifest's list, plus the manifest)
+    kind: str  # "none", "empty" or "bundle"
+    inode: tuple[int, int] | None  # (st_dev, st_ino) of the directory
+    listed: tuple[str, ...] = ()  # a bundle's files (its manifest's list, plus the manifest)
 
 
 @dataclass
@@ -98,8 +98,10 @@ def owned_files(path: Path, shown: Path) -> tuple[str, ...]:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file() or manifest_path.is_symlink():
         first = sorted(os.listdir(path))[0]
-        raise SmtError(f"{shown}: holds files that are not an smt-convert bundle (first: {first}); "
-                       "choose an empty or new directory")
+        raise SmtError(
+            f"{shown}: holds files that are not an smt-convert bundle (first: {first}); "
+            "choose an empty or new directory"
+        )
     try:
         manifest = load_json(manifest_path, "manifest.json")
         if not (isinstance(manifest.get("tool"), dict) and manifest["tool"].get("name") == "smt-convert"):
@@ -112,8 +114,10 @@ def owned_files(path: Path, shown: Path) -> tuple[str, ...]:
     listed = {e["path"]: e["size"] for e in manifest["files"]}
     escaping = next((n for n in listed if Path(n).is_absolute() or ".." in Path(n).parts or not n), None)
     if escaping is not None:  # --force deletes what is listed: only ever inside OUTPUT
-        raise SmtError(f"{shown}: is not an smt-convert bundle we can replace ({manifest_path}: files lists "
-                       f"{escaping!r}, a path outside the bundle)")
+        raise SmtError(
+            f"{shown}: is not an smt-convert bundle we can replace ({manifest_path}: files lists "
+            f"{escaping!r}, a path outside the bundle)"
+        )
     parents = {str(p) for name in listed for p in Path(name).parents if str(p) != "."}
     for root, dirs, files in os.walk(path):
         for name in sorted(dirs) + sorted(files):
@@ -125,11 +129,15 @@ def owned_files(path: Path, shown: Path) -> tuple[str, ...]:
                 continue
             if rel not in listed or os.path.islink(full) or not os.path.isfile(full):
                 rel += "/" if os.path.isdir(full) and not os.path.islink(full) else ""
-                raise SmtError(f"{shown}: holds {rel}, which its manifest does not list (not written by "
-                               "smt-convert); move it away or choose another output")
+                raise SmtError(
+                    f"{shown}: holds {rel}, which its manifest does not list (not written by "
+                    "smt-convert); move it away or choose another output"
+                )
             if os.path.getsize(full) != listed[rel]:
-                raise SmtError(f"{shown}: {rel} changed since smt-convert wrote it (size differs from the "
-                               "manifest); move it away or choose another output")
+                raise SmtError(
+                    f"{shown}: {rel} changed since smt-convert wrote it (size differs from the "
+                    "manifest); move it away or choose another output"
+                )
         dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
     return tuple(sorted(listed)) + (MANIFEST,)
 
@@ -176,8 +184,10 @@ def _lock(lock_path: Path, shown: Path) -> int:
                 holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             finally:
                 os.close(fd)
-            raise SmtError(f"{shown}: another smt-convert run (pid {holder}) is writing this output; wait for it "
-                           "or choose another output") from None
+            raise SmtError(
+                f"{shown}: another smt-convert run (pid {holder}) is writing this output; wait for it "
+                "or choose another output"
+            ) from None
         try:  # the previous holder may have removed the file between our open and our lock: lock the new one
             same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
         except FileNotFoundError:
@@ -216,25 +226,29 @@ def finish_output(claim: OutputClaim) -> list[str]:
         (tmp / PARTIAL_MARKER).unlink(missing_ok=True)  # from here on, whatever `tmp` holds is kept
         if changed is not None:
             kept = _keep_beside(tmp, out)
-            raise SmtError(f"{claim.shown}: {changed} during the run and was left as it is; the finished bundle is "
-                           f"at {kept}")
+            raise SmtError(
+                f"{claim.shown}: {changed} during the run and was left as it is; the finished bundle is at {kept}"
+            )
         if claim.existing.kind == "none":
             if not _rename(tmp, out, noreplace=True):
                 kept = _keep_beside(tmp, out)
-                raise SmtError(f"{claim.shown}: appeared during the run and was left as it is; the finished "
-                               f"bundle is at {kept}")
+                raise SmtError(
+                    f"{claim.shown}: appeared during the run and was left as it is; the finished bundle is at {kept}"
+                )
             return []
         if claim.existing.kind == "empty":
             try:
                 os.rmdir(out)  # only if still empty; then the new bundle takes its place
             except OSError:
                 kept = _keep_beside(tmp, out)
-                raise SmtError(f"{claim.shown}: was filled during the run and was left as it is; the finished "
-                               f"bundle is at {kept}") from None
+                raise SmtError(
+                    f"{claim.shown}: was filled during the run and was left as it is; the finished bundle is at {kept}"
+                ) from None
             if not _rename(tmp, out, noreplace=True):
                 kept = _keep_beside(tmp, out)
-                raise SmtError(f"{claim.shown}: appeared during the run and was left as it is; the finished "
-                               f"bundle is at {kept}")
+                raise SmtError(
+                    f"{claim.shown}: appeared during the run and was left as it is; the finished bundle is at {kept}"
+                )
             return []
         old = _swap(tmp, out)  # the old bundle is now at `old`
         return _remove_listed(old, claim.existing.listed, out)

@@ -92,14 +92,17 @@ def plugin_for_command(name: str, config: dict, config_path) -> tuple["ArchPlugi
     except SmtError:  # unknown or unlabelled: the chosen plugin's own checks say what is wrong
         detected = plugin
     if detected.name != plugin.name:
-        raise SmtError(f"{config_path}: architectures: this is a {detected.name} checkpoint; "
-                       f"use `smt-convert {detected.name}`")
+        raise SmtError(
+            f"{config_path}: architectures: this is a {detected.name} checkpoint; use `smt-convert {detected.name}`"
+        )
     declared = archs[0] if isinstance(archs, list) and archs else None
     if declared is None:
         return plugin, f"{config_path}: architectures: not declared; converting as {name}"
     if declared not in plugin.hf_architectures:
-        return plugin, (f"{config_path}: architectures: {declared} is not a class {name} knows "
-                        f"({', '.join(plugin.hf_architectures)}); converting as {name}")
+        return plugin, (
+            f"{config_path}: architectures: {declared} is not a class {name} knows "
+            f"({', '.join(plugin.hf_architectures)}); converting as {name}"
+        )
     return plugin, None
 
 
@@ -107,9 +110,9 @@ def plugin_for_command(name: str, config: dict, config_path) -> tuple["ArchPlugi
 class TextTensor:
     """One tensor of the text GGUF: which checkpoint tensors it is made from and how."""
 
-    name: str                                  # GGUF tensor name, e.g. "blk.0.attn_q.weight"
-    sources: tuple[str, ...]                   # checkpoint tensor names
-    shape: tuple[int, ...]                     # numpy-order shape of the result
+    name: str  # GGUF tensor name, e.g. "blk.0.attn_q.weight"
+    sources: tuple[str, ...]  # checkpoint tensor names
+    shape: tuple[int, ...]  # numpy-order shape of the result
     transform: Callable[..., np.ndarray] | None = None  # f(*arrays) -> array; None means the single source as is
 
     def build(self, load: Callable[[str], np.ndarray]) -> np.ndarray:
@@ -124,10 +127,10 @@ class TextTensor:
 class EncoderOutput:
     """One ONNX file of the bundle, as the plan describes it before export."""
 
-    role: str            # "audio-frontend", "audio-backend", "vision"
-    file: str            # file name inside the bundle
-    params: int          # parameters it carries (for inspect)
-    inputs: list[dict]   # planned I/O contract: [{"name", "shape", "dtype"}]
+    role: str  # "audio-frontend", "audio-backend", "vision"
+    file: str  # file name inside the bundle
+    params: int  # parameters it carries (for inspect)
+    inputs: list[dict]  # planned I/O contract: [{"name", "shape", "dtype"}]
     outputs: list[dict]
 
 
@@ -136,29 +139,29 @@ class Plan:
     """Everything a conversion will write, known before any tensor data is read; `inspect` prints it."""
 
     plugin: "ArchPlugin"
-    hparams: Any                               # the plugin's own hyperparameter record
+    hparams: Any  # the plugin's own hyperparameter record
     facts: "ModelFacts"
     stem: str
     outtype: str
     onnx_dtype: str
     text_file: str
     text_arch: str
-    modality: str                              # "audio", "image" or "text" (no encoder)
-    golden_file: str | None                    # golden input file name inside golden/ (None: text only)
+    modality: str  # "audio", "image" or "text" (no encoder)
+    golden_file: str | None  # golden input file name inside golden/ (None: text only)
     text_tensors: list[TextTensor]
-    text_types: dict[str, str]                 # GGUF name -> ggml type name chosen for it
-    text_bytes: int                            # planned GGUF tensor data size
+    text_types: dict[str, str]  # GGUF name -> ggml type name chosen for it
+    text_bytes: int  # planned GGUF tensor data size
     encoders: list[EncoderOutput]
-    dropped: dict[str, str]                    # checkpoint tensors not converted, with the reason
-    tokenizer: Any                             # converters.tokenizer.TokenizerSource
-    vocab: Any                                 # converters.tokenizer.GgufVocab, built while planning
+    dropped: dict[str, str]  # checkpoint tensors not converted, with the reason
+    tokenizer: Any  # converters.tokenizer.TokenizerSource
+    vocab: Any  # converters.tokenizer.GgufVocab, built while planning
     params: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    precision: list[dict] = field(default_factory=list)   # what the family's rules and --tensor-type changed
-    board: Any = None                          # converters.boards.BoardProfile with --board, else None
-    warnings: list[str] = field(default_factory=list)     # printed as warnings (e.g. a type the board runs slowly)
-    requant: dict | None = None                # K-quant: {"preset", "source_type", "tensor_types"} for llama.cpp
-    estimated_types: dict[str, str] = field(default_factory=dict)   # the final file's types (K-quants: estimated)
+    precision: list[dict] = field(default_factory=list)  # what the family's rules and --tensor-type changed
+    board: Any = None  # converters.boards.BoardProfile with --board, else None
+    warnings: list[str] = field(default_factory=list)  # printed as warnings (e.g. a type the board runs slowly)
+    requant: dict | None = None  # K-quant: {"preset", "source_type", "tensor_types"} for llama.cpp
+    estimated_types: dict[str, str] = field(default_factory=dict)  # the final file's types (K-quants: estimated)
 
 
 @dataclass(frozen=True)
@@ -177,12 +180,12 @@ class TokenRules:
 class ModelFacts:
     """What shared code reads from a plugin's hyperparameters (each plugin keeps its own record for the rest)."""
 
-    layout: str                 # which checkpoint layout was found, e.g. "native" or "original"
+    layout: str  # which checkpoint layout was found, e.g. "native" or "original"
     vocab_size: int
-    text_arch: str              # GGUF general.architecture
-    modality: str               # "audio", "image" or "text" (no encoder)
-    rope_sections: list[int]    # rope.dimension_sections written to the GGUF ([] when not M-RoPE)
-    default_stem: str           # file-name prefix of the bundle's files
+    text_arch: str  # GGUF general.architecture
+    modality: str  # "audio", "image" or "text" (no encoder)
+    rope_sections: list[int]  # rope.dimension_sections written to the GGUF ([] when not M-RoPE)
+    default_stem: str  # file-name prefix of the bundle's files
     tie_note: str | None = None  # how tied embeddings were decided, when config.json alone did not say
 
 
@@ -208,8 +211,8 @@ class ReferenceResult:
     """The Hugging Face model's answers: encoder rows for the same host input, logits at every prompt and
     continuation position, and any family-specific rows (e.g. feature extraction) already judged."""
 
-    logits: np.ndarray                          # [len(prompt_ids) + len(continuation), vocab]
-    encoder: np.ndarray | None = None           # [rows, hidden] for the same host input
+    logits: np.ndarray  # [len(prompt_ids) + len(continuation), vocab]
+    encoder: np.ndarray | None = None  # [rows, hidden] for the same host input
     rows: list["Row"] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # stored in expected.json for people (small values only)
 
@@ -218,13 +221,13 @@ class ArchPlugin(abc.ABC):
     """One model family. Subclasses set the class attributes and implement the abstract methods; every
     other method has the default behaviour shared code relies on."""
 
-    name: ClassVar[str]                          # CLI name, e.g. "qwen3-asr"
+    name: ClassVar[str]  # CLI name, e.g. "qwen3-asr"
     hf_architectures: ClassVar[tuple[str, ...]]  # config.json `architectures` values it answers to
     summary: ClassVar[str]
-    produces: ClassVar[list[str]]                # what a bundle holds, for `smt-convert list`
-    text_arch: ClassVar[str]                     # GGUF architecture, for `smt-convert list` (facts() decides)
+    produces: ClassVar[list[str]]  # what a bundle holds, for `smt-convert list`
+    text_arch: ClassVar[str]  # GGUF architecture, for `smt-convert list` (facts() decides)
     tokens: ClassVar[TokenRules]
-    lossy_nmse_scale: ClassVar[float] = 1.0      # widens lossy text NMSE bounds (MoE routing flips)
+    lossy_nmse_scale: ClassVar[float] = 1.0  # widens lossy text NMSE bounds (MoE routing flips)
     # GGUF tensors that keep a higher type than a lossy --outtype, each with its measured reason (precision.py)
     precision_rules: ClassVar[tuple["PrecisionRule", ...]] = ()
     # Flags the board's llama-mtmd-cli / llama-server need for this family, recorded in the bundle's board command

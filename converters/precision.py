@@ -67,8 +67,12 @@ def fits(shape: tuple[int, ...], qtype: Q) -> bool:
     return shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0] == 0
 
 
-def apply(types: dict[str, Q], tensors: list, rules: tuple[PrecisionRule, ...] | list[PrecisionRule],
-          overrides: dict[str, str] | None) -> tuple[dict[str, Q], list[dict]]:
+def apply(
+    types: dict[str, Q],
+    tensors: list,
+    rules: tuple[PrecisionRule, ...] | list[PrecisionRule],
+    overrides: dict[str, str] | None,
+) -> tuple[dict[str, Q], list[dict]]:
     """The types after the family's rules and the user's overrides, and a record of what each changed (for the
     manifest). 1-D tensors stay F32 whatever is asked: llama.cpp reads norms and biases as F32."""
     types = dict(types)
@@ -76,13 +80,26 @@ def apply(types: dict[str, Q], tensors: list, rules: tuple[PrecisionRule, ...] |
     applied = []
     for rule in rules:
         target = ggml_type(rule.qtype, f"precision rule {rule.pattern}")
-        changed = [n for n, q in types.items() if rule.matches(n) and len(shapes[n]) > 1
-                   and bits_per_weight(q) < bits_per_weight(target) and fits(shapes[n], target)]
+        changed = [
+            n
+            for n, q in types.items()
+            if rule.matches(n)
+            and len(shapes[n]) > 1
+            and bits_per_weight(q) < bits_per_weight(target)
+            and fits(shapes[n], target)
+        ]
         for name in changed:
             types[name] = target
         if changed:
-            applied.append({"pattern": rule.pattern, "type": target.name, "tensors": len(changed),
-                            "reason": rule.reason, "by": "family rule"})
+            applied.append(
+                {
+                    "pattern": rule.pattern,
+                    "type": target.name,
+                    "tensors": len(changed),
+                    "reason": rule.reason,
+                    "by": "family rule",
+                }
+            )
     for pattern, type_name in (overrides or {}).items():
         target = ggml_type(type_name, "--tensor-type")
         matched = [n for n in types if re.search(pattern, n) and len(shapes[n]) > 1]
@@ -90,8 +107,10 @@ def apply(types: dict[str, Q], tensors: list, rules: tuple[PrecisionRule, ...] |
             raise SmtError(f"--tensor-type: {pattern!r} matches no 2-D tensor of this model's GGUF")
         bad = next((n for n in matched if not fits(shapes[n], target)), None)
         if bad is not None:
-            raise SmtError(f"--tensor-type: {bad}: rows of {shapes[bad][-1]} are not a multiple of "
-                           f"{target.name}'s block of {gguf.GGML_QUANT_SIZES[target][0]}")
+            raise SmtError(
+                f"--tensor-type: {bad}: rows of {shapes[bad][-1]} are not a multiple of "
+                f"{target.name}'s block of {gguf.GGML_QUANT_SIZES[target][0]}"
+            )
         for name in matched:
             types[name] = target
         applied.append({"pattern": pattern, "type": target.name, "tensors": len(matched), "by": "--tensor-type"})

@@ -1,36 +1,36 @@
 """Conversion recipes: one TOML file describes one model's conversions, so CI can repeat them.
 
-    name = "qwen3-asr-0.6b"              # optional, default: the file name
-    architecture = "qwen3-asr"
-    stem = "Qwen3-ASR-0.6B"              # optional bundle file prefix
+name = "qwen3-asr-0.6b"              # optional, default: the file name
+architecture = "qwen3-asr"
+stem = "Qwen3-ASR-0.6B"              # optional bundle file prefix
 
-    [source]                             # exactly one of: path, env (+ optional path), tiny, repo (+ revision)
-    env = "SMT_MODEL_CACHE"              # a directory named by this environment variable ...
-    path = "Qwen3-ASR-0.6B"              # ... and a path inside it (alone: relative to this file)
-    # tiny = "qwen3-asr"                 # a tiny random checkpoint built in-process
-    # repo = "Qwen/Qwen3-ASR-0.6B"       # a Hugging Face repo id, through the Hub cache (HF_HUB_CACHE,
-    # revision = "main"                  # HF_HUB_OFFLINE, HF_TOKEN); branch, tag or commit (default main)
+[source]                             # exactly one of: path, env (+ optional path), tiny, repo (+ revision)
+env = "SMT_MODEL_CACHE"              # a directory named by this environment variable ...
+path = "Qwen3-ASR-0.6B"              # ... and a path inside it (alone: relative to this file)
+# tiny = "qwen3-asr"                 # a tiny random checkpoint built in-process
+# repo = "Qwen/Qwen3-ASR-0.6B"       # a Hugging Face repo id, through the Hub cache (HF_HUB_CACHE,
+# revision = "main"                  # HF_HUB_OFFLINE, HF_TOKEN); branch, tag or commit (default main)
 
-    board = "k1"                         # optional: k1, k3 or host (converters/boards.py): a variant's missing
-                                         # outtype/onnx_dtype come from the board, and ep_config and -c too
+board = "k1"                         # optional: k1, k3 or host (converters/boards.py): a variant's missing
+                                     # outtype/onnx_dtype come from the board, and ep_config and -c too
 
-    [[variants]]                         # one bundle per variant
-    outtype = "q4_0"                     # any --outtype, K-quants included (llama.cpp's quantiser)
-    onnx_dtype = "int8"
-    tensor_types = {"ssm_alpha" = "f16"} # optional: --tensor-type PATTERN=TYPE
+[[variants]]                         # one bundle per variant
+outtype = "q4_0"                     # any --outtype, K-quants included (llama.cpp's quantiser)
+onnx_dtype = "int8"
+tensor_types = {"ssm_alpha" = "f16"} # optional: --tensor-type PATTERN=TYPE
 
-    [verify]                             # optional
-    enabled = true
-    max_new_tokens = 16
-    input = "clip.wav"                   # golden/verification input: audio or image (default: the plugin's own)
-    prompt = "OCR:"                      # prompt options used for the golden run (vision/text models)
-    language = "English"                 # (ASR models)
-    context = "hot words"                # (ASR models)
+[verify]                             # optional
+enabled = true
+max_new_tokens = 16
+input = "clip.wav"                   # golden/verification input: audio or image (default: the plugin's own)
+prompt = "OCR:"                      # prompt options used for the golden run (vision/text models)
+language = "English"                 # (ASR models)
+context = "hot words"                # (ASR models)
 
-    [thresholds]                         # optional overrides of the built-in per-type thresholds
-    text_nmse = 0.01
-    text_top1 = 0.9
-    encoder_cosine = 0.999
+[thresholds]                         # optional overrides of the built-in per-type thresholds
+text_nmse = 0.01
+text_top1 = 0.9
+encoder_cosine = 0.999
 """
 
 from __future__ import annotations
@@ -51,13 +51,13 @@ from smt_convert.runtime.errors import SmtError
 THRESHOLD_KEYS = ("text_nmse", "text_top1", "text_kld", "encoder_cosine", "encoder_rel_max_abs")
 # A recipe's name and stem become directory and file names under --out: names, never paths.
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
-MAX_IMAGE_SIDE = 4096       # a 4096x4096 static input is 16k vision tokens: beyond what any of the boards runs
-MAX_NEW_TOKENS = 4096       # greedy tokens a verification compares (each one is a decoder step)
+MAX_IMAGE_SIDE = 4096  # a 4096x4096 static input is 16k vision tokens: beyond what any of the boards runs
+MAX_NEW_TOKENS = 4096  # greedy tokens a verification compares (each one is a decoder step)
 
 
 @dataclass
 class Variant:
-    outtype: str | None        # None: the recipe's board profile decides
+    outtype: str | None  # None: the recipe's board profile decides
     onnx_dtype: str | None
     image_size: int | None = None
     tensor_types: dict = field(default_factory=dict)
@@ -88,7 +88,7 @@ class Recipe:
     context: str | None = None
     prompt: str | None = None
     thresholds: dict = field(default_factory=dict)
-    board: str | None = None             # board profile (boards.py): default types, ep_config, -c
+    board: str | None = None  # board profile (boards.py): default types, ep_config, -c
 
 
 class _Table:
@@ -127,14 +127,32 @@ def load_recipe(path: Path) -> Recipe:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SmtError(f"{path}: invalid TOML ({exc})") from None
-    top = _Table(data, path, "", {"name": str, "architecture": str, "stem": str, "source": dict,
-                                  "variants": list, "verify": dict, "thresholds": dict, "board": str})
+    top = _Table(
+        data,
+        path,
+        "",
+        {
+            "name": str,
+            "architecture": str,
+            "stem": str,
+            "source": dict,
+            "variants": list,
+            "verify": dict,
+            "thresholds": dict,
+            "board": str,
+        },
+    )
     from smt_convert.converters.plugin import all_plugins
 
     known = tuple(p.name for p in all_plugins())
-    recipe = Recipe(path=path, name=_plain(top.get("name", path.stem), path, "name"),
-                    architecture=top.require("architecture", known),
-                    source=_source(top.require("source"), path), variants=[], stem=top.get("stem"))
+    recipe = Recipe(
+        path=path,
+        name=_plain(top.get("name", path.stem), path, "name"),
+        architecture=top.require("architecture", known),
+        source=_source(top.require("source"), path),
+        variants=[],
+        stem=top.get("stem"),
+    )
     if recipe.stem is not None:
         _plain(recipe.stem, path, "stem")
     from smt_convert.converters.boards import BOARDS
@@ -146,20 +164,28 @@ def load_recipe(path: Path) -> Recipe:
     for i, entry in enumerate(variants):
         if not isinstance(entry, dict):
             raise SmtError(f"{path}: variants[{i}]: expected a table, got {entry!r}")
-        v = _Table(entry, path, f"variants[{i}].", {"outtype": str, "onnx_dtype": str, "image_size": int,
-                                                     "tensor_types": dict})
+        v = _Table(
+            entry, path, f"variants[{i}].", {"outtype": str, "onnx_dtype": str, "image_size": int, "tensor_types": dict}
+        )
         default_out, default_onnx = (None, None) if recipe.board else ("f16", "fp32")
-        variant = Variant(v.get("outtype", default_out, tuple(ALL_OUTTYPES)),
-                          v.get("onnx_dtype", default_onnx, ONNX_DTYPES), v.get("image_size"),
-                          _tensor_types(v.get("tensor_types", {}), path, f"variants[{i}].tensor_types"))
+        variant = Variant(
+            v.get("outtype", default_out, tuple(ALL_OUTTYPES)),
+            v.get("onnx_dtype", default_onnx, ONNX_DTYPES),
+            v.get("image_size"),
+            _tensor_types(v.get("tensor_types", {}), path, f"variants[{i}].tensor_types"),
+        )
         if variant.image_size is not None and not 1 <= variant.image_size <= MAX_IMAGE_SIDE:
             raise SmtError(f"{path}: variants[{i}].image_size: expected 1..{MAX_IMAGE_SIDE}, got {variant.image_size}")
         same = next((j for j, w in enumerate(recipe.variants) if w.name == variant.name), None)
         if same is not None and variant.outtype and variant.onnx_dtype:
             raise SmtError(f"{path}: variants[{i}]: the same variant as variants[{same}] ({variant.name})")
         recipe.variants.append(variant)
-    verify = _Table(top.get("verify", {}), path, "verify.", {"enabled": bool, "max_new_tokens": int, "input": str,
-                                                            "language": str, "context": str, "prompt": str})
+    verify = _Table(
+        top.get("verify", {}),
+        path,
+        "verify.",
+        {"enabled": bool, "max_new_tokens": int, "input": str, "language": str, "context": str, "prompt": str},
+    )
     recipe.verify = verify.get("enabled", True)
     recipe.max_new_tokens = verify.get("max_new_tokens", 16)
     if not 1 <= recipe.max_new_tokens <= MAX_NEW_TOKENS:
@@ -174,8 +200,10 @@ def load_recipe(path: Path) -> Recipe:
     recipe.thresholds = {k: th.get(k) for k in THRESHOLD_KEYS if th.get(k) is not None}
     for key, value in recipe.thresholds.items():
         if not math.isfinite(value) or value < 0 or (key in ("text_top1", "encoder_cosine") and value > 1):
-            raise SmtError(f"{path}: thresholds.{key}: expected a finite number"
-                           f"{' in 0..1' if key in ('text_top1', 'encoder_cosine') else ' >= 0'}, got {value!r}")
+            raise SmtError(
+                f"{path}: thresholds.{key}: expected a finite number"
+                f"{' in 0..1' if key in ('text_top1', 'encoder_cosine') else ' >= 0'}, got {value!r}"
+            )
     return recipe
 
 
@@ -184,7 +212,7 @@ def _tensor_types(table: dict, path: Path, key: str) -> dict[str, str]:
     from smt_convert.converters.precision import parse_overrides
 
     if not all(isinstance(v, str) for v in table.values()):
-        raise SmtError(f"{path}: {key}: expected PATTERN = \"TYPE\" strings")
+        raise SmtError(f'{path}: {key}: expected PATTERN = "TYPE" strings')
     try:
         return parse_overrides([f"{k}={v}" for k, v in table.items()], f"{key}")
     except SmtError as exc:
@@ -194,8 +222,10 @@ def _tensor_types(table: dict, path: Path, key: str) -> dict[str, str]:
 def _plain(name, path: Path, key: str) -> str:
     """A recipe name or stem is a name: it becomes a directory or file name under --out, never a path."""
     if not isinstance(name, str) or not PLAIN_NAME.match(name) or name in (".", ".."):
-        raise SmtError(f"{path}: {key}: {name!r} must be a plain name (letters, digits, '.', '_', '+', '-'; "
-                       "no '/' and not starting with '.'): it names a directory under --out")
+        raise SmtError(
+            f"{path}: {key}: {name!r} must be a plain name (letters, digits, '.', '_', '+', '-'; "
+            "no '/' and not starting with '.'): it names a directory under --out"
+        )
     return name
 
 
@@ -204,8 +234,10 @@ def check_unique(recipes: list[Recipe]) -> None:
     seen: dict[str, Recipe] = {}
     for r in recipes:
         if r.name in seen:
-            raise SmtError(f"{r.path}: name: {r.name!r} is also the name of {seen[r.name].path}; each recipe writes "
-                           "to OUT/<name>/, so names must differ")
+            raise SmtError(
+                f"{r.path}: name: {r.name!r} is also the name of {seen[r.name].path}; each recipe writes "
+                "to OUT/<name>/, so names must differ"
+            )
         seen[r.name] = r
 
 
@@ -214,10 +246,16 @@ def check_options(recipe: Recipe, plugin, ckpt, hp) -> None:
     converted (the same record the runtime checks `run`'s options against)."""
     record = plugin.prompt_record(hp)
     fields = set(record.get("template_fields", {}))
-    takes = {"verify.prompt": "prompt" in fields, "verify.context": "context" in fields,
-             "verify.language": "assistant_prefix_with_language" in record}
-    for key, value in (("verify.prompt", recipe.prompt), ("verify.context", recipe.context),
-                       ("verify.language", recipe.language)):
+    takes = {
+        "verify.prompt": "prompt" in fields,
+        "verify.context": "context" in fields,
+        "verify.language": "assistant_prefix_with_language" in record,
+    }
+    for key, value in (
+        ("verify.prompt", recipe.prompt),
+        ("verify.context", recipe.context),
+        ("verify.language", recipe.language),
+    ):
         if value is not None and not takes[key]:
             raise SmtError(f"{recipe.path}: {key}: {recipe.architecture} has no such prompt option")
     facts = plugin.facts(hp)
@@ -250,8 +288,14 @@ def _source(data: dict, path: Path) -> dict:
     kind = next((k for k in ("tiny", "repo", "env") if k in data), "path")
     if kind == "repo" and not looks_like_repo_id(src.get("repo")):
         raise SmtError(f"{path}: source.repo: expected a Hugging Face repo id ORG/NAME, got {data['repo']!r}")
-    return {"kind": kind, "path": src.get("path"), "env": src.get("env"), "tiny": src.get("tiny"),
-            "repo": src.get("repo"), "revision": src.get("revision")}
+    return {
+        "kind": kind,
+        "path": src.get("path"),
+        "env": src.get("env"),
+        "tiny": src.get("tiny"),
+        "repo": src.get("repo"),
+        "revision": src.get("revision"),
+    }
 
 
 def resolve_source(recipe: Recipe, scratch: Path, progress: bool = True) -> ResolvedCheckpoint:
@@ -265,8 +309,9 @@ def resolve_source(recipe: Recipe, scratch: Path, progress: bool = True) -> Reso
 
         builder = TINY_BUILDERS.get(src["tiny"])
         if builder is None:
-            raise SmtError(f"{recipe.path}: source.tiny: expected one of {', '.join(TINY_BUILDERS)}, "
-                           f"got {src['tiny']!r}")
+            raise SmtError(
+                f"{recipe.path}: source.tiny: expected one of {', '.join(TINY_BUILDERS)}, got {src['tiny']!r}"
+            )
         out = scratch / f"tiny-{src['tiny']}"
         if not (out / "config.json").is_file():
             builder(out)
@@ -287,18 +332,19 @@ def resolve_source(recipe: Recipe, scratch: Path, progress: bool = True) -> Reso
 class Result:
     recipe: str
     variant: str
-    status: str            # "pass", "fail" (verification), "error" (could not convert)
+    status: str  # "pass", "fail" (verification), "error" (could not convert)
     seconds: float
     output: Path | None = None
     sizes: dict = field(default_factory=dict)
     worst: str = ""
     message: str = ""
-    quality: dict = field(default_factory=dict)    # the manifest's quality report (KLD, top-1)
-    memory: dict = field(default_factory=dict)     # the manifest's memory statement
+    quality: dict = field(default_factory=dict)  # the manifest's quality report (KLD, top-1)
+    memory: dict = field(default_factory=dict)  # the manifest's memory statement
 
 
-def prepare_recipes(recipes: list[Recipe], scratch: Path,
-                    progress: bool = True) -> tuple[dict[str, ResolvedCheckpoint], list[Result]]:
+def prepare_recipes(
+    recipes: list[Recipe], scratch: Path, progress: bool = True
+) -> tuple[dict[str, ResolvedCheckpoint], list[Result]]:
     """Before any conversion: resolve every recipe's source (a `tiny` one is built here) and check the options
     its architecture cannot take. A source that cannot be had fails that recipe's variants (the others run);
     an option the model cannot use is a mistake in the recipe file and stops everything (SmtError)."""
@@ -330,12 +376,23 @@ def run_recipe(recipe: Recipe, checkpoint: ResolvedCheckpoint, out_root: Path, r
     plugin = get_plugin(recipe.architecture)
     for variant in recipe.variants:
         out = out_root / recipe.name / variant.name
-        opts = ConvertOptions(outtype=variant.outtype, onnx_dtype=variant.onnx_dtype, stem=recipe.stem, force=True,
-                              verify=recipe.verify, max_new_tokens=recipe.max_new_tokens,
-                              thresholds=recipe.thresholds, golden_input=recipe.verify_input,
-                              language=recipe.language, fields=_fields(recipe),
-                              image_size=variant.image_size, shared=shared, hub=checkpoint.hub,
-                              board=recipe.board, tensor_types=variant.tensor_types or None)
+        opts = ConvertOptions(
+            outtype=variant.outtype,
+            onnx_dtype=variant.onnx_dtype,
+            stem=recipe.stem,
+            force=True,
+            verify=recipe.verify,
+            max_new_tokens=recipe.max_new_tokens,
+            thresholds=recipe.thresholds,
+            golden_input=recipe.verify_input,
+            language=recipe.language,
+            fields=_fields(recipe),
+            image_size=variant.image_size,
+            shared=shared,
+            hub=checkpoint.hub,
+            board=recipe.board,
+            tensor_types=variant.tensor_types or None,
+        )
         report.step(f"recipe {recipe.name}: {variant.name}")
         t0 = time.perf_counter()
         try:
@@ -345,10 +402,20 @@ def run_recipe(recipe: Recipe, checkpoint: ResolvedCheckpoint, out_root: Path, r
             continue
         passed = manifest["verification"]["passed"]
         failing = [r for r in manifest["verification"]["rows"] if r.get("gate", True) and not r["ok"]]
-        results.append(Result(recipe.name, variant.name, "pass" if passed else "fail", time.perf_counter() - t0,
-                              output=out, sizes=_sizes(manifest), worst=_worst(manifest),
-                              message="; ".join(f"{r['check']} {r['metric']} {r['value']}" for r in failing),
-                              quality=manifest.get("quality") or {}, memory=manifest.get("memory") or {}))
+        results.append(
+            Result(
+                recipe.name,
+                variant.name,
+                "pass" if passed else "fail",
+                time.perf_counter() - t0,
+                output=out,
+                sizes=_sizes(manifest),
+                worst=_worst(manifest),
+                message="; ".join(f"{r['check']} {r['metric']} {r['value']}" for r in failing),
+                quality=manifest.get("quality") or {},
+                memory=manifest.get("memory") or {},
+            )
+        )
     return results
 
 
@@ -381,21 +448,42 @@ RESULT_HEADER = ("recipe", "variant", "status", "time", "gguf", "encoders", "ver
 
 def result_cells(results: list[Result], message_width: int | None = 80) -> list[tuple[str, ...]]:
     """RESULT_HEADER's cells per variant: the printed table and the Markdown summary show the same."""
+
     def mb(n):
         return f"{n / 2**20:.1f}M" if n else "-"
 
-    return [(r.recipe, r.variant, r.status.upper(), f"{r.seconds:.1f}s", mb(r.sizes.get("text", 0)),
-             mb(r.sizes.get("encoders", 0)), r.worst if r.status != "error" else r.message[:message_width])
-            for r in results]
+    return [
+        (
+            r.recipe,
+            r.variant,
+            r.status.upper(),
+            f"{r.seconds:.1f}s",
+            mb(r.sizes.get("text", 0)),
+            mb(r.sizes.get("encoders", 0)),
+            r.worst if r.status != "error" else r.message[:message_width],
+        )
+        for r in results
+    ]
 
 
-COMPARISON_HEADER = ("recipe", "variant", "gguf", "encoders", "KLD mean", "KLD p99", "top-1", "board memory", "-c",
-                     "fits")
+COMPARISON_HEADER = (
+    "recipe",
+    "variant",
+    "gguf",
+    "encoders",
+    "KLD mean",
+    "KLD p99",
+    "top-1",
+    "board memory",
+    "-c",
+    "fits",
+)
 
 
 def comparison_cells(results: list[Result]) -> list[tuple]:
     """The variants side by side: what each costs (sizes, memory at its -c, the smallest board size that holds it)
     and what it loses against the Hugging Face model (KLD, top-1): the choice in one glance."""
+
     def mb(n):
         return f"{n / 2**20:.1f}M" if n else "-"
 
@@ -409,9 +497,20 @@ def comparison_cells(results: list[Result]) -> list[tuple]:
         m = r.memory
         total = m.get("bytes", {}).get("total")
         fits = m.get("fits_at_n_ctx") or []
-        rows.append((r.recipe, r.variant, mb(r.sizes.get("text", 0)), mb(r.sizes.get("encoders", 0)),
-                     num(r.quality, "kld_mean", ".4g"), num(r.quality, "kld_p99", ".4g"), num(r.quality, "top1", ".3f"),
-                     mb(total) if total else "-", str(m.get("n_ctx", "-")), f">= {min(fits)} GB" if fits else "-"))
+        rows.append(
+            (
+                r.recipe,
+                r.variant,
+                mb(r.sizes.get("text", 0)),
+                mb(r.sizes.get("encoders", 0)),
+                num(r.quality, "kld_mean", ".4g"),
+                num(r.quality, "kld_p99", ".4g"),
+                num(r.quality, "top1", ".3f"),
+                mb(total) if total else "-",
+                str(m.get("n_ctx", "-")),
+                f">= {min(fits)} GB" if fits else "-",
+            )
+        )
     return rows
 
 
@@ -437,22 +536,38 @@ def format_summary(results: list[Result]) -> str:
     from smt_convert.converters.card import markdown_table
 
     n = {status: sum(r.status == status for r in results) for status in ("pass", "fail", "error")}
-    lines = ["## smt-convert recipes", "",
-             f"{len(results)} variants: {n['pass']} passed, {n['fail']} failed verification, {n['error']} could not "
-             f"be converted ({sum(r.seconds for r in results):.0f} s in all).", ""]
-    rows = [(*cells, f"`{r.output}`" if r.output else "-")
-            for cells, r in zip(result_cells(results, message_width=None), results)]
+    lines = [
+        "## smt-convert recipes",
+        "",
+        f"{len(results)} variants: {n['pass']} passed, {n['fail']} failed verification, {n['error']} could not "
+        f"be converted ({sum(r.seconds for r in results):.0f} s in all).",
+        "",
+    ]
+    rows = [
+        (*cells, f"`{r.output}`" if r.output else "-")
+        for cells, r in zip(result_cells(results, message_width=None), results)
+    ]
     lines += markdown_table((*RESULT_HEADER, "bundle"), rows) + [""]
     compared = comparison_cells(results)
     if compared:
-        lines += ["### Variants compared", "",
-                  "Quality against the Hugging Face model (teacher-forced KL divergence of the next-token "
-                  "distribution, top-1 agreement) and what each variant needs on the board at its -c.",
-                  ""] + markdown_table(COMPARISON_HEADER, compared) + [""]
+        lines += (
+            [
+                "### Variants compared",
+                "",
+                "Quality against the Hugging Face model (teacher-forced KL divergence of the next-token "
+                "distribution, top-1 agreement) and what each variant needs on the board at its -c.",
+                "",
+            ]
+            + markdown_table(COMPARISON_HEADER, compared)
+            + [""]
+        )
     bad = [r for r in results if r.status != "pass"]
     if bad:
-        lines += ["### Not passed", ""] + [f"- {r.recipe} {r.variant} ({r.status}): {r.message or r.worst}"
-                                           for r in bad] + [""]
+        lines += (
+            ["### Not passed", ""]
+            + [f"- {r.recipe} {r.variant} ({r.status}): {r.message or r.worst}" for r in bad]
+            + [""]
+        )
     return "\n".join(lines)
 
 
@@ -470,10 +585,14 @@ def write_junit(results: list[Result], path: Path) -> None:
     """JUnit XML (one testcase per recipe variant) for CI systems that render test reports."""
     import xml.etree.ElementTree as ET
 
-    suite = ET.Element("testsuite", name="smt-convert recipes", tests=str(len(results)),
-                       failures=str(sum(r.status == "fail" for r in results)),
-                       errors=str(sum(r.status == "error" for r in results)),
-                       time=f"{sum(r.seconds for r in results):.2f}")
+    suite = ET.Element(
+        "testsuite",
+        name="smt-convert recipes",
+        tests=str(len(results)),
+        failures=str(sum(r.status == "fail" for r in results)),
+        errors=str(sum(r.status == "error" for r in results)),
+        time=f"{sum(r.seconds for r in results):.2f}",
+    )
     for r in results:
         case = ET.SubElement(suite, "testcase", classname=r.recipe, name=r.variant, time=f"{r.seconds:.2f}")
         if r.status == "fail":

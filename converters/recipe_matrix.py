@@ -16,7 +16,7 @@ from pathlib import Path
 from smt_convert.converters.recipe import Recipe, Result
 from smt_convert.runtime.errors import SmtError
 
-RESULTS_DIR = ".results"   # beside the recipes' OUT/<name>/ directories; a recipe name cannot start with "."
+RESULTS_DIR = ".results"  # beside the recipes' OUT/<name>/ directories; a recipe name cannot start with "."
 
 
 def declared_name(variant) -> str:
@@ -29,10 +29,20 @@ def variant_keys(recipes: list[Recipe]) -> list[dict]:
     entries = []
     for r in recipes:
         for v in r.variants:
-            entries.append({"key": f"{r.name}/{declared_name(v)}", "recipe": r.name, "file": str(r.path),
-                            "variant": declared_name(v), "architecture": r.architecture, "board": r.board,
-                            "outtype": v.outtype, "onnx_dtype": v.onnx_dtype, "image_size": v.image_size,
-                            "source": r.source["kind"]})
+            entries.append(
+                {
+                    "key": f"{r.name}/{declared_name(v)}",
+                    "recipe": r.name,
+                    "file": str(r.path),
+                    "variant": declared_name(v),
+                    "architecture": r.architecture,
+                    "board": r.board,
+                    "outtype": v.outtype,
+                    "onnx_dtype": v.onnx_dtype,
+                    "image_size": v.image_size,
+                    "source": r.source["kind"],
+                }
+            )
     return sorted(entries, key=lambda e: e["key"])
 
 

@@ -61,15 +61,19 @@ def _decided(logits: np.ndarray, prompt_len: int, scored_on: list[int], continua
     return False
 
 
-def reference_tokens(logits: np.ndarray, prompt_len: int, continuation: list[int], stop_ids: list[int],
-                     max_new_tokens: int) -> list[int]:
+def reference_tokens(
+    logits: np.ndarray, prompt_len: int, continuation: list[int], stop_ids: list[int], max_new_tokens: int
+) -> list[int]:
     """The reference's greedy tokens as `generate` would return them (stop id removed), as far as they can be
     known from one teacher-forced pass: identical to `continuation` when the two agree throughout."""
     forced = teacher_forced_tokens(logits, prompt_len, continuation)
-    if forced[:len(continuation)] == continuation:
+    if forced[: len(continuation)] == continuation:
         # Both agree on every runtime token; the reference's next choice says whether it also stops here.
-        if len(continuation) < max_new_tokens and forced[len(continuation):] and \
-                forced[len(continuation)] not in stop_ids:
+        if (
+            len(continuation) < max_new_tokens
+            and forced[len(continuation) :]
+            and forced[len(continuation)] not in stop_ids
+        ):
             return continuation + [forced[len(continuation)]]
         return list(continuation)
     tokens = list(forced)
@@ -78,10 +82,20 @@ def reference_tokens(logits: np.ndarray, prompt_len: int, continuation: list[int
     return tokens
 
 
-def compare_with_reference(plugin: ArchPlugin, ckpt, hp, runner, media, result, outtype: str, onnx_dtype: str,
-                           max_new_tokens: int, thresholds: dict | None = None,
-                           cache: ReferenceCache | None = None,
-                           report=None) -> tuple[list[Row], list[int], Q.Quality]:
+def compare_with_reference(
+    plugin: ArchPlugin,
+    ckpt,
+    hp,
+    runner,
+    media,
+    result,
+    outtype: str,
+    onnx_dtype: str,
+    max_new_tokens: int,
+    thresholds: dict | None = None,
+    cache: ReferenceCache | None = None,
+    report=None,
+) -> tuple[list[Row], list[int], Q.Quality]:
     """Rows for the encoder, text logits and greedy tokens (plus the plugin's own rows); `result` is the
     runtime's run on `media`. Returns the rows, the reference's greedy tokens and the quality report."""
     host_input = runner.features(media) if media is not None else None
@@ -94,8 +108,14 @@ def compare_with_reference(plugin: ArchPlugin, ckpt, hp, runner, media, result, 
     if found is None:
         if report is not None:
             report.step("running the Hugging Face reference layer by layer")
-        request = ReferenceRequest(media=media, host_input=host_input, prompt_ids=prompt_ids,
-                                   continuation=list(result.tokens), stop_ids=stop_ids, host=runner.host)
+        request = ReferenceRequest(
+            media=media,
+            host_input=host_input,
+            prompt_ids=prompt_ids,
+            continuation=list(result.tokens),
+            stop_ids=stop_ids,
+            host=runner.host,
+        )
         ref, scored_on = plugin.reference(ckpt, hp, request), list(result.tokens)
         if cache is not None:
             cache.add(key, result.tokens, ref)
@@ -107,8 +127,14 @@ def compare_with_reference(plugin: ArchPlugin, ckpt, hp, runner, media, result, 
     if ref.encoder is not None and result.media_embeds is not None:
         rows += V.encoder_rows(result.media_embeds, ref.encoder, onnx_dtype, overrides=thresholds)
     n_prompt = len(prompt_ids)
-    rows += V.text_rows(ours[:n_prompt], ref.logits[:n_prompt], outtype, onnx_dtype,
-                        overrides=thresholds, nmse_scale=plugin.lossy_nmse_scale)
+    rows += V.text_rows(
+        ours[:n_prompt],
+        ref.logits[:n_prompt],
+        outtype,
+        onnx_dtype,
+        overrides=thresholds,
+        nmse_scale=plugin.lossy_nmse_scale,
+    )
     tokens = reference_tokens(ref.logits, n_prompt, list(result.tokens), stop_ids, max_new_tokens)
     exact = outtype == "f32" and onnx_dtype == "fp32"
     rows += V.e2e_rows(result.tokens, tokens, exact)

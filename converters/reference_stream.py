@@ -20,8 +20,12 @@ if TYPE_CHECKING:
     import torch
 
 
-def build_module(factory: Callable[[], "torch.nn.Module"], load: Callable[[str], "torch.Tensor"], prefix: str,
-                 where: str = "checkpoint") -> "torch.nn.Module":
+def build_module(
+    factory: Callable[[], "torch.nn.Module"],
+    load: Callable[[str], "torch.Tensor"],
+    prefix: str,
+    where: str = "checkpoint",
+) -> "torch.nn.Module":
     """`factory()` without random initialisation, then every parameter loaded from `prefix + name`."""
     from transformers.initialization import no_init_weights
 
@@ -31,8 +35,12 @@ def build_module(factory: Callable[[], "torch.nn.Module"], load: Callable[[str],
     return module.eval()
 
 
-def streamed(factory: Callable[[], "torch.nn.Module"], load: Callable[[str], "torch.Tensor"], prefix: str,
-             where: str = "checkpoint") -> "torch.nn.Module":
+def streamed(
+    factory: Callable[[], "torch.nn.Module"],
+    load: Callable[[str], "torch.Tensor"],
+    prefix: str,
+    where: str = "checkpoint",
+) -> "torch.nn.Module":
     """A stand-in for one block inside a transformers model's own forward: each call builds the real block from
     the checkpoint, runs it and lets it go, so a tower or decoder holds one block's weights at a time."""
     import torch
@@ -44,8 +52,9 @@ def streamed(factory: Callable[[], "torch.nn.Module"], load: Callable[[str], "to
     return Streamed()
 
 
-def load_module(module: "torch.nn.Module", load: Callable[[str], "torch.Tensor"], prefix: str,
-                where: str = "checkpoint") -> None:
+def load_module(
+    module: "torch.nn.Module", load: Callable[[str], "torch.Tensor"], prefix: str, where: str = "checkpoint"
+) -> None:
     """Copy `load(prefix + name)` (as float32) into each parameter; a missing tensor or a shape that differs
     is an error naming the tensor, so a module never runs with weights it did not get from the checkpoint."""
     import torch
@@ -55,11 +64,13 @@ def load_module(module: "torch.nn.Module", load: Callable[[str], "torch.Tensor"]
             try:
                 value = load(prefix + name)
             except SmtError:
-                raise SmtError(f"{where}: tensor {prefix + name}: the reference model needs it but it is "
-                               "missing") from None
+                raise SmtError(
+                    f"{where}: tensor {prefix + name}: the reference model needs it but it is missing"
+                ) from None
             if tuple(value.shape) != tuple(param.shape):
-                raise SmtError(f"{where}: tensor {prefix + name}: shape {list(value.shape)}, the model expects "
-                               f"{list(param.shape)}")
+                raise SmtError(
+                    f"{where}: tensor {prefix + name}: shape {list(value.shape)}, the model expects {list(param.shape)}"
+                )
             param.copy_(value.to(torch.float32))
 
 

@@ -32,8 +32,15 @@ class Reporter:
         """A tqdm bar on a terminal, or nothing when quiet; yields update(description)."""
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc=label, unit="tensor", file=self.stream, leave=False,
-                   disable=self.verbosity < 1 or not self.stream.isatty(), dynamic_ncols=True)
+        bar = tqdm(
+            total=total,
+            desc=label,
+            unit="tensor",
+            file=self.stream,
+            leave=False,
+            disable=self.verbosity < 1 or not self.stream.isatty(),
+            dynamic_ncols=True,
+        )
 
         def update(description: str = "") -> None:
             if description:

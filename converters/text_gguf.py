@@ -95,7 +95,7 @@ def convert_array(data: np.ndarray, qtype: Q) -> np.ndarray:
     return quantize(data, qtype)
 
 
-BLOCK_ELEMS = 1 << 23   # float32 elements converted at a time for a plain tensor (32 MiB)
+BLOCK_ELEMS = 1 << 23  # float32 elements converted at a time for a plain tensor (32 MiB)
 
 
 def convert_in_blocks(shape: tuple[int, ...], qtype: Q, blocks) -> np.ndarray:
@@ -107,7 +107,7 @@ def convert_in_blocks(shape: tuple[int, ...], qtype: Q, blocks) -> np.ndarray:
     out = np.empty(out_shape, dtype={Q.F32: np.float32, Q.F16: np.float16}.get(qtype, np.uint8))
     start = 0
     for block in blocks:
-        out[start:start + block.shape[0]] = convert_array(block, qtype)
+        out[start : start + block.shape[0]] = convert_array(block, qtype)
         start += block.shape[0]
     if start != rows:
         raise SmtError(f"tensor: {start} rows read, {rows} expected")
@@ -117,9 +117,9 @@ def convert_in_blocks(shape: tuple[int, ...], qtype: Q, blocks) -> np.ndarray:
 def write_text_gguf(
     path: Path,
     arch: str,
-    tensors: list,                        # list[plugin.TextTensor]
+    tensors: list,  # list[plugin.TextTensor]
     types: dict[str, Q],
-    load: Callable[[str], np.ndarray],    # checkpoint name -> float32 array
+    load: Callable[[str], np.ndarray],  # checkpoint name -> float32 array
     add_metadata: Callable[[gguf.GGUFWriter], None],
     on_tensor: Callable[[int, int, str], None] | None = None,
     load_blocks: Callable[[str, int], object] | None = None,  # (name, rows per block) -> float32 row blocks
@@ -149,8 +149,9 @@ def write_text_gguf(
                 on_tensor(i, len(tensors), t.name)
             plain = t.transform is None and len(t.sources) == 1 and len(t.shape) == 2
             if load_blocks is not None and plain and np.prod(t.shape) > BLOCK_ELEMS:
-                data = convert_in_blocks(t.shape, types[t.name],
-                                         load_blocks(t.sources[0], max(1, BLOCK_ELEMS // t.shape[1])))
+                data = convert_in_blocks(
+                    t.shape, types[t.name], load_blocks(t.sources[0], max(1, BLOCK_ELEMS // t.shape[1]))
+                )
             else:
                 data = convert_array(t.build(load), types[t.name])
             writer.write_tensor_data(data)
@@ -184,8 +185,9 @@ def write_general_metadata(writer: gguf.GGUFWriter, model_dir: Path, name: str, 
         raise SmtError(f"{card}: cannot be read as UTF-8 text ({exc})") from None
     if repo_id is not None:
         from_dir = gguf.Metadata.apply_metadata_heuristic(gguf.Metadata(), None, {}, model_dir, total)
-        from_repo = gguf.Metadata.apply_metadata_heuristic(gguf.Metadata(), None, {"_name_or_path": repo_id},
-                                                           Path(repo_id.split("/")[-1]), total)
+        from_repo = gguf.Metadata.apply_metadata_heuristic(
+            gguf.Metadata(), None, {"_name_or_path": repo_id}, Path(repo_id.split("/")[-1]), total
+        )
         for field in NAME_HEURISTIC_FIELDS:  # what the card and config left to the (commit-named) directory
             if getattr(meta, field) == getattr(from_dir, field):
                 setattr(meta, field, getattr(from_repo, field))
@@ -195,8 +197,8 @@ def write_general_metadata(writer: gguf.GGUFWriter, model_dir: Path, name: str, 
     meta.set_gguf_meta_model(writer)
 
 
-MAX_CARD_BYTES = 4 << 20   # released model cards are < 100 KB
-MAX_CARD_ALIASES = 16      # real front matter has none; "billion laughs" needs a few dozen
+MAX_CARD_BYTES = 4 << 20  # released model cards are < 100 KB
+MAX_CARD_ALIASES = 16  # real front matter has none; "billion laughs" needs a few dozen
 
 
 def check_model_card(model_dir: Path) -> None:
@@ -209,22 +211,25 @@ def check_model_card(model_dir: Path) -> None:
     if not card.is_file():
         return
     if card.stat().st_size > MAX_CARD_BYTES:
-        raise SmtError(f"{card}: {card.stat().st_size} bytes, more than the {MAX_CARD_BYTES >> 20} MiB a model card "
-                       "may have here")
+        raise SmtError(
+            f"{card}: {card.stat().st_size} bytes, more than the {MAX_CARD_BYTES >> 20} MiB a model card may have here"
+        )
     try:
         lines = card.read_text(encoding="utf-8").splitlines()
     except (UnicodeDecodeError, OSError) as exc:
         raise SmtError(f"{card}: cannot be read as UTF-8 text ({exc})") from None
     if not lines or lines[0] != "---":
         return
-    front = "\n".join(lines[1:lines.index("---", 1)] if "---" in lines[1:] else lines[1:])
+    front = "\n".join(lines[1 : lines.index("---", 1)] if "---" in lines[1:] else lines[1:])
     try:
         aliases = sum(isinstance(t, yaml.AliasToken) for t in yaml.scan(front, Loader=yaml.SafeLoader))
     except yaml.YAMLError as exc:
         raise SmtError(f"{card}: front matter: not valid YAML ({str(exc).splitlines()[0]})") from None
     if aliases > MAX_CARD_ALIASES:
-        raise SmtError(f"{card}: front matter: {aliases} YAML aliases (at most {MAX_CARD_ALIASES}; alias expansion "
-                       "can make gigabytes from a few lines)")
+        raise SmtError(
+            f"{card}: front matter: {aliases} YAML aliases (at most {MAX_CARD_ALIASES}; alias expansion "
+            "can make gigabytes from a few lines)"
+        )
 
 
 def write_decoder_metadata(writer: gguf.GGUFWriter, hp, feed_forward: bool = True) -> None:

@@ -18,15 +18,31 @@ _MISSING = object()
 # before anything is allocated for it. Each is far above every released model of these families (largest
 # known: 94 layers, 512 experts, 248320-token vocabulary, 262144 positions); the name is the config key.
 FIELD_LIMITS = {
-    "num_hidden_layers": 1024, "encoder_layers": 1024, "depth": 1024,
-    "num_experts": 4096, "num_experts_per_tok": 4096,
-    "vocab_size": 1 << 22, "hidden_size": 1 << 16, "intermediate_size": 1 << 18, "moe_intermediate_size": 1 << 18,
-    "shared_expert_intermediate_size": 1 << 18, "num_attention_heads": 1024, "num_key_value_heads": 1024,
-    "head_dim": 4096, "max_position_embeddings": 1 << 24, "num_mel_bins": 1024,
+    "num_hidden_layers": 1024,
+    "encoder_layers": 1024,
+    "depth": 1024,
+    "num_experts": 4096,
+    "num_experts_per_tok": 4096,
+    "vocab_size": 1 << 22,
+    "hidden_size": 1 << 16,
+    "intermediate_size": 1 << 18,
+    "moe_intermediate_size": 1 << 18,
+    "shared_expert_intermediate_size": 1 << 18,
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+    "head_dim": 4096,
+    "max_position_embeddings": 1 << 24,
+    "num_mel_bins": 1024,
 }
-MAX_CONFIG_INT = (1 << 31) - 1   # any other integer field
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list",
-               dict: "an object"}
+MAX_CONFIG_INT = (1 << 31) - 1  # any other integer field
+_TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true/false",
+    list: "a list",
+    dict: "an object",
+}
 
 
 @dataclass
@@ -65,8 +81,10 @@ class ConfigReader:
             raise SmtError(f"{self.path}: {self.prefix}{key}: must be positive, found {value!r}")
         limit = FIELD_LIMITS.get(key, MAX_CONFIG_INT)
         if kind is int and value > limit:
-            raise SmtError(f"{self.path}: {self.prefix}{key}: {value} is more than this tool accepts ({limit}; "
-                           "far above any released model: a wrong config?)")
+            raise SmtError(
+                f"{self.path}: {self.prefix}{key}: {value} is more than this tool accepts ({limit}; "
+                "far above any released model: a wrong config?)"
+            )
         return value
 
     def field(self, key: str) -> str:
@@ -161,7 +179,7 @@ def read_tie(readers: list[ConfigReader], default: bool) -> TieConfig:
 @dataclass(frozen=True)
 class TieDecision:
     tied: bool
-    note: str | None = None    # why, when the config alone did not decide it (recorded in the manifest)
+    note: str | None = None  # why, when the config alone did not decide it (recorded in the manifest)
 
 
 def settle_tie(config: TieConfig, ckpt, embed: str, head: str = "lm_head.weight") -> TieDecision:
@@ -177,17 +195,26 @@ def settle_tie(config: TieConfig, ckpt, embed: str, head: str = "lm_head.weight"
         if not config.value:
             return TieDecision(False)
         if ckpt.tensors_equal(embed, head):
-            return TieDecision(True, f"tie_word_embeddings: config levels disagree ({shown}); {head} equals the "
-                                     "embeddings: tied" if config.disagree else None)
-        return TieDecision(False, f"tie_word_embeddings: the config says tied ({shown or 'default'}) but {head} "
-                                  "differs from the embeddings: converted untied, as transformers loads it")
+            return TieDecision(
+                True,
+                f"tie_word_embeddings: config levels disagree ({shown}); {head} equals the embeddings: tied"
+                if config.disagree
+                else None,
+            )
+        return TieDecision(
+            False,
+            f"tie_word_embeddings: the config says tied ({shown or 'default'}) but {head} "
+            "differs from the embeddings: converted untied, as transformers loads it",
+        )
     if config.value and not config.disagree:
         return TieDecision(True)
     if config.value or any(config.levels.values()):
         said = "config levels disagree" if config.disagree else "the level the model class reads does not say tied"
         return TieDecision(True, f"tie_word_embeddings: {said} ({shown}); no {head} in the checkpoint: tied")
-    raise SmtError(f"{ckpt.config_path}: tie_word_embeddings: false ({shown or 'the default'}), but the checkpoint "
-                   f"has no {head}: nothing gives the model an output layer")
+    raise SmtError(
+        f"{ckpt.config_path}: tie_word_embeddings: false ({shown or 'the default'}), but the checkpoint "
+        f"has no {head}: nothing gives the model an output layer"
+    )
 
 
 def board_grid_notes(ny: int, nx: int) -> list[str]:
@@ -198,12 +225,15 @@ def board_grid_notes(ny: int, nx: int) -> list[str]:
     guess = guess_grid(ny * nx)
     if guess == (ny, nx):
         return []
-    return [f"image grid {ny}x{nx}: the board guesses {guess} from the token count, so its M-RoPE positions "
-            "will differ from HF's; the runtime uses the real grid"]
+    return [
+        f"image grid {ny}x{nx}: the board guesses {guess} from the token count, so its M-RoPE positions "
+        "will differ from HF's; the runtime uses the real grid"
+    ]
 
 
-def image_size_hw(image_size, multiple: int, patch: int | None = None, max_patches: int | None = None,
-                  why: str = "") -> tuple[int, int]:
+def image_size_hw(
+    image_size, multiple: int, patch: int | None = None, max_patches: int | None = None, why: str = ""
+) -> tuple[int, int]:
     """(height, width) from N (square) or (height, width); both sides positive multiples of `multiple`
     (patch size x spatial merge: the vision encoder's token grid must be whole), and at most `max_patches`
     patches of `patch` pixels (checked here, before anything is allocated for the grid)."""
@@ -214,11 +244,12 @@ def image_size_hw(image_size, multiple: int, patch: int | None = None, max_patch
     except (TypeError, ValueError):
         raise SmtError(f"--image-size: expected N or (height, width), got {image_size!r}") from None
     if h <= 0 or w <= 0 or h % multiple or w % multiple:
-        raise SmtError(f"--image-size: {h}x{w} (height x width): both sides must be positive multiples of "
-                       f"{multiple} (patch_size * spatial_merge_size)")
+        raise SmtError(
+            f"--image-size: {h}x{w} (height x width): both sides must be positive multiples of "
+            f"{multiple} (patch_size * spatial_merge_size)"
+        )
     if patch and max_patches and (h // patch) * (w // patch) > max_patches:
-        raise SmtError(f"--image-size: {h}x{w} is {(h // patch) * (w // patch)} patches; at most {max_patches} "
-                       f"({why})")
+        raise SmtError(f"--image-size: {h}x{w} is {(h // patch) * (w // patch)} patches; at most {max_patches} ({why})")
     return h, w
 
 
@@ -227,7 +258,7 @@ class RopeConfig:
     """The rotary block of a text config, wherever transformers versions put it: `rope_parameters` (5.x) or
     `rope_scaling` (4.x), with the theta from the block or the text level."""
 
-    block: ConfigReader         # the block itself (empty when absent), for family-specific keys
+    block: ConfigReader  # the block itself (empty when absent), for family-specific keys
     rope_type: str
     theta: float
 

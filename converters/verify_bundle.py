@@ -31,8 +31,7 @@ def reference_rows_for_bundle(runner, reference_dir: Path, max_new_tokens: int, 
     ckpt = Checkpoint.open(reference_dir)
     detected = detect_plugin(ckpt.config, ckpt.config_path)
     if detected.name != plugin.name:
-        raise SmtError(f"{ckpt.config_path}: --reference is a {detected.name} checkpoint, the bundle is "
-                       f"{plugin.name}")
+        raise SmtError(f"{ckpt.config_path}: --reference is a {detected.name} checkpoint, the bundle is {plugin.name}")
     size = manifest.get("preprocessing", {}).get("image_size")
     hp = plugin.read_hparams(ckpt, ConvertOptions(image_size=tuple(size) if size else None))
     # compare as JSON sees them (the manifest stores tuples as lists)
@@ -41,14 +40,27 @@ def reference_rows_for_bundle(runner, reference_dir: Path, max_new_tokens: int, 
     differ = [k for k in recorded if recorded[k] != found.get(k)]
     if differ:
         k = differ[0]
-        raise SmtError(f"{ckpt.config_path}: {k}: {found.get(k)!r} but the bundle was converted from a model with "
-                       f"{recorded[k]!r}; --reference must be the checkpoint the bundle came from")
+        raise SmtError(
+            f"{ckpt.config_path}: {k}: {found.get(k)!r} but the bundle was converted from a model with "
+            f"{recorded[k]!r}; --reference must be the checkpoint the bundle came from"
+        )
     golden = manifest["golden"]
     kind = modality(manifest["modality"])
     media = kind.load(runner.bundle.root / GOLDEN_DIR / golden["input"]) if golden.get("input") else None
     expected = read_json(runner.bundle.root / GOLDEN_DIR / "expected.json")
-    result = runner.run(media, fields=expected.get("fields"), language=expected.get("language"),
-                        max_new_tokens=max_new_tokens)
-    rows, _, _ = compare_with_reference(plugin, ckpt, hp, runner, media, result, manifest["text"]["outtype"],
-                                     manifest["onnx_dtype"], max_new_tokens, report=report)
+    result = runner.run(
+        media, fields=expected.get("fields"), language=expected.get("language"), max_new_tokens=max_new_tokens
+    )
+    rows, _, _ = compare_with_reference(
+        plugin,
+        ckpt,
+        hp,
+        runner,
+        media,
+        result,
+        manifest["text"]["outtype"],
+        manifest["onnx_dtype"],
+        max_new_tokens,
+        report=report,
+    )
     return rows

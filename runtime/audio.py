@@ -21,8 +21,8 @@ DYNAMIC_RANGE = 8.0  # log10 units kept below the maximum
 STFT_BLOCK_FRAMES = 4096  # frames per FFT block: bounds memory on long audio
 
 
-MIN_SAMPLE_RATE = 4000     # below telephone quality nothing intelligible survives; resampling up costs rate ratio x
-MAX_AUDIO_SECONDS = 3600   # an hour: ~450 MB of float32 features at 16 kHz before the encoder; longer: cut it first
+MIN_SAMPLE_RATE = 4000  # below telephone quality nothing intelligible survives; resampling up costs rate ratio x
+MAX_AUDIO_SECONDS = 3600  # an hour: ~450 MB of float32 features at 16 kHz before the encoder; longer: cut it first
 MAX_CHANNELS = 64
 
 
@@ -41,8 +41,10 @@ def load_audio(path, sample_rate: int = 16000) -> np.ndarray:
     if info.samplerate < MIN_SAMPLE_RATE:  # a 1 Hz file of 800 KB would resample to 400,000 s
         raise SmtError(f"{path}: audio: sample rate {info.samplerate} Hz; at least {MIN_SAMPLE_RATE} Hz expected")
     if info.frames > MAX_AUDIO_SECONDS * info.samplerate or info.channels > MAX_CHANNELS:
-        raise SmtError(f"{path}: audio: {info.frames / info.samplerate:.0f} s in {info.channels} channels; at most "
-                       f"{MAX_AUDIO_SECONDS} s and {MAX_CHANNELS} channels (cut longer recordings first)")
+        raise SmtError(
+            f"{path}: audio: {info.frames / info.samplerate:.0f} s in {info.channels} channels; at most "
+            f"{MAX_AUDIO_SECONDS} s and {MAX_CHANNELS} channels (cut longer recordings first)"
+        )
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises several types for corrupt/unsupported files

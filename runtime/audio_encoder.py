@@ -34,8 +34,9 @@ class SplitAudioEncoder:
         self.n_window = self.chunk_frames // 2
         self._backend_inputs = [i.name for i in self.backend.get_inputs()]
         if len(self._backend_inputs) > 2:
-            raise SmtError(f"{self.backend_path}: inputs: expected 1 or 2 (rows, optional mask), "
-                           f"got {len(self._backend_inputs)}")
+            raise SmtError(
+                f"{self.backend_path}: inputs: expected 1 or 2 (rows, optional mask), got {len(self._backend_inputs)}"
+            )
 
     def _frontend_shape(self):
         """Static [1, mel, chunk] -> [1, rows, d_model], as the host assumes."""

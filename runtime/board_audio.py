@@ -26,7 +26,7 @@ import numpy as np
 
 from .audio import DYNAMIC_RANGE, LOG_FLOOR, MelParams, mel_power, normalise, post_cnn_length, valid_frames
 
-BOARD_LOG_FLOOR = 2.0 ** -24  # the board's mel_floor (5.960464477539063e-08)
+BOARD_LOG_FLOOR = 2.0**-24  # the board's mel_floor (5.960464477539063e-08)
 # `run` warns when the board's floor sets more than this share of the features: at normal speech level the
 # share is 0 (the max - 8 clamp sits above the floor), at 2% volume it is about half (README, host paths).
 FLOORED_SHARE_WARN = 0.05
@@ -74,7 +74,7 @@ class ClipFacts:
     hf_frames: int
     board_rows: int
     hf_rows: int
-    floored_share: float   # features the board's 2^-24 floor sets
+    floored_share: float  # features the board's 2^-24 floor sets
     hf_floored_share: float  # the same with Hugging Face's 1e-10 floor (on the board's frames)
 
 
@@ -86,8 +86,15 @@ def clip_facts(wave: np.ndarray, params: MelParams | None = None, n_window: int 
     b_frames, h_frames = power.shape[1], valid_frames(n, params)
     top = float(np.log10(max(float(power.max()), LOG_FLOOR)))
     hf_share = 0.0 if np.log10(LOG_FLOOR) <= top - DYNAMIC_RANGE else float(np.mean(power < LOG_FLOOR))
-    return ClipFacts(n, b_frames, h_frames, post_cnn_length(b_frames, n_window), post_cnn_length(h_frames, n_window),
-                     floored_share(power), hf_share)
+    return ClipFacts(
+        n,
+        b_frames,
+        h_frames,
+        post_cnn_length(b_frames, n_window),
+        post_cnn_length(h_frames, n_window),
+        floored_share(power),
+        hf_share,
+    )
 
 
 def clip_warnings(facts: ClipFacts, params: MelParams | None = None) -> list[str]:
@@ -95,19 +102,24 @@ def clip_warnings(facts: ClipFacts, params: MelParams | None = None) -> list[str
     params = params or MelParams()
     notes = []
     if facts.floored_share > FLOORED_SHARE_WARN:
-        notes.append(f"quiet input: the board's log floor (2^-24) sets {facts.floored_share:.0%} of the log-mel "
-                     f"features, Hugging Face's (1e-10) {facts.hf_floored_share:.0%}; a higher recording level "
-                     "gives the board the features the model was trained on")
+        notes.append(
+            f"quiet input: the board's log floor (2^-24) sets {facts.floored_share:.0%} of the log-mel "
+            f"features, Hugging Face's (1e-10) {facts.hf_floored_share:.0%}; a higher recording level "
+            "gives the board the features the model was trained on"
+        )
     if facts.board_frames != facts.hf_frames:
         if facts.n_samples < params.min_length:
-            why = (f"shorter than {params.min_length / params.sample_rate:g} s, which Hugging Face pads up to and "
-                   "the board does not")
+            why = (
+                f"shorter than {params.min_length / params.sample_rate:g} s, which Hugging Face pads up to and "
+                "the board does not"
+            )
         elif facts.n_samples > params.chunk_length * params.sample_rate:
             why = f"longer than {params.chunk_length} s: the board keeps the final frame, Hugging Face drops it"
         else:
             why = f"a multiple of {params.hop_length} samples: the board keeps the final frame"
-        tokens = (f", {facts.board_rows} audio tokens vs {facts.hf_rows}" if facts.board_rows != facts.hf_rows
-                  else "")
-        notes.append(f"clip length {facts.n_samples} samples is {why} ({facts.board_frames} frames vs Hugging "
-                     f"Face's {facts.hf_frames}{tokens})")
+        tokens = f", {facts.board_rows} audio tokens vs {facts.hf_rows}" if facts.board_rows != facts.hf_rows else ""
+        notes.append(
+            f"clip length {facts.n_samples} samples is {why} ({facts.board_frames} frames vs Hugging "
+            f"Face's {facts.hf_frames}{tokens})"
+        )
     return notes

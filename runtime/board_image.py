@@ -66,9 +66,9 @@ def board_resize_uint8(img, width: int, height: int) -> np.ndarray:
     src = _as_rgb_uint8(img).astype(np.float32)
     x_index, x_weight = contributions(src.shape[1], width)
     y_index, y_weight = contributions(src.shape[0], height)
-    rows = _filter_axis(src, x_index, x_weight, axis=1)        # [H0, width, 3] float32, not rounded
-    acc = _filter_axis(rows, y_index, y_weight, axis=0)         # [height, width, 3] float32
-    rounded = np.floor(acc.astype(np.float64) + 0.5)            # std::round: half away from zero (acc >= 0)
+    rows = _filter_axis(src, x_index, x_weight, axis=1)  # [H0, width, 3] float32, not rounded
+    acc = _filter_axis(rows, y_index, y_weight, axis=0)  # [height, width, 3] float32
+    rounded = np.floor(acc.astype(np.float64) + 0.5)  # std::round: half away from zero (acc >= 0)
     return np.clip(rounded, 0, 255).astype(np.uint8)
 
 

@@ -14,8 +14,14 @@ BOARD_CONFIG = "config.json"
 GOLDEN_DIR = "golden"
 MANIFEST_FORMAT = 1
 # config.json as the board reads it (SMT-CONTRACT.md): the blocks are objects, ep_config maps strings to strings
-BOARD_CONFIG_SHAPE = {"architectures?": [str], "audio_model?": dict, "vision_model?": dict, "text_model?": dict,
-                      "vision_preprocess?": dict, "ep_config?": {"*": str}}
+BOARD_CONFIG_SHAPE = {
+    "architectures?": [str],
+    "audio_model?": dict,
+    "vision_model?": dict,
+    "text_model?": dict,
+    "vision_preprocess?": dict,
+    "ep_config?": {"*": str},
+}
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -74,8 +80,11 @@ class Bundle:
     def config_paths(self) -> list[str]:
         """Model paths in config.json and in the split-encoder metadata: what the board will open."""
         paths = []
-        for block, keys in (("vision_model", ("model_path",)), ("text_model", ("model_path",)),
-                            ("audio_model", ("frontend_model_path", "backend_model_path"))):
+        for block, keys in (
+            ("vision_model", ("model_path",)),
+            ("text_model", ("model_path",)),
+            ("audio_model", ("frontend_model_path", "backend_model_path")),
+        ):
             entry = self.config.get(block)
             if isinstance(entry, dict):
                 paths += [entry[k] for k in keys if isinstance(entry.get(k), str)]
@@ -107,8 +116,11 @@ class Bundle:
     def unlisted_files(self) -> list[str]:
         """Files in the bundle the manifest does not list (reported; a bundle may be copied with extras)."""
         listed = {e["path"] for e in self.manifest["files"]} | {MANIFEST}
-        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
-                      if p.is_file() and p.relative_to(self.root).as_posix() not in listed)
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in self.root.rglob("*")
+            if p.is_file() and p.relative_to(self.root).as_posix() not in listed
+        )
 
     def check_sizes(self) -> None:
         """Presence and size of every listed file (cheap; full hashes are `verify`'s job): before `run` loads."""
@@ -122,16 +134,20 @@ class Bundle:
             if not path.is_file():
                 raise SmtError(f"{path}: listed in the manifest but missing")
             if path.stat().st_size != entry["size"]:
-                raise SmtError(f"{path}: size {path.stat().st_size}, the manifest says {entry['size']} "
-                               "(copied incompletely?)")
+                raise SmtError(
+                    f"{path}: size {path.stat().st_size}, the manifest says {entry['size']} (copied incompletely?)"
+                )
 
     def check_files(self) -> list[dict]:
         """Compare every file listed in the manifest with its recorded size and sha256."""
         rows = []
         for entry in self.manifest.get("files", []):
             path = self.root / entry["path"]
-            if entry["path"].startswith("/") or ".." in Path(entry["path"]).parts or \
-                    self.root.resolve() not in path.resolve().parents:
+            if (
+                entry["path"].startswith("/")
+                or ".." in Path(entry["path"]).parts
+                or self.root.resolve() not in path.resolve().parents
+            ):
                 rows.append({"file": entry["path"], "ok": False, "detail": "outside the bundle, not read"})
                 continue
             if not path.is_file():
@@ -166,34 +182,85 @@ ROW = {"check": str, "metric": str, "value": (int, float, str), "threshold": str
 # What the runtime, `verify`, `inspect` and the card read from a manifest (runtime/documents.py's shape language).
 MANIFEST_SHAPE = {
     "tool": {"name": str, "version": str},
-    "architecture": str, "modality": str,
-    "text": {"file": str, "outtype": str, "gguf_arch?": str,
-             "tensors?": [{"name": str, "type": str, "shape": [int], "bytes": int}]},
-    "encoders": [{"file": str, "role": str, "data_file?": (str, type(None)), "dtype?": str, "inputs?": IO_SHAPE,
-                  "outputs?": IO_SHAPE}],
+    "architecture": str,
+    "modality": str,
+    "text": {
+        "file": str,
+        "outtype": str,
+        "gguf_arch?": str,
+        "tensors?": [{"name": str, "type": str, "shape": [int], "bytes": int}],
+    },
+    "encoders": [
+        {
+            "file": str,
+            "role": str,
+            "data_file?": (str, type(None)),
+            "dtype?": str,
+            "inputs?": IO_SHAPE,
+            "outputs?": IO_SHAPE,
+        }
+    ],
     "onnx_dtype": str,
-    "prompt": {"template": str, "template_fields?": {"*": str}, "media_marker?": str, "media_start?": str,
-               "media_end?": str, "media_placeholder?": str, "media_placeholder_id?": int, "positions": str,
-               "stop_tokens": [str], "assistant_prefix_with_language?": str, "languages?": {"*": str},
-               "answer_after?": (str, type(None))},
-    "preprocessing": {"host?": str, "image_size?": [int], "grid?": ([int], type(None)), "num_mel_bins?": int,
-                      "sample_rate?": int, "n_fft?": int, "hop_length?": int, "chunk_length?": int,
-                      "min_length?": int, "n_window?": int,
-                      "vision_preprocess?": {"rescale_factor": NUMBER, "image_mean": [NUMBER], "image_std": [NUMBER]}},
-    "golden": {"directory": str, "files": [str], "input?": (str, type(None)), "input_text?": (str, type(None)),
-               "answer?": (str, type(None))},
+    "prompt": {
+        "template": str,
+        "template_fields?": {"*": str},
+        "media_marker?": str,
+        "media_start?": str,
+        "media_end?": str,
+        "media_placeholder?": str,
+        "media_placeholder_id?": int,
+        "positions": str,
+        "stop_tokens": [str],
+        "assistant_prefix_with_language?": str,
+        "languages?": {"*": str},
+        "answer_after?": (str, type(None)),
+    },
+    "preprocessing": {
+        "host?": str,
+        "image_size?": [int],
+        "grid?": ([int], type(None)),
+        "num_mel_bins?": int,
+        "sample_rate?": int,
+        "n_fft?": int,
+        "hop_length?": int,
+        "chunk_length?": int,
+        "min_length?": int,
+        "n_window?": int,
+        "vision_preprocess?": {"rescale_factor": NUMBER, "image_mean": [NUMBER], "image_std": [NUMBER]},
+    },
+    "golden": {
+        "directory": str,
+        "files": [str],
+        "input?": (str, type(None)),
+        "input_text?": (str, type(None)),
+        "answer?": (str, type(None)),
+    },
     "source?": {"directory": str},
     "verification?": {"rows": [ROW], "passed?": (bool, type(None)), "reference?": (str, type(None))},
-    "memory?": {"n_ctx": int, "bytes": {"*": int}, "fits_at_n_ctx": [int], "longest_context": {"*": (int, type(None))},
-                "assumptions": str},
+    "memory?": {
+        "n_ctx": int,
+        "bytes": {"*": int},
+        "fits_at_n_ctx": [int],
+        "longest_context": {"*": (int, type(None))},
+        "assumptions": str,
+    },
     "quality?": {"positions": int, "kld_mean": NUMBER, "kld_p99": NUMBER, "top1": NUMBER},
     "board?": {"commands?": {"*": str}, "flags?": [str], "notes?": [str]},
-    "options?": (dict, type(None)), "card?": (str, type(None)), "tokenizer_files?": [str],
+    "options?": (dict, type(None)),
+    "card?": (str, type(None)),
+    "tokenizer_files?": [str],
     "files?": [{"path": str, "size": int, "sha256": str}],
 }
 # Sizes in `preprocessing` the host computes with: positive and within what any model uses.
-PREPROCESSING_LIMITS = {"num_mel_bins": 1024, "sample_rate": 192000, "n_fft": 65536, "hop_length": 65536,
-                        "chunk_length": 3600, "min_length": 192000 * 60, "n_window": 65536}
+PREPROCESSING_LIMITS = {
+    "num_mel_bins": 1024,
+    "sample_rate": 192000,
+    "n_fft": 65536,
+    "hop_length": 65536,
+    "chunk_length": 3600,
+    "min_length": 192000 * 60,
+    "n_window": 65536,
+}
 
 
 def _check_prompt_and_preprocessing(m: dict, path: Path) -> None:
@@ -233,6 +300,7 @@ def validate_manifest(m: dict, path: Path, complete: bool = True) -> None:
 
     check_shape(m, MANIFEST_SHAPE, path)
     _check_prompt_and_preprocessing(m, path)
+
     def need(obj, key, kind, where):
         if not isinstance(obj, dict) or key not in obj:
             raise SmtError(f"{path}: {where}{key}: missing")

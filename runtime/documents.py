@@ -16,8 +16,8 @@ from typing import Any
 
 from smt_convert.runtime.errors import SmtError
 
-MAX_JSON_BYTES = 256 << 20   # tokenizer.json of a 250k vocabulary is ~11 MB; a safetensors index ~100 KB
-MAX_INT_DIGITS = 30          # the largest integer in a config or manifest is a file size (< 20 digits)
+MAX_JSON_BYTES = 256 << 20  # tokenizer.json of a 250k vocabulary is ~11 MB; a safetensors index ~100 KB
+MAX_INT_DIGITS = 30  # the largest integer in a config or manifest is a file size (< 20 digits)
 
 
 def load_json(path: Path, what: str | None = None, max_bytes: int = MAX_JSON_BYTES) -> Any:
@@ -75,6 +75,7 @@ def finite(value, path, field: str, low: float | None = None, high: float | None
 # "*": shape of every other value} for an object; [shape] for a list of such elements; OneOf(...) for alternatives.
 # Only the fields we read are described; anything else a document holds is left alone.
 
+
 class OneOf:
     def __init__(self, *options):
         self.options = options
@@ -101,8 +102,15 @@ def _describe(shape) -> str:
     if isinstance(shape, list):
         return "a list"
     types = shape if isinstance(shape, tuple) else (shape,)
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", dict: "an object",
-             list: "a list", type(None): "null"}
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true/false",
+        dict: "an object",
+        list: "a list",
+        type(None): "null",
+    }
     return "/".join(names.get(t, t.__name__) for t in types)
 
 

@@ -34,8 +34,10 @@ def load_image(path) -> np.ndarray:
         with Image.open(path) as im:
             width, height = im.size
             if width * height > MAX_PIXELS:
-                raise SmtError(f"{path}: image: {width}x{height} is larger than {MAX_PIXELS // 1_000_000} megapixels "
-                               "(resize it first)")
+                raise SmtError(
+                    f"{path}: image: {width}x{height} is larger than {MAX_PIXELS // 1_000_000} megapixels "
+                    "(resize it first)"
+                )
             im.load()
             rgb = im.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:

@@ -40,9 +40,9 @@ def _save_image(media: np.ndarray, path: Path) -> None:
 
 @dataclass(frozen=True)
 class Modality:
-    name: str                                   # "audio", "image", "text"
-    golden_file: str | None                     # golden input inside golden/ (None: no media)
-    cli_flag: str | None                        # the `run` option that takes it
+    name: str  # "audio", "image", "text"
+    golden_file: str | None  # golden input inside golden/ (None: no media)
+    cli_flag: str | None  # the `run` option that takes it
     load: Callable[[Path], Any] | None = None
     save: Callable[[Any, Path], None] | None = None
 

@@ -47,8 +47,9 @@ class RunResult:
 class BundleRunner:
     """Loads a bundle once; `run()` answers one prompt with at most one media item."""
 
-    def __init__(self, bundle_dir: str | Path, threads: int | None = None, require_complete: bool = True,
-                 host: str | None = None):
+    def __init__(
+        self, bundle_dir: str | Path, threads: int | None = None, require_complete: bool = True, host: str | None = None
+    ):
         """`host`: "board" or "hf" host preprocessing (runtime/host.py); None: the one the bundle's goldens
         were computed with."""
         from smt_convert.runtime.host import check_host, recorded_host
@@ -99,14 +100,17 @@ class BundleRunner:
                 from smt_convert.runtime.audio_encoder import SplitAudioEncoder
 
                 audio = config["audio_model"]
-                self._encoder = SplitAudioEncoder(self.bundle.path(audio["frontend_model_path"]),
-                                                  self.bundle.path(audio["backend_model_path"]),
-                                                  intra_op_num_threads=self.threads)
+                self._encoder = SplitAudioEncoder(
+                    self.bundle.path(audio["frontend_model_path"]),
+                    self.bundle.path(audio["backend_model_path"]),
+                    intra_op_num_threads=self.threads,
+                )
             elif self.modality == "image":
                 from smt_convert.runtime.vision_encoder import VisionEncoder
 
-                self._encoder = VisionEncoder(self.bundle.path(config["vision_model"]["model_path"]),
-                                              intra_op_num_threads=self.threads)
+                self._encoder = VisionEncoder(
+                    self.bundle.path(config["vision_model"]["model_path"]), intra_op_num_threads=self.threads
+                )
             else:
                 raise self._unsupported()
         return self._encoder
@@ -159,8 +163,9 @@ class BundleRunner:
 
     # ---- prompt ---------------------------------------------------------------------------------
 
-    def build_prompt(self, media_embeds: np.ndarray | None, fields: dict | None = None,
-                     assistant_prefix: str = "") -> Prompt:
+    def build_prompt(
+        self, media_embeds: np.ndarray | None, fields: dict | None = None, assistant_prefix: str = ""
+    ) -> Prompt:
         rule = self.prompt_rule
         marker = rule.get("media_marker")
         text = rule["template"].format(**self.template_values(fields)) + assistant_prefix
@@ -175,8 +180,13 @@ class BundleRunner:
         ids_after = [self.tokenizer.token_id(rule["media_end"])] + self.tokenizer.encode(after)
         n_media = media_embeds.shape[0]
         ids = ids_before + [rule["media_placeholder_id"]] * n_media + ids_after
-        embeds = np.concatenate([self.decoder.embed(np.asarray(ids_before)), media_embeds.astype(np.float32),
-                                 self.decoder.embed(np.asarray(ids_after))])
+        embeds = np.concatenate(
+            [
+                self.decoder.embed(np.asarray(ids_before)),
+                media_embeds.astype(np.float32),
+                self.decoder.embed(np.asarray(ids_after)),
+            ]
+        )
         start = len(ids_before)
         if rule["positions"] == "1d":
             positions = np.arange(len(ids), dtype=np.int64)
@@ -185,11 +195,12 @@ class BundleRunner:
 
             grid = self.manifest["preprocessing"].get("grid")
             media_pos, next_pos = mrope_positions(start, n_media, tuple(grid) if grid else None)
-            positions = np.concatenate([text_positions(0, start), media_pos,
-                                        text_positions(next_pos, len(ids_after))])
+            positions = np.concatenate([text_positions(0, start), media_pos, text_positions(next_pos, len(ids_after))])
         else:
-            raise SmtError(f"{self.bundle.root / 'manifest.json'}: prompt.positions: '{rule['positions']}' "
-                           "is not supported by this runtime")
+            raise SmtError(
+                f"{self.bundle.root / 'manifest.json'}: prompt.positions: '{rule['positions']}' "
+                "is not supported by this runtime"
+            )
         return Prompt(embeds, positions, ids, (start, start + n_media))
 
     def template_values(self, fields: dict | None) -> dict:
@@ -202,8 +213,10 @@ class BundleRunner:
             if value is None:
                 continue
             if key not in values:
-                raise SmtError(f"--{key}: {self.manifest['architecture']} has no {key} option "
-                               f"(its prompt takes: {', '.join(sorted(values)) or 'nothing'})")
+                raise SmtError(
+                    f"--{key}: {self.manifest['architecture']} has no {key} option "
+                    f"(its prompt takes: {', '.join(sorted(values)) or 'nothing'})"
+                )
             if marker and marker in str(value):
                 raise SmtError(f"--{key}: must not contain the media marker {marker}")
             values[key] = value
@@ -228,14 +241,19 @@ class BundleRunner:
         if name is None:
             name = next((n for n in names if n.lower() == language.lower()), None)
         if name is None:
-            raise SmtError(f"--language: '{language}' is not one of the model's languages "
-                           f"({', '.join(sorted(names))})")
+            raise SmtError(f"--language: '{language}' is not one of the model's languages ({', '.join(sorted(names))})")
         return rule["assistant_prefix_with_language"].format(language=name)
 
     # ---- run ------------------------------------------------------------------------------------
 
-    def run(self, media=None, fields: dict | None = None, language: str | None = None,
-            max_new_tokens: int = 256, keep_encoder: bool = True) -> RunResult:
+    def run(
+        self,
+        media=None,
+        fields: dict | None = None,
+        language: str | None = None,
+        max_new_tokens: int = 256,
+        keep_encoder: bool = True,
+    ) -> RunResult:
         """One answer. `keep_encoder=False` lets go of the encoder sessions once the media is encoded (the
         converter's single golden run: the decoder then has the memory to itself)."""
         timings = {}
@@ -260,8 +278,15 @@ class BundleRunner:
         timings["decode_s"] = time.perf_counter() - t0
         timings["new_tokens"] = len(gen.tokens)
         raw = self.tokenizer.decode(gen.tokens, skip_special=False)
-        return RunResult(self.answer(raw, forced_prefix=bool(prefix)), raw, gen.tokens, prompt, media_embeds,
-                         gen.first_logits, timings)
+        return RunResult(
+            self.answer(raw, forced_prefix=bool(prefix)),
+            raw,
+            gen.tokens,
+            prompt,
+            media_embeds,
+            gen.first_logits,
+            timings,
+        )
 
     def stop_ids(self) -> list[int]:
         """Token ids that end generation (the manifest's stop tokens present in this vocabulary)."""

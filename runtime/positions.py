@@ -48,6 +48,7 @@ def mrope_positions(n_past: int, n_tokens: int, grid: tuple[int, int] | None = N
     if ny <= 0 or nx <= 0 or ny * nx != n_tokens:
         raise ValueError(f"grid {ny}x{nx} does not hold {n_tokens} tokens")
     y, x = np.divmod(np.arange(n_tokens, dtype=np.int32), nx)
-    pos = np.stack([np.full(n_tokens, n_past, dtype=np.int32), n_past + y, n_past + x,
-                    np.zeros(n_tokens, dtype=np.int32)], axis=1)
+    pos = np.stack(
+        [np.full(n_tokens, n_past, dtype=np.int32), n_past + y, n_past + x, np.zeros(n_tokens, dtype=np.int32)], axis=1
+    )
     return pos.astype(np.int32), n_past + max(nx, ny)

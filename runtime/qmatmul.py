@@ -101,8 +101,16 @@ def _node(op: str, inputs, outputs, domain: str = "", **attrs) -> list:
     return out + (_msg(7, domain) if domain else [])
 
 
-def matmulnbits_model(K: int, N: int, B: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None,
-                      duplicate_input: bool, bits: int = 4, accuracy_level: int = 0) -> bytes:
+def matmulnbits_model(
+    K: int,
+    N: int,
+    B: np.ndarray,
+    scales: np.ndarray,
+    zero_points: np.ndarray | None,
+    duplicate_input: bool,
+    bits: int = 4,
+    accuracy_level: int = 0,
+) -> bytes:
     """ONNX bytes for Y[M, N] = A[M, K] @ W^T with W in MatMulNBits form (K' = 2K if duplicate_input)."""
     k_inner = 2 * K if duplicate_input else K
     graph, a = [], "A"
@@ -110,8 +118,20 @@ def matmulnbits_model(K: int, N: int, B: np.ndarray, scales: np.ndarray, zero_po
         graph += _msg(1, _node("Concat", ["A", "A"], ["A2"], axis=1))
         a = "A2"
     inputs = [a, "B", "S"] + (["Z"] if zero_points is not None else [])
-    graph += _msg(1, _node("MatMulNBits", inputs, ["Y"], domain="com.microsoft",
-                           K=k_inner, N=N, bits=bits, block_size=QBLOCK, accuracy_level=accuracy_level))
+    graph += _msg(
+        1,
+        _node(
+            "MatMulNBits",
+            inputs,
+            ["Y"],
+            domain="com.microsoft",
+            K=k_inner,
+            N=N,
+            bits=bits,
+            block_size=QBLOCK,
+            accuracy_level=accuracy_level,
+        ),
+    )
     graph += _msg(2, "qmatmul") + _msg(5, _tensor("B", B)) + _msg(5, _tensor("S", scales))
     if zero_points is not None:
         graph += _msg(5, _tensor("Z", zero_points))
@@ -139,10 +159,10 @@ def to_matmulnbits(raw: np.ndarray, qtype: Q, K: int, mode: str = "exact"):
     if qtype == Q.Q8_0:
         blocks = raw.reshape(N, nb, 34)
         d = np.ascontiguousarray(blocks[:, :, :2]).view(np.float16).reshape(N, nb).astype(np.float32)
-        u = blocks[:, :, 2:] ^ np.uint8(0x80)                      # int8 q -> u = q + 128 = 16 hi + lo
+        u = blocks[:, :, 2:] ^ np.uint8(0x80)  # int8 q -> u = q + 128 = 16 hi + lo
         even, odd = u[..., 0::2], u[..., 1::2]
         B = np.empty((N, 2 * nb, 16), np.uint8)
-        np.bitwise_or(even >> 4, odd & np.uint8(0xF0), out=B[:, :nb])             # hi nibbles, pairs packed
+        np.bitwise_or(even >> 4, odd & np.uint8(0xF0), out=B[:, :nb])  # hi nibbles, pairs packed
         np.bitwise_or(even & np.uint8(15), (odd & np.uint8(15)) << 4, out=B[:, nb:])  # lo nibbles
         del u, even, odd
         S = np.concatenate([d * np.float32(16), d], axis=1).reshape(-1)
@@ -197,7 +217,7 @@ class QuantMatMul:
         self.sessions = []
         for raw in raws:
             for start in range(0, raw.shape[0], rows_per_slab):
-                part = np.asarray(raw[start:start + rows_per_slab]).reshape(-1, bytes_per_row)
+                part = np.asarray(raw[start : start + rows_per_slab]).reshape(-1, bytes_per_row)
                 B, S, Z, dup, bits = to_matmulnbits(part, qtype, K, mode)
                 if release is not None:
                     release(part)
@@ -255,8 +275,9 @@ class HalfMatMul:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.log_severity_level = 3
             opts.enable_cpu_mem_arena = False
-            HalfMatMul._sessions[key] = ort.InferenceSession(half_gemm_model(w.shape[1]), opts,
-                                                             providers=["CPUExecutionProvider"])
+            HalfMatMul._sessions[key] = ort.InferenceSession(
+                half_gemm_model(w.shape[1]), opts, providers=["CPUExecutionProvider"]
+            )
         self.session = HalfMatMul._sessions[key]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -264,7 +285,7 @@ class HalfMatMul:
         a = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
         outs = []
         for start in range(0, self.w.shape[0], self.rows_per_slab):
-            slab = self.w[start:start + self.rows_per_slab]
+            slab = self.w[start : start + self.rows_per_slab]
             outs.append(self.session.run(None, {"A": a, "W": slab})[0])
             if self.release is not None:
                 self.release(slab)
@@ -290,7 +311,6 @@ def trim_heap() -> None:
             _LIBC = False
     if _LIBC:
         _LIBC.malloc_trim(0)
-
 
 
 def available() -> bool:

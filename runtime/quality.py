@@ -25,8 +25,8 @@ def kl_divergence(logits: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """KL(P_ref || P_ours) per position, in nats: what the variant loses of the reference's distribution."""
     out = np.empty(len(ref), dtype=np.float64)
     for i in range(0, len(ref), BLOCK):
-        lp_ref, lp = log_softmax(ref[i:i + BLOCK]), log_softmax(logits[i:i + BLOCK])
-        out[i:i + BLOCK] = np.sum(np.exp(lp_ref) * (lp_ref - lp), axis=-1)
+        lp_ref, lp = log_softmax(ref[i : i + BLOCK]), log_softmax(logits[i : i + BLOCK])
+        out[i : i + BLOCK] = np.sum(np.exp(lp_ref) * (lp_ref - lp), axis=-1)
     return np.maximum(out, 0.0)  # rounding can give -1e-17 where the two agree
 
 
@@ -34,8 +34,8 @@ def token_nll(logits: np.ndarray, tokens: list[int]) -> np.ndarray:
     """Negative log-likelihood of `tokens[j]` under row j of `logits` (row j predicts token j)."""
     out = np.empty(len(tokens), dtype=np.float64)
     for i in range(0, len(tokens), BLOCK):
-        lp = log_softmax(logits[i:i + BLOCK])
-        out[i:i + BLOCK] = -lp[np.arange(len(lp)), tokens[i:i + BLOCK]]
+        lp = log_softmax(logits[i : i + BLOCK])
+        out[i : i + BLOCK] = -lp[np.arange(len(lp)), tokens[i : i + BLOCK]]
     return out
 
 
@@ -49,9 +49,9 @@ class Quality:
     kld_max: float
     top1: float
     continuation_tokens: int = 0
-    ppl: float | None = None              # the variant's perplexity of the continuation
-    ppl_reference: float | None = None    # the Hugging Face model's, same tokens
-    kld_mean_text_only: float | None = None   # the variant's text decoder fed the reference's encoder rows
+    ppl: float | None = None  # the variant's perplexity of the continuation
+    ppl_reference: float | None = None  # the Hugging Face model's, same tokens
+    kld_mean_text_only: float | None = None  # the variant's text decoder fed the reference's encoder rows
 
     def to_dict(self) -> dict:
         return {k: (round(v, 9) if isinstance(v, float) else v) for k, v in asdict(self).items()}

@@ -14,20 +14,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FRAME = 0.025        # s, energy frame
-HOP = 0.010          # s
-PAUSE_ABOVE_FLOOR_DB = 10.0   # a frame within 10 dB of the recording's noise floor (its 5th percentile) is a pause,
-SPEECH_BELOW_PEAK_DB = 15.0   # unless that is within 15 dB of the loud frames (95th percentile): then there is none
+FRAME = 0.025  # s, energy frame
+HOP = 0.010  # s
+PAUSE_ABOVE_FLOOR_DB = 10.0  # a frame within 10 dB of the recording's noise floor (its 5th percentile) is a pause,
+SPEECH_BELOW_PEAK_DB = 15.0  # unless that is within 15 dB of the loud frames (95th percentile): then there is none
 AUTO_SECONDS = 30.0  # --segment auto: pieces of at most 30 s (what the model was trained on per utterance)
-MIN_SEGMENT_SECONDS = 5.0   # shorter pieces cut sentences more often than pauses allow
-AUDIO_TOKENS_PER_SECOND = 13   # Qwen3-ASR: 13 encoder rows per 100-frame (1 s) chunk
-TEXT_TOKENS_PER_SECOND = 5     # a fast speaker's transcript, with margin
+MIN_SEGMENT_SECONDS = 5.0  # shorter pieces cut sentences more often than pauses allow
+AUDIO_TOKENS_PER_SECOND = 13  # Qwen3-ASR: 13 encoder rows per 100-frame (1 s) chunk
+TEXT_TOKENS_PER_SECOND = 5  # a fast speaker's transcript, with margin
 PROMPT_TOKENS = 64
 
 
 @dataclass(frozen=True)
 class Segment:
-    start: int   # sample index
+    start: int  # sample index
     end: int
 
     def seconds(self, rate: int) -> tuple[float, float]:
@@ -48,7 +48,7 @@ def frame_db(wave: np.ndarray, rate: int) -> np.ndarray:
     for i in range(0, n, block):
         idx = np.arange(i, min(n, i + block))[:, None] * hop + np.arange(frame)[None, :]
         idx = np.minimum(idx, len(wave) - 1)
-        out[i:i + block] = 10 * np.log10(np.mean(wave[idx].astype(np.float64) ** 2, axis=1) + 1e-12)
+        out[i : i + block] = 10 * np.log10(np.mean(wave[idx].astype(np.float64) ** 2, axis=1) + 1e-12)
     return out
 
 
@@ -68,7 +68,7 @@ def cut(wave: np.ndarray, rate: int, max_seconds: float) -> list[Segment]:
     hop = int(HOP * rate)
     segments, start = [], 0
     while len(wave) - start > limit:
-        lo, hi = (start + limit * 2 // 3) // hop, (start + limit) // hop   # frames of the last third
+        lo, hi = (start + limit * 2 // 3) // hop, (start + limit) // hop  # frames of the last third
         window = quiet[lo:hi]
         if window.any():  # the middle of the longest quiet run
             runs, run_start, best = [], None, (0, lo)

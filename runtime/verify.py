@@ -19,31 +19,36 @@ from smt_convert.runtime.bundle import GOLDEN_DIR
 # thresholds", has the measurements). Text logits of the runtime vs Hugging Face, per GGUF --outtype: normalised
 # MSE over all prompt positions, and the fraction of positions whose arg-max token agrees.
 TEXT_THRESHOLDS = {
-    "f32": {"nmse": 1e-6, "top1": 1.0},    # measured 2.7e-13, 1.0
-    "f16": {"nmse": 1e-4, "top1": 0.98},   # measured 5.9e-7 (with an fp16 encoder), 1.0
+    "f32": {"nmse": 1e-6, "top1": 1.0},  # measured 2.7e-13, 1.0
+    "f16": {"nmse": 1e-4, "top1": 0.98},  # measured 5.9e-7 (with an fp16 encoder), 1.0
     "bf16": {"nmse": 1e-3, "top1": 0.95},  # measured 2.2e-5, 1.0
-    "q8_0": {"nmse": 1e-2, "top1": 0.9},   # measured 2.3e-4, 0.966
+    "q8_0": {"nmse": 1e-2, "top1": 0.9},  # measured 2.3e-4, 0.966
     # 4/5-bit: the tiny test models (64-wide rows = two 32-element blocks) are the worst case, and the
     # bounds only catch gross errors; recipes for real models should set tighter ones ([thresholds]).
-    "q5_1": {"nmse": 0.1, "top1": 0.75},   # measured 8.3e-3 (Qwen3-ASR tiny)
-    "q5_0": {"nmse": 0.1, "top1": 0.75},   # measured 1.1e-2 (Qwen3-ASR tiny)
-    "q4_1": {"nmse": 0.5, "top1": 0.6},    # measured 4.5e-2 (Qwen3-ASR tiny)
-    "q4_0": {"nmse": 0.5, "top1": 0.6},    # measured 3.9e-2 (Qwen3-ASR tiny), 0.20-0.22 (Qwen3.5 tiny)
+    "q5_1": {"nmse": 0.1, "top1": 0.75},  # measured 8.3e-3 (Qwen3-ASR tiny)
+    "q5_0": {"nmse": 0.1, "top1": 0.75},  # measured 1.1e-2 (Qwen3-ASR tiny)
+    "q4_1": {"nmse": 0.5, "top1": 0.6},  # measured 4.5e-2 (Qwen3-ASR tiny)
+    "q4_0": {"nmse": 0.5, "top1": 0.6},  # measured 3.9e-2 (Qwen3-ASR tiny), 0.20-0.22 (Qwen3.5 tiny)
     # K-quants (llama.cpp's quantiser): at least as close as the legacy type of the same bits per weight; on the
     # tiny models (64-wide rows) llama.cpp falls back to Q5_0/Q5_1/Q8_0 for every matrix, so they measure like
     # those (README, "Quality report", has the 512-wide measurements)
     "q6_k": {"nmse": 0.1, "top1": 0.75},
-    "q5_k_m": {"nmse": 0.1, "top1": 0.75}, "q5_k_s": {"nmse": 0.1, "top1": 0.75},
-    "q4_k_m": {"nmse": 0.5, "top1": 0.6}, "q4_k_s": {"nmse": 0.5, "top1": 0.6},
-    "iq4_nl": {"nmse": 0.5, "top1": 0.6}, "iq4_xs": {"nmse": 0.5, "top1": 0.6},
-    "q3_k_l": {"nmse": 1.0, "top1": 0.4}, "q3_k_m": {"nmse": 1.0, "top1": 0.4}, "q3_k_s": {"nmse": 1.0, "top1": 0.4},
+    "q5_k_m": {"nmse": 0.1, "top1": 0.75},
+    "q5_k_s": {"nmse": 0.1, "top1": 0.75},
+    "q4_k_m": {"nmse": 0.5, "top1": 0.6},
+    "q4_k_s": {"nmse": 0.5, "top1": 0.6},
+    "iq4_nl": {"nmse": 0.5, "top1": 0.6},
+    "iq4_xs": {"nmse": 0.5, "top1": 0.6},
+    "q3_k_l": {"nmse": 1.0, "top1": 0.4},
+    "q3_k_m": {"nmse": 1.0, "top1": 0.4},
+    "q3_k_s": {"nmse": 1.0, "top1": 0.4},
     "q2_k": {"nmse": 2.0, "top1": 0.3},
 }
 # Encoder rows (ONNX via the board's host logic) vs the torch encoder on the same features, per --onnx-dtype.
 ENCODER_THRESHOLDS = {
     "fp32": {"cosine": 0.99999, "rel_max_abs": 1e-3},  # measured 1.0, 7.8e-7
-    "fp16": {"cosine": 0.9995, "rel_max_abs": 1e-2},   # measured 0.9999996, 9.9e-4
-    "int8": {"cosine": 0.99, "rel_max_abs": 0.2},      # measured 0.998, 7.7e-2
+    "fp16": {"cosine": 0.9995, "rel_max_abs": 1e-2},  # measured 0.9999996, 9.9e-4
+    "int8": {"cosine": 0.99, "rel_max_abs": 0.2},  # measured 0.998, 7.7e-2
 }
 # Greedy tokens vs Hugging Face generate: identical for f32 text + fp32 encoder (a gate). For lossy types the
 # agreement is reported, not gated: one flipped near-tie changes every later token (q8_0 measured 0.625 of 16
@@ -68,8 +73,14 @@ class Row:
 
     def to_dict(self) -> dict:
         value = self.value if isinstance(self.value, str) else float(self.value)
-        return {"check": self.check, "metric": self.metric, "value": value, "threshold": self.threshold,
-                "ok": self.ok, "gate": self.gate}
+        return {
+            "check": self.check,
+            "metric": self.metric,
+            "value": value,
+            "threshold": self.threshold,
+            "ok": self.ok,
+            "gate": self.gate,
+        }
 
 
 ROW_BLOCK = 64  # rows per block in the metrics below: a [positions, vocabulary] float64 copy would be GBs
@@ -81,9 +92,9 @@ def nmse(x: np.ndarray, ref: np.ndarray) -> float:
     x2, r2 = x2.reshape(-1, x2.shape[-1]), r2.reshape(-1, r2.shape[-1])
     err = total = 0.0
     for i in range(0, r2.shape[0], ROW_BLOCK):
-        r = r2[i:i + ROW_BLOCK].astype(np.float64)
-        err += float(np.sum((x2[i:i + ROW_BLOCK].astype(np.float64) - r) ** 2))
-        total += float(np.sum(r ** 2))
+        r = r2[i : i + ROW_BLOCK].astype(np.float64)
+        err += float(np.sum((x2[i : i + ROW_BLOCK].astype(np.float64) - r) ** 2))
+        total += float(np.sum(r**2))
     return err / max(total, 1e-30)
 
 
@@ -104,8 +115,12 @@ def top1_agreement(logits: np.ndarray, ref: np.ndarray, tie_sigmas: float = 0.0)
     ours = np.argmax(logits, -1)
     if tie_sigmas <= 0:
         return float(np.mean(ours == np.argmax(ref, -1)))
-    rms = np.concatenate([np.sqrt(np.mean((logits[i:i + ROW_BLOCK].astype(np.float64) - ref[i:i + ROW_BLOCK]) ** 2,
-                                          axis=-1)) for i in range(0, len(ref), ROW_BLOCK)])
+    rms = np.concatenate(
+        [
+            np.sqrt(np.mean((logits[i : i + ROW_BLOCK].astype(np.float64) - ref[i : i + ROW_BLOCK]) ** 2, axis=-1))
+            for i in range(0, len(ref), ROW_BLOCK)
+        ]
+    )
     chosen = np.take_along_axis(ref, ours[:, None], axis=-1)[:, 0]
     return float(np.mean(chosen >= ref.max(-1) - tie_sigmas * rms))
 
@@ -118,8 +133,9 @@ def prefix_agreement(tokens: list[int], ref: list[int]) -> float:
     return 1.0 if tokens == ref else k / n
 
 
-def encoder_rows(x: np.ndarray, ref: np.ndarray, onnx_dtype: str, label: str = "encoder",
-                 overrides: dict | None = None) -> list[Row]:
+def encoder_rows(
+    x: np.ndarray, ref: np.ndarray, onnx_dtype: str, label: str = "encoder", overrides: dict | None = None
+) -> list[Row]:
     if x.shape != ref.shape:
         return [Row(label, "shape", f"{list(x.shape)} vs {list(ref.shape)}", "equal", False)]
     th = dict(ENCODER_THRESHOLDS[onnx_dtype])
@@ -127,15 +143,23 @@ def encoder_rows(x: np.ndarray, ref: np.ndarray, onnx_dtype: str, label: str = "
         if overrides and overrides.get(f"encoder_{key}") is not None:
             th[key] = overrides[f"encoder_{key}"]
     c, r = cosine(x, ref), rel_max_abs(x, ref)
-    return [Row(label, "cosine", c, f">= {th['cosine']}", c >= th["cosine"]),
-            Row(label, "rel max abs", r, f"<= {th['rel_max_abs']}", r <= th["rel_max_abs"])]
+    return [
+        Row(label, "cosine", c, f">= {th['cosine']}", c >= th["cosine"]),
+        Row(label, "rel max abs", r, f"<= {th['rel_max_abs']}", r <= th["rel_max_abs"]),
+    ]
 
 
 TIE_SIGMAS = 3.0  # lossy types: top-1 flips within 3 sigma of the measured logit error count as ties
 
 
-def text_rows(logits: np.ndarray, ref: np.ndarray, outtype: str, onnx_dtype: str = "fp32",
-              overrides: dict | None = None, nmse_scale: float = 1.0) -> list[Row]:
+def text_rows(
+    logits: np.ndarray,
+    ref: np.ndarray,
+    outtype: str,
+    onnx_dtype: str = "fp32",
+    overrides: dict | None = None,
+    nmse_scale: float = 1.0,
+) -> list[Row]:
     """NMSE and top-1 gates. Exact settings (f32 text + fp32 encoder) need every arg-max identical; lossy
     ones gate top-1 with near-ties forgiven and report the raw agreement. `nmse_scale` widens the NMSE bound
     for architectures whose error is amplified by discrete choices (MoE routing)."""
@@ -157,8 +181,10 @@ def text_rows(logits: np.ndarray, ref: np.ndarray, outtype: str, onnx_dtype: str
         return rows + [Row("text logits", "top-1 agreement", t, f">= {th['top1']}", t >= th["top1"])]
     t = top1_agreement(logits, ref, TIE_SIGMAS)
     raw = top1_agreement(logits, ref)
-    return rows + [Row("text logits", "top-1 (3-sigma ties)", t, f">= {th['top1']}", t >= th["top1"]),
-                   Row("text logits", "top-1 agreement", raw, "reported", True, gate=False)]
+    return rows + [
+        Row("text logits", "top-1 (3-sigma ties)", t, f">= {th['top1']}", t >= th["top1"]),
+        Row("text logits", "top-1 agreement", raw, "reported", True, gate=False),
+    ]
 
 
 # Mean KL divergence (nats) of the next-token distribution against Hugging Face, teacher-forced over the prompt
@@ -168,12 +194,27 @@ def text_rows(logits: np.ndarray, ref: np.ndarray, outtype: str, onnx_dtype: str
 # networks amplify rounding more than trained ones, so the gates sit about 3x above that worst case: they catch a
 # broken conversion (a wrong tensor or layout gives several nats), and the value itself is the comparison.
 KLD_THRESHOLDS = {
-    "f32": 1e-6, "f16": 1e-3, "bf16": 1e-2, "q8_0": 0.05,
-    "q6_k": 0.2, "q5_k_m": 0.3, "q5_k_s": 0.3, "q5_1": 0.3, "q5_0": 0.3,
-    "q4_k_m": 1.0, "q4_k_s": 1.0, "q4_1": 1.0, "q4_0": 1.0, "iq4_nl": 1.0, "iq4_xs": 1.0,
-    "q3_k_l": 1.5, "q3_k_m": 1.5, "q3_k_s": 1.5, "q2_k": 3.0,
+    "f32": 1e-6,
+    "f16": 1e-3,
+    "bf16": 1e-2,
+    "q8_0": 0.05,
+    "q6_k": 0.2,
+    "q5_k_m": 0.3,
+    "q5_k_s": 0.3,
+    "q5_1": 0.3,
+    "q5_0": 0.3,
+    "q4_k_m": 1.0,
+    "q4_k_s": 1.0,
+    "q4_1": 1.0,
+    "q4_0": 1.0,
+    "iq4_nl": 1.0,
+    "iq4_xs": 1.0,
+    "q3_k_l": 1.5,
+    "q3_k_m": 1.5,
+    "q3_k_s": 1.5,
+    "q2_k": 3.0,
 }
-KLD_ENCODER_FLOOR = {"fp32": 0.0, "fp16": 1e-3, "int8": 0.1}   # added for a lossy encoder
+KLD_ENCODER_FLOOR = {"fp32": 0.0, "fp16": 1e-3, "int8": 0.1}  # added for a lossy encoder
 
 
 def quality_rows(quality, outtype: str, onnx_dtype: str = "fp32", overrides: dict | None = None) -> list[Row]:
@@ -182,15 +223,38 @@ def quality_rows(quality, outtype: str, onnx_dtype: str = "fp32", overrides: dic
     if overrides and overrides.get("text_kld") is not None:
         bound = overrides["text_kld"]
     label = "quality"
-    rows = [Row(label, f"KLD mean ({quality.positions} positions)", quality.kld_mean, f"<= {bound:g}",
-                quality.kld_mean <= bound),
-            Row(label, "KLD p99", quality.kld_p99, "reported", True, gate=False)]
+    rows = [
+        Row(
+            label,
+            f"KLD mean ({quality.positions} positions)",
+            quality.kld_mean,
+            f"<= {bound:g}",
+            quality.kld_mean <= bound,
+        ),
+        Row(label, "KLD p99", quality.kld_p99, "reported", True, gate=False),
+    ]
     if quality.kld_mean_text_only is not None:
-        rows.append(Row(label, "KLD mean, HF encoder rows", quality.kld_mean_text_only,
-                        "reported: the text decoder's share", True, gate=False))
+        rows.append(
+            Row(
+                label,
+                "KLD mean, HF encoder rows",
+                quality.kld_mean_text_only,
+                "reported: the text decoder's share",
+                True,
+                gate=False,
+            )
+        )
     if quality.ppl is not None:
-        rows.append(Row(label, f"perplexity of {quality.continuation_tokens} greedy tokens",
-                        f"{quality.ppl:.4f} (HF {quality.ppl_reference:.4f})", "reported", True, gate=False))
+        rows.append(
+            Row(
+                label,
+                f"perplexity of {quality.continuation_tokens} greedy tokens",
+                f"{quality.ppl:.4f} (HF {quality.ppl_reference:.4f})",
+                "reported",
+                True,
+                gate=False,
+            )
+        )
     return rows
 
 
@@ -202,8 +266,13 @@ def e2e_rows(tokens: list[int], ref: list[int], exact: bool) -> list[Row]:
 
 
 # config.json's audio block as the board reads it (SMT-CONTRACT.md) -> the manifest's preprocessing key it must equal
-BOARD_AUDIO_KEYS = {"num_mel_bins": "num_mel_bins", "sample_rate": "sample_rate", "n_fft": "n_fft",
-                    "window_len": "n_fft", "hop_len": "hop_length"}
+BOARD_AUDIO_KEYS = {
+    "num_mel_bins": "num_mel_bins",
+    "sample_rate": "sample_rate",
+    "n_fft": "n_fft",
+    "window_len": "n_fft",
+    "hop_len": "hop_length",
+}
 
 
 def board_config_problems(bundle) -> list[str]:
@@ -216,8 +285,10 @@ def board_config_problems(bundle) -> list[str]:
         for key, manifest_key in BOARD_AUDIO_KEYS.items():
             value, want = audio.get(key), pre.get(manifest_key)
             if want is not None and value != want:
-                problems.append(f"config.json audio_model.{key} is {value!r}, the manifest's "
-                                f"preprocessing.{manifest_key} is {want!r}")
+                problems.append(
+                    f"config.json audio_model.{key} is {value!r}, the manifest's "
+                    f"preprocessing.{manifest_key} is {want!r}"
+                )
     return problems
 
 
@@ -226,17 +297,33 @@ def hash_rows(bundle) -> list[Row]:
     file's size and sha256."""
     rows = []
     problems = bundle.check_structure() + board_config_problems(bundle)
-    rows.append(Row("manifest", "structure", "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)"
-                                                                         if len(problems) > 3 else "")
-                    if problems else "complete", "every needed file listed, inside the bundle", not problems))
+    rows.append(
+        Row(
+            "manifest",
+            "structure",
+            "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
+            if problems
+            else "complete",
+            "every needed file listed, inside the bundle",
+            not problems,
+        )
+    )
     results = bundle.check_files()
     bad = [r for r in results if not r["ok"]]
     detail = "all match" if not bad else "; ".join(f"{r['file']}: {r['detail']}" for r in bad)
     rows.append(Row("files", f"{len(results)} sha256", detail, "manifest", not bad))
     extra = bundle.unlisted_files()
     if extra:
-        rows.append(Row("files", "not in the manifest", ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""),
-                        "reported", True, gate=False))
+        rows.append(
+            Row(
+                "files",
+                "not in the manifest",
+                ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""),
+                "reported",
+                True,
+                gate=False,
+            )
+        )
     return rows
 
 
@@ -260,18 +347,29 @@ def golden_rows(runner) -> list[Row]:
     golden = root / GOLDEN_DIR
     from smt_convert.runtime.documents import NUMBER, OneOf, load_checked
 
-    expected = load_checked(golden / "expected.json", {
-        "tokens": [int], "top_logits": {"ids": [int], "values": [NUMBER]},
-        "fields?": OneOf({"*": str}, type(None)), "language?": OneOf(str, type(None))})
+    expected = load_checked(
+        golden / "expected.json",
+        {
+            "tokens": [int],
+            "top_logits": {"ids": [int], "values": [NUMBER]},
+            "fields?": OneOf({"*": str}, type(None)),
+            "language?": OneOf(str, type(None)),
+        },
+    )
     media = golden / record["input"] if record.get("input") else None
-    result = runner.run(media, fields=expected.get("fields"), language=expected.get("language"),
-                        max_new_tokens=len(expected["tokens"]) or 1)
+    result = runner.run(
+        media,
+        fields=expected.get("fields"),
+        language=expected.get("language"),
+        max_new_tokens=len(expected["tokens"]) or 1,
+    )
     rows = []
     if media is not None:
         enc_ref = load_array(golden / "encoder.npy")
         if result.media_embeds.shape != enc_ref.shape:
-            rows.append(Row("golden encoder", "shape", f"{list(result.media_embeds.shape)}", f"{list(enc_ref.shape)}",
-                            False))
+            rows.append(
+                Row("golden encoder", "shape", f"{list(result.media_embeds.shape)}", f"{list(enc_ref.shape)}", False)
+            )
         else:
             r = rel_max_abs(result.media_embeds, enc_ref)
             th = GOLDEN_THRESHOLDS["encoder_rel_max_abs"]
@@ -283,8 +381,15 @@ def golden_rows(runner) -> list[Row]:
     th = GOLDEN_THRESHOLDS["logits_rel_max_abs"]
     rows.append(Row("golden logits", f"top-{len(top_ids)} rel max abs", r, f"<= {th}", r <= th))
     same = result.tokens == expected["tokens"]
-    rows.append(Row("golden tokens", "greedy tokens", "equal" if same else f"{result.tokens} != {expected['tokens']}",
-                    "equal", same))
+    rows.append(
+        Row(
+            "golden tokens",
+            "greedy tokens",
+            "equal" if same else f"{result.tokens} != {expected['tokens']}",
+            "equal",
+            same,
+        )
+    )
     return rows
 
 
@@ -294,7 +399,7 @@ def golden_rows(runner) -> list[Row]:
 # (README, "Host preprocessing: board vs Hugging Face"); a value outside is flagged in the threshold column: the
 # input meets a board behaviour hard (quiet audio: cosine 0.992 / rel 0.19 at 2% volume; a loud first frame).
 HOST_PATH_TYPICAL = {
-    "audio": {"cosine": 0.999, "rel_max_abs": 0.15},   # measured 0.99957-0.99999 / 0.014-0.12
+    "audio": {"cosine": 0.999, "rel_max_abs": 0.15},  # measured 0.99957-0.99999 / 0.014-0.12
     "image": {"cosine": 0.9999, "rel_max_abs": 0.05},  # measured 0.99985-0.999999 / 0.0018-0.023
 }
 
@@ -318,8 +423,15 @@ def host_path_rows(board: np.ndarray, hf: np.ndarray, modality: str) -> list[Row
 
     return rows + [
         Row(label, "cosine" + suffix, c, note(c >= typical["cosine"], f">= {typical['cosine']}"), True, gate=False),
-        Row(label, "rel max abs" + suffix, r, note(r <= typical["rel_max_abs"], f"<= {typical['rel_max_abs']}"),
-            True, gate=False)]
+        Row(
+            label,
+            "rel max abs" + suffix,
+            r,
+            note(r <= typical["rel_max_abs"], f"<= {typical['rel_max_abs']}"),
+            True,
+            gate=False,
+        ),
+    ]
 
 
 TABLE_HEADER = ("check", "metric", "value", "threshold", "result")
@@ -327,13 +439,16 @@ TABLE_HEADER = ("check", "metric", "value", "threshold", "result")
 
 def table_cells(rows: list[Row]) -> list[tuple[str, ...]]:
     """Printed cells per row, TABLE_HEADER's columns: the CLI's table and the model card's show the same text."""
+
     def fmt(v):
         if isinstance(v, str):
             return v
         return f"{v:.6g}"
 
-    return [(r.check, r.metric, fmt(r.value), r.threshold, "info" if not r.gate else "PASS" if r.ok else "FAIL")
-            for r in rows]
+    return [
+        (r.check, r.metric, fmt(r.value), r.threshold, "info" if not r.gate else "PASS" if r.ok else "FAIL")
+        for r in rows
+    ]
 
 
 def format_table(rows: list[Row]) -> str:
@@ -341,5 +456,3 @@ def format_table(rows: list[Row]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])
-
-

@@ -94,5 +94,11 @@ class VisionEncoder:
     def input_output_contract(self) -> dict:
         """Names, shapes and dtypes, for the bundle manifest."""
         h, w = self._input_size
-        return {"path": self.path.name, **_describe(self.session), "input_height": h, "input_width": w,
-                "hidden_size": self.hidden_size, "num_tokens": self.num_tokens}
+        return {
+            "path": self.path.name,
+            **_describe(self.session),
+            "input_height": h,
+            "input_width": w,
+            "hidden_size": self.hidden_size,
+            "num_tokens": self.num_tokens,
+        }

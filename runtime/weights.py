@@ -84,18 +84,28 @@ def dequantize_rows(data: np.ndarray, qtype: Q) -> np.ndarray:
 class WeightStore:
     """Hands out the decoder's weights from one `GGUFModel` and accounts for the RAM they take."""
 
-    def __init__(self, model, budget: int | str | None = None, threads: int | None = None,
-                 quant_matmul: bool | str | None = None):
+    def __init__(
+        self, model, budget: int | str | None = None, threads: int | None = None, quant_matmul: bool | str | None = None
+    ):
         self.model = model
         if budget is None:
             budget = os.environ.get(ENV_BUDGET, DEFAULT_BUDGET)
         self.budget = parse_bytes(budget)
-        self.threads = int(threads or os.environ.get(ENV_THREADS) or os.environ.get("OMP_NUM_THREADS")
-                           or os.cpu_count() or 1)
+        self.threads = int(
+            threads or os.environ.get(ENV_THREADS) or os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1
+        )
         if quant_matmul is None:
             quant_matmul = os.environ.get(ENV_QMATMUL, "exact")
-        mode = {"0": None, "off": None, "false": None, "1": "exact", "exact": "exact", "on": "exact",
-                "true": "exact", "int8": "int8"}.get(str(quant_matmul).lower())
+        mode = {
+            "0": None,
+            "off": None,
+            "false": None,
+            "1": "exact",
+            "exact": "exact",
+            "on": "exact",
+            "true": "exact",
+            "int8": "int8",
+        }.get(str(quant_matmul).lower())
         if mode is None and str(quant_matmul).lower() not in ("0", "off", "false"):
             raise SmtError(f"{ENV_QMATMUL}: {quant_matmul!r} is not one of exact, int8, 0")
         self.quant_matmul = mode if mode and qmatmul.available() else None  # None: numpy paths only
@@ -234,10 +244,22 @@ class Linear:
                 j += 1
             run, qtype = self.parts[i:j], self.parts[i].qtype
             rows = sum(p.rows for p in run)
-            if (self._allow_qmm and store.quant_matmul and qmatmul.supported(qtype, K)
-                    and store.admit(qmatmul.packed_nbytes(qtype, rows, K, store.quant_matmul))):
-                kernels.append(qmatmul.QuantMatMul([p.data for p in run], qtype, K, store.threads,
-                                                   release=store.release_pages, mode=store.quant_matmul))
+            if (
+                self._allow_qmm
+                and store.quant_matmul
+                and qmatmul.supported(qtype, K)
+                and store.admit(qmatmul.packed_nbytes(qtype, rows, K, store.quant_matmul))
+            ):
+                kernels.append(
+                    qmatmul.QuantMatMul(
+                        [p.data for p in run],
+                        qtype,
+                        K,
+                        store.threads,
+                        release=store.release_pages,
+                        mode=store.quant_matmul,
+                    )
+                )
                 store.kinds["quant_matmul"] = store.kinds.get("quant_matmul", 0) + 1
             else:
                 kernels += [self._numpy_kernel(p) for p in run]
@@ -274,8 +296,8 @@ class _Streamed:
         p = self.part
         out = np.empty(x.shape[:-1] + (p.rows,), np.float32)
         for start in range(0, p.rows, self.slab):
-            w = dequantize_rows(p.data[start:start + self.slab], p.qtype).reshape(-1, self.K)
-            out[..., start:start + w.shape[0]] = x @ w.T
+            w = dequantize_rows(p.data[start : start + self.slab], p.qtype).reshape(-1, self.K)
+            out[..., start : start + w.shape[0]] = x @ w.T
         return out
 
 

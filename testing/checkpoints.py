@@ -36,27 +36,52 @@ def tiny_qwen3_asr_config(audio_token_id: int, tie: bool = True, **text_override
     disagree (top true, text_config false), as users' checkpoints do."""
     from transformers import Qwen3ASRConfig
 
-    audio = dict(num_mel_bins=128, d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
-                 downsample_hidden_size=32, output_dim=64, n_window=50, n_window_infer=400, initializer_range=0.1)
-    text = dict(model_type="qwen3", vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
-                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, rms_norm_eps=1e-6,
-                initializer_range=0.1)
+    audio = dict(
+        num_mel_bins=128,
+        d_model=64,
+        encoder_layers=2,
+        encoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        downsample_hidden_size=32,
+        output_dim=64,
+        n_window=50,
+        n_window_infer=400,
+        initializer_range=0.1,
+    )
+    text = dict(
+        model_type="qwen3",
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        rms_norm_eps=1e-6,
+        initializer_range=0.1,
+    )
     text.update(text_overrides)
     audio["output_dim"] = text["hidden_size"]
-    return Qwen3ASRConfig(audio_config=audio, text_config=text, audio_token_id=audio_token_id,
-                          initializer_range=0.1, **({} if tie else {"tie_word_embeddings": False}))
+    return Qwen3ASRConfig(
+        audio_config=audio,
+        text_config=text,
+        audio_token_id=audio_token_id,
+        initializer_range=0.1,
+        **({} if tie else {"tie_word_embeddings": False}),
+    )
 
 
 def qwen3_asr_original_name(name: str) -> str:
     """Native transformers name -> the original Qwen release name."""
     if name.startswith("model.multi_modal_projector."):
-        rest = name[len("model.multi_modal_projector."):].replace("linear_1", "proj1").replace("linear_2", "proj2")
+        rest = name[len("model.multi_modal_projector.") :].replace("linear_1", "proj1").replace("linear_2", "proj2")
         return "thinker.audio_tower." + rest
     if name.startswith("model.audio_tower."):
-        return "thinker.audio_tower." + name[len("model.audio_tower."):]
+        return "thinker.audio_tower." + name[len("model.audio_tower.") :]
     if name.startswith("model.language_model."):
-        return "thinker.model." + name[len("model.language_model."):]
+        return "thinker.model." + name[len("model.language_model.") :]
     return "thinker." + name
 
 
@@ -99,15 +124,24 @@ def _write_safetensors(out_dir: Path, tensors: dict, shards: int) -> None:
         fname = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
         save_file({n: tensors[n] for n in part}, str(out_dir / fname), metadata={"format": "pt"})
         weight_map.update({n: fname for n in part})
-    index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
-             "weight_map": weight_map}
+    index = {
+        "metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+        "weight_map": weight_map,
+    }
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
 
 
 @tiny_builder("qwen3-asr")
-def make_tiny_qwen3_asr(out_dir: Path, layout: str = "native", dtype=torch.float32, shards: int = 1,
-                        tie: bool = True, tokenizer_layout: str = "tokenizer.json", seed: int = 0,
-                        text_overrides: dict | None = None) -> dict:
+def make_tiny_qwen3_asr(
+    out_dir: Path,
+    layout: str = "native",
+    dtype=torch.float32,
+    shards: int = 1,
+    tie: bool = True,
+    tokenizer_layout: str = "tokenizer.json",
+    seed: int = 0,
+    text_overrides: dict | None = None,
+) -> dict:
     """Write a tiny Qwen3-ASR checkpoint; returns {"config", "ids", "model"} (model in float32).
 
     layout "native": written by transformers' `save_pretrained` (tied: top-level tie true, text_config false,
@@ -131,11 +165,20 @@ def make_tiny_qwen3_asr(out_dir: Path, layout: str = "native", dtype=torch.float
     cfg = config.to_dict()
     state = {qwen3_asr_original_name(k): v for k, v in state.items()}
     cfg["text_config"]["tie_word_embeddings"] = tie
-    thinker = {"audio_config": cfg["audio_config"], "text_config": cfg["text_config"],
-               "audio_token_id": cfg["audio_token_id"], "model_type": "qwen3_asr_thinker", "tie_word_embeddings": tie}
+    thinker = {
+        "audio_config": cfg["audio_config"],
+        "text_config": cfg["text_config"],
+        "audio_token_id": cfg["audio_token_id"],
+        "model_type": "qwen3_asr_thinker",
+        "tie_word_embeddings": tie,
+    }
     thinker["text_config"]["rope_scaling"] = {"mrope_section": [3, 3, 2], "interleaved": True, "rope_type": "default"}
-    cfg = {"architectures": ["Qwen3ASRForConditionalGeneration"], "model_type": "qwen3_asr",
-           "thinker_config": thinker, "support_languages": ["Chinese", "English"]}
+    cfg = {
+        "architectures": ["Qwen3ASRForConditionalGeneration"],
+        "model_type": "qwen3_asr",
+        "thinker_config": thinker,
+        "support_languages": ["Chinese", "English"],
+    }
     _write_safetensors(out_dir, state, shards)
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
     return {"config": config, "ids": ids, "model": model}
@@ -192,18 +235,33 @@ def tiny_qwen3_5_text_config(moe: bool = False, tie: bool = True, **overrides) -
     """Text config kwargs: both layer kinds (full attention every 4th layer), more linear value heads than key
     heads (exercises the value-head reorder), partial rotary with M-RoPE sections llama.cpp can express."""
     text = dict(
-        vocab_size=TINY_VOCAB, hidden_size=TINY_QWEN3_5_HIDDEN, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=32, linear_conv_kernel_dim=4, linear_key_head_dim=16,
-        linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,
-        layer_types=list(TINY_QWEN3_5_LAYER_TYPES), full_attention_interval=4, max_position_embeddings=4096,
-        rms_norm_eps=1e-6, tie_word_embeddings=tie,
+        vocab_size=TINY_VOCAB,
+        hidden_size=TINY_QWEN3_5_HIDDEN,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        linear_conv_kernel_dim=4,
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        layer_types=list(TINY_QWEN3_5_LAYER_TYPES),
+        full_attention_interval=4,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=tie,
         # 32 * 0.25 = 8 rotated dims = 4 pairs; [2, 1, 1] gives them t, h, w, t (as HF does)
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25,
-                         "mrope_section": [2, 1, 1], "mrope_interleaved": True},
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.25,
+            "mrope_section": [2, 1, 1],
+            "mrope_interleaved": True,
+        },
     )
     if moe:
-        text.update(moe_intermediate_size=32, shared_expert_intermediate_size=48, num_experts=4,
-                    num_experts_per_tok=2)
+        text.update(moe_intermediate_size=32, shared_expert_intermediate_size=48, num_experts=4, num_experts_per_tok=2)
     else:
         text.update(intermediate_size=128)
     text.update(overrides)
@@ -212,12 +270,27 @@ def tiny_qwen3_5_text_config(moe: bool = False, tie: bool = True, **overrides) -
 
 def tiny_qwen3_5_vision_config(out_hidden: int = TINY_QWEN3_5_HIDDEN) -> dict:
     """8x8 learned position grid with patch 16: the default image is 128x128."""
-    return dict(depth=2, hidden_size=32, num_heads=2, intermediate_size=64, patch_size=16, spatial_merge_size=2,
-                temporal_patch_size=2, out_hidden_size=out_hidden, num_position_embeddings=64)
+    return dict(
+        depth=2,
+        hidden_size=32,
+        num_heads=2,
+        intermediate_size=64,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        out_hidden_size=out_hidden,
+        num_position_embeddings=64,
+    )
 
 
-def tiny_qwen3_5_config(ids: dict, moe: bool = False, text_only: bool = False, tie: bool = True,
-                        vision_out_hidden: int | None = None, text_overrides: dict | None = None):
+def tiny_qwen3_5_config(
+    ids: dict,
+    moe: bool = False,
+    text_only: bool = False,
+    tie: bool = True,
+    vision_out_hidden: int | None = None,
+    text_overrides: dict | None = None,
+):
     import transformers
 
     text = tiny_qwen3_5_text_config(moe, tie, **(text_overrides or {}))
@@ -227,15 +300,23 @@ def tiny_qwen3_5_config(ids: dict, moe: bool = False, text_only: bool = False, t
         return cls(**text)
     cls = transformers.Qwen3_5MoeConfig if moe else transformers.Qwen3_5Config
     vision = tiny_qwen3_5_vision_config(TINY_QWEN3_5_HIDDEN if vision_out_hidden is None else vision_out_hidden)
-    return cls(text_config=text, vision_config=vision, tie_word_embeddings=tie,
-               **{field: ids[token] for field, token in QWEN3_5_TOKEN_FIELDS.items()})
+    return cls(
+        text_config=text,
+        vision_config=vision,
+        tie_word_embeddings=tie,
+        **{field: ids[token] for field, token in QWEN3_5_TOKEN_FIELDS.items()},
+    )
 
 
 def qwen3_5_model_class(moe: bool, text_only: bool):
     import transformers
 
-    name = {(False, False): "Qwen3_5ForConditionalGeneration", (True, False): "Qwen3_5MoeForConditionalGeneration",
-            (False, True): "Qwen3_5ForCausalLM", (True, True): "Qwen3_5MoeForCausalLM"}[(moe, text_only)]
+    name = {
+        (False, False): "Qwen3_5ForConditionalGeneration",
+        (True, False): "Qwen3_5MoeForConditionalGeneration",
+        (False, True): "Qwen3_5ForCausalLM",
+        (True, True): "Qwen3_5MoeForCausalLM",
+    }[(moe, text_only)]
     return getattr(transformers, name)
 
 
@@ -271,10 +352,20 @@ def scale_qwen3_5_weights(model, seed: int = 0, fan_in: bool = False) -> None:
 
 
 @tiny_builder("qwen3.5")
-def make_tiny_qwen3_5(out_dir: Path, moe: bool = False, text_only: bool = False, dtype=torch.float32,
-                      tie: bool = True, seed: int = 0, with_preprocessor: bool = True,
-                      vision_out_hidden: int | None = None, shards: int = 1, layout: str = "saved",
-                      text_overrides: dict | None = None, fan_in_scale: bool = False) -> dict:
+def make_tiny_qwen3_5(
+    out_dir: Path,
+    moe: bool = False,
+    text_only: bool = False,
+    dtype=torch.float32,
+    tie: bool = True,
+    seed: int = 0,
+    with_preprocessor: bool = True,
+    vision_out_hidden: int | None = None,
+    shards: int = 1,
+    layout: str = "saved",
+    text_overrides: dict | None = None,
+    fan_in_scale: bool = False,
+) -> dict:
     """Write a tiny Qwen3.5 checkpoint with transformers' own `save_pretrained` (config.json with
     `architectures`, model.safetensors, generation_config.json; MoE experts come out per expert), plus the
     tokenizer files and, for the multimodal models, a preprocessor_config.json like the real one.
@@ -289,10 +380,12 @@ def make_tiny_qwen3_5(out_dir: Path, moe: bool = False, text_only: bool = False,
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ids = build_qwen_bpe_tokenizer(out_dir, specials=QWEN3_5_SPECIALS, user_defined=QWEN3_5_USER_DEFINED,
-                                   chat_template=CHATML_TEMPLATE)
-    config = tiny_qwen3_5_config(ids, moe=moe, text_only=text_only, tie=tie, vision_out_hidden=vision_out_hidden,
-                                 text_overrides=text_overrides)
+    ids = build_qwen_bpe_tokenizer(
+        out_dir, specials=QWEN3_5_SPECIALS, user_defined=QWEN3_5_USER_DEFINED, chat_template=CHATML_TEMPLATE
+    )
+    config = tiny_qwen3_5_config(
+        ids, moe=moe, text_only=text_only, tie=tie, vision_out_hidden=vision_out_hidden, text_overrides=text_overrides
+    )
     cls = qwen3_5_model_class(moe, text_only)
     torch.manual_seed(seed)
     model = cls(config).eval()
@@ -327,27 +420,44 @@ def make_tiny_qwen3_5_text(out_dir: Path, **kwargs) -> dict:
 # ---- PaddleOCR-VL ------------------------------------------------------------------------------------
 
 PADDLEOCR_PREPROCESSOR = {
-    "image_processor_type": "PaddleOCRVLImageProcessor", "do_resize": True, "do_rescale": True,
-    "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
-    "min_pixels": 147384, "max_pixels": 2822400, "patch_size": 14, "temporal_patch_size": 1, "merge_size": 2,
+    "image_processor_type": "PaddleOCRVLImageProcessor",
+    "do_resize": True,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "min_pixels": 147384,
+    "max_pixels": 2822400,
+    "patch_size": 14,
+    "temporal_patch_size": 1,
+    "merge_size": 2,
 }
 
 
 def paddleocr_original_name(name: str) -> str:
     """Native (in-memory transformers) name -> the original release's name."""
     if name.startswith("model.language_model."):
-        return "model." + name[len("model.language_model."):]
+        return "model." + name[len("model.language_model.") :]
     if name.startswith("model.visual."):
-        return name[len("model."):]
+        return name[len("model.") :]
     if name.startswith("model.projector."):
-        return "mlp_AR." + name[len("model.projector."):]
+        return "mlp_AR." + name[len("model.projector.") :]
     return name
 
 
 @tiny_builder("paddleocr-vl")
-def make_tiny_paddleocr_vl(out_dir: Path, layout: str = "saved", tokenizer_layout: str = "both", seed: int = 0,
-                           text_overrides: dict | None = None, auto_map: bool = False, tie: bool = False,
-                           dtype=torch.float32, shards: int = 1) -> dict:
+def make_tiny_paddleocr_vl(
+    out_dir: Path,
+    layout: str = "saved",
+    tokenizer_layout: str = "both",
+    seed: int = 0,
+    text_overrides: dict | None = None,
+    auto_map: bool = False,
+    tie: bool = False,
+    dtype=torch.float32,
+    shards: int = 1,
+) -> dict:
     """A tiny PaddleOCR-VL (ERNIE-4.5 text with M-RoPE, SigLIP-style vision, mlp_AR projector) with a
     SentencePiece tokenizer trained in-process. layout:
     - "saved": transformers' own `save_pretrained` (nested config, the release's tensor names written back);
@@ -363,15 +473,37 @@ def make_tiny_paddleocr_vl(out_dir: Path, layout: str = "saved", tokenizer_layou
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = build_spm_tokenizer(out_dir, layout=tokenizer_layout)
     vocab = max(ids.values()) + 1 + 16
-    text = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=32, max_position_embeddings=4096, rms_norm_eps=1e-5,
-                use_bias=False, hidden_act="silu", tie_word_embeddings=tie,
-                rope_parameters={"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [6, 5, 5]})
+    text = dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        use_bias=False,
+        hidden_act="silu",
+        tie_word_embeddings=tie,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [6, 5, 5]},
+    )
     text.update(text_overrides or {})
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56,
-                  patch_size=14, spatial_merge_size=2)
-    tokens = dict(image_token_id=ids["<|IMAGE_PLACEHOLDER|>"], vision_start_token_id=ids["<|IMAGE_START|>"],
-                  vision_end_token_id=ids["<|IMAGE_END|>"], video_token_id=ids["<|IMAGE_PLACEHOLDER|>"])
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=56,
+        patch_size=14,
+        spatial_merge_size=2,
+    )
+    tokens = dict(
+        image_token_id=ids["<|IMAGE_PLACEHOLDER|>"],
+        vision_start_token_id=ids["<|IMAGE_START|>"],
+        vision_end_token_id=ids["<|IMAGE_END|>"],
+        video_token_id=ids["<|IMAGE_PLACEHOLDER|>"],
+    )
     config = PaddleOCRVLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tie, **tokens)
     torch.manual_seed(seed)
     model = PaddleOCRVLForConditionalGeneration(config).eval()
@@ -393,14 +525,21 @@ def make_tiny_paddleocr_vl(out_dir: Path, layout: str = "saved", tokenizer_layou
     if layout == "original":
         state = {paddleocr_original_name(k): v for k, v in state.items()}
         rope = text.pop("rope_parameters")
-        cfg = {"architectures": ["PaddleOCRVLForConditionalGeneration"], "model_type": "paddleocr_vl", **text,
-               "rope_scaling": {"mrope_section": rope["mrope_section"], "rope_type": "default", "type": "default"},
-               "rope_theta": rope["rope_theta"], "torch_dtype": "float32",
-               "vision_config": {**vision, "model_type": "paddleocr_vl", "architectures": ["PaddleOCRVisionModel"]},
-               **tokens}
+        cfg = {
+            "architectures": ["PaddleOCRVLForConditionalGeneration"],
+            "model_type": "paddleocr_vl",
+            **text,
+            "rope_scaling": {"mrope_section": rope["mrope_section"], "rope_type": "default", "type": "default"},
+            "rope_theta": rope["rope_theta"],
+            "torch_dtype": "float32",
+            "vision_config": {**vision, "model_type": "paddleocr_vl", "architectures": ["PaddleOCRVisionModel"]},
+            **tokens,
+        }
         if auto_map:
-            cfg["auto_map"] = {"AutoConfig": "configuration_paddleocr_vl.PaddleOCRVLConfig",
-                               "AutoModelForCausalLM": "modeling_paddleocr_vl.PaddleOCRVLForConditionalGeneration"}
+            cfg["auto_map"] = {
+                "AutoConfig": "configuration_paddleocr_vl.PaddleOCRVLConfig",
+                "AutoModelForCausalLM": "modeling_paddleocr_vl.PaddleOCRVLForConditionalGeneration",
+            }
             (out_dir / "modeling_paddleocr_vl.py").write_text("raise SystemExit('checkpoint code must never run')\n")
     elif layout == "native":
         cfg = config.to_dict()

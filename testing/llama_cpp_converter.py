@@ -47,13 +47,18 @@ def cached_or_fetched(cache: Path, spec: str = SDIST, timeout: float = 900) -> P
     with the reason when neither works (no network, no sdist, no converter inside)."""
     cache.mkdir(parents=True, exist_ok=True)
     version = spec.split("==", 1)[1] if "==" in spec else "*"
-    for unpacked in sorted((p for p in cache.glob(f"llama_cpp_python-{version}") if p.is_dir()), key=_version_key,
-                           reverse=True):
+    for unpacked in sorted(
+        (p for p in cache.glob(f"llama_cpp_python-{version}") if p.is_dir()), key=_version_key, reverse=True
+    ):
         if tree := converter_tree(unpacked):
             return tree
     try:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", spec,
-                        "-d", str(cache)], check=True, capture_output=True, timeout=timeout)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", spec, "-d", str(cache)],
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+        )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         raise RuntimeError(f"`pip download {spec}` failed ({exc})") from None
     sdists = sorted(cache.glob(f"llama_cpp_python-{version}.tar.gz"), key=_version_key)
@@ -61,7 +66,7 @@ def cached_or_fetched(cache: Path, spec: str = SDIST, timeout: float = 900) -> P
         raise RuntimeError(f"`pip download {spec}` left no sdist in {cache}")
     with tarfile.open(sdists[-1]) as tar:
         tar.extractall(cache, filter="data")
-    tree = converter_tree(cache / sdists[-1].name[:-len(".tar.gz")])
+    tree = converter_tree(cache / sdists[-1].name[: -len(".tar.gz")])
     if tree is None:
         raise RuntimeError(f"{sdists[-1]}: no vendor/llama.cpp/convert_hf_to_gguf.py inside")
     return tree

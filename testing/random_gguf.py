@@ -9,9 +9,18 @@ from pathlib import Path
 import numpy as np
 
 
-def write_random_qwen3vl(path: Path, sizes: dict, n_layer: int, qtype_name: str = "q8_0", tied: bool = True,
-                         seed: int = 0, scale: float = 0.2, rope_sections=(3, 3, 2, 0), context: int = 512,
-                         tokens: list[str] | None = None) -> Path:
+def write_random_qwen3vl(
+    path: Path,
+    sizes: dict,
+    n_layer: int,
+    qtype_name: str = "q8_0",
+    tied: bool = True,
+    seed: int = 0,
+    scale: float = 0.2,
+    rope_sections=(3, 3, 2, 0),
+    context: int = 512,
+    tokens: list[str] | None = None,
+) -> Path:
     """`sizes`: hidden, n_head, n_kv, head_dim, ff, vocab. Matrices ~ N(0, scale^2) in `qtype_name`; 1-D
     tensors (norms) 1 + N(0, 0.01) in F32. `tokens`: a byte-level BPE vocabulary for llama.cpp (the numpy
     runtime needs none)."""
@@ -62,10 +71,19 @@ def write_random_qwen3vl(path: Path, sizes: dict, n_layer: int, qtype_name: str 
     if not tied:
         add("output.weight", V, h)
     for i in range(n_layer):
-        for name, shape in [("attn_norm", (h,)), ("attn_q", (q, h)), ("attn_k", (kv, h)), ("attn_v", (kv, h)),
-                            ("attn_output", (h, q)), ("attn_q_norm", (s["head_dim"],)),
-                            ("attn_k_norm", (s["head_dim"],)), ("ffn_norm", (h,)), ("ffn_gate", (ff, h)),
-                            ("ffn_up", (ff, h)), ("ffn_down", (h, ff))]:
+        for name, shape in [
+            ("attn_norm", (h,)),
+            ("attn_q", (q, h)),
+            ("attn_k", (kv, h)),
+            ("attn_v", (kv, h)),
+            ("attn_output", (h, q)),
+            ("attn_q_norm", (s["head_dim"],)),
+            ("attn_k_norm", (s["head_dim"],)),
+            ("ffn_norm", (h,)),
+            ("ffn_gate", (ff, h)),
+            ("ffn_up", (ff, h)),
+            ("ffn_down", (h, ff)),
+        ]:
             add(f"blk.{i}.{name}.weight", *shape)
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -76,8 +94,9 @@ def write_random_qwen3vl(path: Path, sizes: dict, n_layer: int, qtype_name: str 
 
 def byte_level_tokens(n: int) -> list[str]:
     """GPT-2's 256 byte tokens, one merge's result, fillers: a vocabulary llama.cpp's BPE loader accepts."""
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-                 + list(range(ord("®"), ord("ÿ") + 1)))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, extra = {b: chr(b) for b in printable}, 0
     for b in range(256):
         if b not in chars:

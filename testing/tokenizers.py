@@ -230,8 +230,9 @@ def train_spm(
     return out.getvalue()
 
 
-def spm_tokenizer_json(proto_bytes: bytes, added: list[tuple[str, bool]], add_prefix_space: bool,
-                       add_bos: bool) -> Tokenizer:
+def spm_tokenizer_json(
+    proto_bytes: bytes, added: list[tuple[str, bool]], add_prefix_space: bool, add_bos: bool
+) -> Tokenizer:
     """The tokenizer.json a checkpoint ships for a SentencePiece BPE model: BPE with byte fallback, merges ranked
     by piece score, Metaspace, byte-fallback decoder; `added` are (content, special) tokens past the pieces."""
     from sentencepiece import sentencepiece_model_pb2
@@ -246,14 +247,19 @@ def spm_tokenizer_json(proto_bytes: bytes, added: list[tuple[str, bool]], add_pr
         for k in range(1, len(piece))
         if piece[:k] in normal and piece[k:] in normal
     )
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[(a, b) for _, _, a, b in ranked], unk_token="<unk>",
-                               fuse_unk=True, byte_fallback=True))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first" if add_prefix_space
-                                                 else "never", split=False)
+    tok = Tokenizer(
+        models.BPE(
+            vocab=vocab, merges=[(a, b) for _, _, a, b in ranked], unk_token="<unk>", fuse_unk=True, byte_fallback=True
+        )
+    )
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="\u2581", prepend_scheme="first" if add_prefix_space else "never", split=False
+    )
     steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
     tok.decoder = decoders.Sequence([*steps, *([decoders.Strip(" ", 1, 0)] if add_prefix_space else [])])
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A" if add_bos else "$A", pair="<s> $A <s> $B" if add_bos else "$A $B",
+        single="<s> $A" if add_bos else "$A",
+        pair="<s> $A <s> $B" if add_bos else "$A $B",
         special_tokens=[("<s>", 1)] if add_bos else [],
     )
     in_model = [(p.piece, p.type) for p in proto.pieces if p.type in (3, 4)]  # control, user-defined
@@ -304,20 +310,22 @@ def build_spm_tokenizer(
         tok.save(str(out_dir / "tokenizer.json"))
     special = {s: s not in user_defined for s in ids}
     config = tokenizer_config(ids, special, chat_template)
-    config.update({
-        "add_bos_token": add_bos_token,
-        "add_eos_token": False,
-        "add_prefix_space": add_prefix_space,
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "unk_token": "<unk>",
-        "pad_token": "<unk>",
-        "cls_token": "<|begin_of_sentence|>" if "<|begin_of_sentence|>" in ids else None,
-        "sep_token": "<|end_of_sentence|>" if "<|end_of_sentence|>" in ids else None,
-        "legacy": False,
-        "model_max_length": 131072,
-        "tokenizer_class": "LlamaTokenizer",
-    })
+    config.update(
+        {
+            "add_bos_token": add_bos_token,
+            "add_eos_token": False,
+            "add_prefix_space": add_prefix_space,
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "pad_token": "<unk>",
+            "cls_token": "<|begin_of_sentence|>" if "<|begin_of_sentence|>" in ids else None,
+            "sep_token": "<|end_of_sentence|>" if "<|end_of_sentence|>" in ids else None,
+            "legacy": False,
+            "model_max_length": 131072,
+            "tokenizer_class": "LlamaTokenizer",
+        }
+    )
     if PADDLEOCR_IMAGE_TOKEN in ids:
         config["extra_special_tokens"] = {"image_token": PADDLEOCR_IMAGE_TOKEN}
     del config["errors"]

@@ -23,10 +23,10 @@ GGUF_ARCH = "paddleocr"
 HF_ARCHITECTURES = ("PaddleOCRVLForConditionalGeneration",)
 NATIVE, ORIGINAL = "native", "original"
 
-TEXT_PREFIX = "model.language_model."   # native (transformers 5)
-ORIGINAL_PREFIX = "model."              # original release
+TEXT_PREFIX = "model.language_model."  # native (transformers 5)
+ORIGINAL_PREFIX = "model."  # original release
 LM_HEAD = "lm_head.weight"
-VISION = "model.visual.vision_model."   # canonical vision / projector prefixes
+VISION = "model.visual.vision_model."  # canonical vision / projector prefixes
 PROJECTOR = "model.projector."
 
 # transformers' defaults (PaddleOCRTextConfig / PaddleOCRVisionConfig); the released model states them.
@@ -38,7 +38,7 @@ DEFAULT_CONTEXT = 131072
 DEFAULT_VISION_ROPE_THETA = 10000.0
 DEFAULT_VISION_LN_EPS = 1e-6
 DEFAULT_VISION_ACT = "gelu_pytorch_tanh"
-VISION_ACTS = {"gelu_pytorch_tanh": "tanh", "gelu": "none"}   # hidden_act -> onnx_graph.gelu approximation
+VISION_ACTS = {"gelu_pytorch_tanh": "tanh", "gelu": "none"}  # hidden_act -> onnx_graph.gelu approximation
 
 # Released PaddlePaddle/PaddleOCR-VL preprocessor_config.json: rescale 1/255, mean = std = 0.5,
 # min_pixels 147384 (= 188 * 28^2), max_pixels 2822400 (= 1680^2), patch 14, merge 2, temporal 1.
@@ -61,7 +61,7 @@ class TextHparams:
     intermediate_size: int
     rms_norm_eps: float
     rope_theta: float
-    mrope_section: list[int]          # (t, h, w) rotary pairs, sum == head_dim / 2
+    mrope_section: list[int]  # (t, h, w) rotary pairs, sum == head_dim / 2
     max_position_embeddings: int
     tie_embeddings: bool
     tie_config: TieConfig | None = field(default=None, compare=False)  # what config.json says
@@ -89,12 +89,12 @@ class VisionHparams:
     num_heads: int
     patch_size: int
     merge_size: int
-    table_side: int                   # the learned position table is table_side x table_side patches
+    table_side: int  # the learned position table is table_side x table_side patches
     layer_norm_eps: float
-    hidden_act: str                   # a key of VISION_ACTS
-    rope_theta: float                 # the 2-D (axial) rotary base
-    image_size: tuple[int, int]       # (height, width) of the static ONNX input
-    preprocess: dict                  # the board's vision_preprocess block
+    hidden_act: str  # a key of VISION_ACTS
+    rope_theta: float  # the 2-D (axial) rotary base
+    image_size: tuple[int, int]  # (height, width) of the static ONNX input
+    preprocess: dict  # the board's vision_preprocess block
     preprocessor_source: str
 
     @property
@@ -115,9 +115,9 @@ class VisionHparams:
 
 @dataclass(frozen=True)
 class TextLayout:
-    kind: str = NATIVE            # "native" | "original"
-    fused_qkv: bool = False       # self_attn.qkv_proj instead of q/k/v_proj
-    fused_ffn: bool = False       # mlp.up_gate_proj instead of gate/up_proj
+    kind: str = NATIVE  # "native" | "original"
+    fused_qkv: bool = False  # self_attn.qkv_proj instead of q/k/v_proj
+    fused_ffn: bool = False  # mlp.up_gate_proj instead of gate/up_proj
 
     @property
     def prefix(self) -> str:
@@ -132,10 +132,10 @@ ORIGINAL_LAYOUT = TextLayout(ORIGINAL)
 class Hparams:
     text: TextHparams
     vision: VisionHparams
-    layout: str                       # vision/projector tensor names: "native" (model.visual.*) or "original"
+    layout: str  # vision/projector tensor names: "native" (model.visual.*) or "original"
     text_layout: TextLayout
     image_token_id: int
-    config_layout: str = NATIVE       # config.json nested (transformers 5) or flat (the release)
+    config_layout: str = NATIVE  # config.json nested (transformers 5) or flat (the release)
 
     @property
     def layout_description(self) -> str:
@@ -152,7 +152,7 @@ class Hparams:
 
 
 def config_layout(config: dict) -> str:
-    """"native" when the config nests `text_config` (transformers 5), "original" when text fields are flat."""
+    """ "native" when the config nests `text_config` (transformers 5), "original" when text fields are flat."""
     return NATIVE if isinstance(config.get("text_config"), dict) else ORIGINAL
 
 
@@ -162,14 +162,23 @@ def read_text_hparams(config: dict, path: Path) -> TextHparams:
     text = top.sub("text_config") if config_layout(config) == NATIVE else top
     rope_config = read_rope(text, default_theta=DEFAULT_ROPE_THETA)
     rope = rope_config.block
-    require(rope_config.rope_type == "default", path, rope.field("rope_type"),
-            f"'{rope_config.rope_type}' scaling is not supported (llama.cpp's paddleocr uses plain M-RoPE)")
+    require(
+        rope_config.rope_type == "default",
+        path,
+        rope.field("rope_type"),
+        f"'{rope_config.rope_type}' scaling is not supported (llama.cpp's paddleocr uses plain M-RoPE)",
+    )
     theta = rope_config.theta
     section = rope.data.get("mrope_section", DEFAULT_MROPE_SECTION)
-    if not (isinstance(section, list) and len(section) == 3
-            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in section)):
-        raise SmtError(f"{path}: {rope.field('mrope_section')}: expected a list of 3 non-negative integers "
-                       f"(t, h, w), found {section!r}")
+    if not (
+        isinstance(section, list)
+        and len(section) == 3
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in section)
+    ):
+        raise SmtError(
+            f"{path}: {rope.field('mrope_section')}: expected a list of 3 non-negative integers "
+            f"(t, h, w), found {section!r}"
+        )
     heads = text.get("num_attention_heads")
     tie = read_tie([top, text] if top is not text else [top], default=True)
     hp = TextHparams(
@@ -184,7 +193,7 @@ def read_text_hparams(config: dict, path: Path) -> TextHparams:
         rope_theta=float(theta),
         mrope_section=[int(s) for s in section],
         max_position_embeddings=text.get("max_position_embeddings", int, DEFAULT_CONTEXT),
-        tie_embeddings=tie.value,   # what the config says; the plugin settles it from the weights
+        tie_embeddings=tie.value,  # what the config says; the plugin settles it from the weights
         tie_config=tie,
     )
     _check_text(hp, text, rope, path)
@@ -192,17 +201,30 @@ def read_text_hparams(config: dict, path: Path) -> TextHparams:
 
 
 def _check_text(hp: TextHparams, text: ConfigReader, rope: ConfigReader, path: Path) -> None:
-    require(hp.num_heads % hp.num_kv_heads == 0, path, text.field("num_key_value_heads"),
-            f"{hp.num_kv_heads} does not divide num_attention_heads {hp.num_heads}")
+    require(
+        hp.num_heads % hp.num_kv_heads == 0,
+        path,
+        text.field("num_key_value_heads"),
+        f"{hp.num_kv_heads} does not divide num_attention_heads {hp.num_heads}",
+    )
     require(hp.head_dim % 2 == 0, path, text.field("head_dim"), f"{hp.head_dim} must be even (rotary pairs)")
-    require(sum(hp.mrope_section) == hp.head_dim // 2, path, rope.field("mrope_section"),
-            f"{hp.mrope_section} sums to {sum(hp.mrope_section)}, expected head_dim/2 = {hp.head_dim // 2} "
-            "(every rotary pair must belong to a t/h/w section, in HF and in llama.cpp)")
+    require(
+        sum(hp.mrope_section) == hp.head_dim // 2,
+        path,
+        rope.field("mrope_section"),
+        f"{hp.mrope_section} sums to {sum(hp.mrope_section)}, expected head_dim/2 = {hp.head_dim // 2} "
+        "(every rotary pair must belong to a t/h/w section, in HF and in llama.cpp)",
+    )
     act = text.data.get("hidden_act", "silu")
-    require(act == "silu", path, text.field("hidden_act"),
-            f"'{act}' is not supported (llama.cpp's paddleocr uses silu)")
-    require(not text.data.get("use_bias", False), path, text.field("use_bias"),
-            "projection biases are not supported (llama.cpp's paddleocr has no FFN biases)")
+    require(
+        act == "silu", path, text.field("hidden_act"), f"'{act}' is not supported (llama.cpp's paddleocr uses silu)"
+    )
+    require(
+        not text.data.get("use_bias", False),
+        path,
+        text.field("use_bias"),
+        "projection biases are not supported (llama.cpp's paddleocr has no FFN biases)",
+    )
     window = text.data.get("sliding_window")
     require(window is None, path, text.field("sliding_window"), "sliding-window attention is not supported")
 
@@ -229,9 +251,9 @@ def vision_to_ckpt(layout: str):
 
     def original(name: str) -> str:
         if name.startswith(PROJECTOR):
-            return "mlp_AR." + name[len(PROJECTOR):]
+            return "mlp_AR." + name[len(PROJECTOR) :]
         if name.startswith("model.visual."):
-            return name[len("model."):]
+            return name[len("model.") :]
         return name
 
     return original
@@ -270,8 +292,9 @@ def vision_preprocess(pre: dict) -> dict:
     mean = [float(finite(v, where, f"image_mean[{i}]", -1e3, 1e3)) for i, v in enumerate(mean)]
     std = [float(finite(v, where, f"image_std[{i}]", -1e3, 1e3)) for i, v in enumerate(std)]
     if len(mean) != 3 or len(std) != 3 or any(s == 0 for s in std):
-        raise SmtError("preprocessor_config.json: image_mean/image_std: expected 3 values each, std != 0, "
-                       f"got {mean} / {std}")
+        raise SmtError(
+            f"preprocessor_config.json: image_mean/image_std: expected 3 values each, std != 0, got {mean} / {std}"
+        )
     return {"rescale_factor": float(rescale), "image_mean": mean, "image_std": std}
 
 
@@ -307,15 +330,35 @@ def read_vision_hparams(config: dict, path: Path, pre: dict | None, pre_source: 
     require(act in VISION_ACTS, path, v.field("hidden_act"), f"'{act}' is not supported ({', '.join(VISION_ACTS)})")
     rope = v.sub("rope_parameters", required=False) or ConfigReader({}, path, v.field("rope_parameters") + ".")
     rope_type = rope.get("rope_type", str, "axial")
-    require(rope_type == "axial", path, rope.field("rope_type"),
-            f"'{rope_type}': only the 2-D axial rotary is supported")
+    require(
+        rope_type == "axial", path, rope.field("rope_type"), f"'{rope_type}': only the 2-D axial rotary is supported"
+    )
     hidden, heads = v.get("hidden_size"), v.get("num_attention_heads")
-    require(hidden % heads == 0 and (hidden // heads) % 4 == 0, path, v.field("num_attention_heads"),
-            f"hidden_size {hidden} / {heads} heads must be a multiple of 4 (2-D rotary pairs)")
+    require(
+        hidden % heads == 0 and (hidden // heads) % 4 == 0,
+        path,
+        v.field("num_attention_heads"),
+        f"hidden_size {hidden} / {heads} heads must be a multiple of 4 (2-D rotary pairs)",
+    )
     table = v.get("image_size", int, 384) // patch
-    return VisionHparams(hidden, v.get("intermediate_size"), v.get("num_hidden_layers"), heads, patch, merge, table,
-                         v.get("layer_norm_eps", float, DEFAULT_VISION_LN_EPS), act,
-                         rope.get("rope_theta", float, v.get("rope_theta", float, DEFAULT_VISION_ROPE_THETA)),
-                         image_size_hw(size, patch * merge, patch, pixel_limits(pre)[1] // (patch * patch),
-                                       "the model's processor never makes more (preprocessor_config.json max_pixels)"),
-                         vision_preprocess(pre), pre_source)
+    return VisionHparams(
+        hidden,
+        v.get("intermediate_size"),
+        v.get("num_hidden_layers"),
+        heads,
+        patch,
+        merge,
+        table,
+        v.get("layer_norm_eps", float, DEFAULT_VISION_LN_EPS),
+        act,
+        rope.get("rope_theta", float, v.get("rope_theta", float, DEFAULT_VISION_ROPE_THETA)),
+        image_size_hw(
+            size,
+            patch * merge,
+            patch,
+            pixel_limits(pre)[1] // (patch * patch),
+            "the model's processor never makes more (preprocessor_config.json max_pixels)",
+        ),
+        vision_preprocess(pre),
+        pre_source,
+    )

@@ -17,13 +17,36 @@ import numpy as np
 from smt_convert.archs.paddleocr_vl import prompt
 from dataclasses import replace
 
-from smt_convert.archs.paddleocr_vl.config import (GGUF_ARCH, HF_ARCHITECTURES, LM_HEAD, PROJECTOR, Hparams,
-                                                   config_layout, detect_text_layout, detect_vision_layout,
-                                                   read_text_hparams, read_vision_hparams, vision_to_ckpt)
-from smt_convert.archs.paddleocr_vl.text import (expected_text_tensors, ignored_text_tensors, text_tensor_types,
-                                                 text_tensors, write_text_metadata)
-from smt_convert.converters.plugin import (ArchPlugin, EncoderOutput, ModelFacts, ReferenceRequest, ReferenceResult,
-                                           TextTensor, TokenRules, register)
+from smt_convert.archs.paddleocr_vl.config import (
+    GGUF_ARCH,
+    HF_ARCHITECTURES,
+    LM_HEAD,
+    PROJECTOR,
+    Hparams,
+    config_layout,
+    detect_text_layout,
+    detect_vision_layout,
+    read_text_hparams,
+    read_vision_hparams,
+    vision_to_ckpt,
+)
+from smt_convert.archs.paddleocr_vl.text import (
+    expected_text_tensors,
+    ignored_text_tensors,
+    text_tensor_types,
+    text_tensors,
+    write_text_metadata,
+)
+from smt_convert.converters.plugin import (
+    ArchPlugin,
+    EncoderOutput,
+    ModelFacts,
+    ReferenceRequest,
+    ReferenceResult,
+    TextTensor,
+    TokenRules,
+    register,
+)
 from smt_convert.converters.validate import ConfigReader, require, settle_tie
 from smt_convert.runtime.errors import SmtError
 
@@ -44,7 +67,7 @@ class PaddleOCRVLPlugin(ArchPlugin):
         "<stem>-vision-<size>.onnx (host-normalised [1,3,H,W] -> [(H/28)*(W/28), hidden])",
         "config.json (with vision_preprocess), tokenizer files, golden/, manifest.json",
     ]
-    tokens = TokenRules(pre=None, eos="</s>")    # SentencePiece: tokenizer model "llama", no pre-tokenizer
+    tokens = TokenRules(pre=None, eos="</s>")  # SentencePiece: tokenizer model "llama", no pre-tokenizer
     board_flags = ("--jinja",)  # the ERNIE chat template is not one of llama.cpp's built-in (non-jinja) templates
 
     @classmethod
@@ -64,22 +87,39 @@ class PaddleOCRVLPlugin(ArchPlugin):
         layout = detect_vision_layout(ckpt.tensors)
         pre_path = ckpt.root / "preprocessor_config.json"
         pre = read_json(pre_path) if pre_path.is_file() else {}
-        vision = read_vision_hparams(ckpt.config, path, pre, pre_path.name if pre else "transformers defaults",
-                                     opts.image_size if opts is not None else None)
+        vision = read_vision_hparams(
+            ckpt.config,
+            path,
+            pre,
+            pre_path.name if pre else "transformers defaults",
+            opts.image_size if opts is not None else None,
+        )
         image_token = ConfigReader(ckpt.config, path).get("image_token_id", int, 100295)
-        require(image_token < text.vocab_size, path, "image_token_id",
-                f"{image_token} is outside the vocabulary ({text.vocab_size})")
+        require(
+            image_token < text.vocab_size,
+            path,
+            "image_token_id",
+            f"{image_token} is outside the vocabulary ({text.vocab_size})",
+        )
         hp = Hparams(text, vision, layout, text_layout, image_token, config_layout(ckpt.config))
         proj_out = ckpt.tensors.get(vision_to_ckpt(layout)(PROJECTOR + "linear_2.weight"))
         if proj_out is not None and proj_out.shape[0] != text.hidden_size:
-            raise SmtError(f"{proj_out.file}: tensor {proj_out.name}: projector output width {proj_out.shape[0]} "
-                           f"must equal the text hidden size {text.hidden_size} ({path.name}: hidden_size)")
+            raise SmtError(
+                f"{proj_out.file}: tensor {proj_out.name}: projector output width {proj_out.shape[0]} "
+                f"must equal the text hidden size {text.hidden_size} ({path.name}: hidden_size)"
+            )
         return hp
 
     def facts(self, hp: Hparams) -> ModelFacts:
-        return ModelFacts(layout=hp.layout_description, vocab_size=hp.text.vocab_size, text_arch=GGUF_ARCH,
-                          modality="image", rope_sections=hp.text.rope_sections, default_stem="PaddleOCR-VL",
-                          tie_note=hp.text.tie_note)
+        return ModelFacts(
+            layout=hp.layout_description,
+            vocab_size=hp.text.vocab_size,
+            text_arch=GGUF_ARCH,
+            modality="image",
+            rope_sections=hp.text.rope_sections,
+            default_stem="PaddleOCR-VL",
+            tie_note=hp.text.tie_note,
+        )
 
     def canonical_to_checkpoint(self, hp: Hparams):
         """Vision / projector names are canonical; text names are already the checkpoint's (see text.py)."""
@@ -114,9 +154,15 @@ class PaddleOCRVLPlugin(ArchPlugin):
         from smt_convert.archs.paddleocr_vl.vision_graph import vision_shapes
 
         params = sum(int(np.prod(s)) for s in vision_shapes(v, hp.text.hidden_size).values())
-        return [EncoderOutput("vision", f"{stem}-vision-{size}.onnx", params,
-                              [{"name": "pixel_values", "shape": [1, 3, h, w], "dtype": "float32"}],
-                              [{"name": "image_embeds", "shape": [ny * nx, hp.text.hidden_size], "dtype": "float32"}])]
+        return [
+            EncoderOutput(
+                "vision",
+                f"{stem}-vision-{size}.onnx",
+                params,
+                [{"name": "pixel_values", "shape": [1, 3, h, w], "dtype": "float32"}],
+                [{"name": "image_embeds", "shape": [ny * nx, hp.text.hidden_size], "dtype": "float32"}],
+            )
+        ]
 
     def build_encoders(self, weights, hp: Hparams, precision: str):
         from smt_convert.archs.paddleocr_vl.vision_graph import build_vision_graph
@@ -128,10 +174,12 @@ class PaddleOCRVLPlugin(ArchPlugin):
     def board_config(self, hp: Hparams, files: dict[str, str]) -> dict:
         h, w = hp.vision.image_size
         size = {"input_size": h} if h == w else {"input_width": w, "input_height": h}
-        return {"architectures": list(HF_ARCHITECTURES),
-                "vision_model": {"model_path": files["vision"], **size},
-                "vision_preprocess": dict(hp.vision.preprocess),
-                "text_model": {"hidden_size": hp.text.hidden_size, "model_path": files["text"]}}
+        return {
+            "architectures": list(HF_ARCHITECTURES),
+            "vision_model": {"model_path": files["vision"], **size},
+            "vision_preprocess": dict(hp.vision.preprocess),
+            "text_model": {"hidden_size": hp.text.hidden_size, "model_path": files["text"]},
+        }
 
     def prompt_record(self, hp: Hparams) -> dict:
         return prompt.prompt_record(hp)

@@ -19,20 +19,32 @@ STOP_TOKENS = ["</s>", "<|end_of_sentence|>"]
 
 
 def prompt_record(hp: Hparams) -> dict:
-    return {"template": PROMPT, "template_fields": {"prompt": "OCR:"}, "media_marker": "<__media__>",
-            "media_start": IMAGE_START, "media_end": IMAGE_END,
-            "media_placeholder": IMAGE_PLACEHOLDER, "media_placeholder_id": hp.image_token_id,
-            "positions": "mrope", "stop_tokens": list(STOP_TOKENS)}
+    return {
+        "template": PROMPT,
+        "template_fields": {"prompt": "OCR:"},
+        "media_marker": "<__media__>",
+        "media_start": IMAGE_START,
+        "media_end": IMAGE_END,
+        "media_placeholder": IMAGE_PLACEHOLDER,
+        "media_placeholder_id": hp.image_token_id,
+        "positions": "mrope",
+        "stop_tokens": list(STOP_TOKENS),
+    }
 
 
 def preprocessing(hp: Hparams) -> dict:
     v = hp.vision
     ny, nx = v.grid
     board_guess = guess_grid(ny * nx)
-    return {"host": "decode RGB, antialiased bilinear resize to exactly HxW, x*rescale_factor, (x-mean)/std",
-            "image_size": list(v.image_size), "grid": [ny, nx], "vision_preprocess": dict(v.preprocess),
-            "from": v.preprocessor_source, "board_grid_guess": list(board_guess),
-            "board_guess_matches": list(board_guess) == [ny, nx]}
+    return {
+        "host": "decode RGB, antialiased bilinear resize to exactly HxW, x*rescale_factor, (x-mean)/std",
+        "image_size": list(v.image_size),
+        "grid": [ny, nx],
+        "vision_preprocess": dict(v.preprocess),
+        "from": v.preprocessor_source,
+        "board_grid_guess": list(board_guess),
+        "board_guess_matches": list(board_guess) == [ny, nx],
+    }
 
 
 def plan_notes(hp: Hparams) -> list[str]:
@@ -58,11 +70,16 @@ def raw_check_images(height: int, width: int, seed: int = 0) -> dict[str, np.nda
     for top in range(line_h, height - line_h, 2 * line_h):
         end = int(width * rng.uniform(0.5, 0.95))
         glyphs = rng.random(width) < 0.55
-        band = doc[top:top + line_h, width // 12:end]
+        band = doc[top : top + line_h, width // 12 : end]
         band[:, glyphs[: band.shape[1]]] = rng.uniform(10, 60)
     doc[height * 2 // 3, :, :] = [30, 60, 160]
-    photo = np.stack([200 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.08) + 30 * c
-                      for c, (cy, cx) in enumerate(rng.random((3, 2)))], axis=-1)
+    photo = np.stack(
+        [
+            200 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.08) + 30 * c
+            for c, (cy, cx) in enumerate(rng.random((3, 2)))
+        ],
+        axis=-1,
+    )
     photo += 20 * np.sin(40 * xx + 25 * yy)[..., None] + rng.normal(0, 8, photo.shape)
     images = {
         "document": doc,

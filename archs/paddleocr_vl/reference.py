@@ -18,14 +18,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from smt_convert.archs.paddleocr_vl.config import (LM_HEAD, PROJECTOR, TEXT_PREFIX, VISION, Hparams,
-                                                   vision_to_ckpt)
+from smt_convert.archs.paddleocr_vl.config import LM_HEAD, PROJECTOR, TEXT_PREFIX, VISION, Hparams, vision_to_ckpt
 from smt_convert.archs.paddleocr_vl.text import canonical_text_sources
 from smt_convert.converters.plugin import ReferenceRequest, ReferenceResult
 from smt_convert.converters.reference_stream import build_module
 from smt_convert.runtime.verify import Row
 
-ATTENTION = "sdpa"         # what PaddleOCRVLForConditionalGeneration picks by default on CPU
+ATTENTION = "sdpa"  # what PaddleOCRVLForConditionalGeneration picks by default on CPU
 HOST_PIXELS_MAX_ABS = 1e-5  # host normalisation vs HF's processor: float32 rounding only (measured <= 4.8e-7)
 
 
@@ -34,18 +33,36 @@ def hf_config(hp: Hparams):
     from transformers import PaddleOCRVLConfig
 
     t, v = hp.text, hp.vision
-    text = dict(vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
-                num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
-                head_dim=t.head_dim, rms_norm_eps=t.rms_norm_eps, max_position_embeddings=t.max_position_embeddings,
-                use_bias=False, hidden_act="silu", tie_word_embeddings=t.tie_embeddings,
-                rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta,
-                                 "mrope_section": list(t.mrope_section)})
-    vision = dict(hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, num_hidden_layers=v.num_layers,
-                  num_attention_heads=v.num_heads, patch_size=v.patch_size, spatial_merge_size=v.merge_size,
-                  image_size=v.table_side * v.patch_size, layer_norm_eps=v.layer_norm_eps, hidden_act=v.hidden_act,
-                  rope_parameters={"rope_type": "axial", "rope_theta": v.rope_theta})
-    cfg = PaddleOCRVLConfig(text_config=text, vision_config=vision, tie_word_embeddings=t.tie_embeddings,
-                            image_token_id=hp.image_token_id)
+    text = dict(
+        vocab_size=t.vocab_size,
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_layers,
+        num_attention_heads=t.num_heads,
+        num_key_value_heads=t.num_kv_heads,
+        head_dim=t.head_dim,
+        rms_norm_eps=t.rms_norm_eps,
+        max_position_embeddings=t.max_position_embeddings,
+        use_bias=False,
+        hidden_act="silu",
+        tie_word_embeddings=t.tie_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta, "mrope_section": list(t.mrope_section)},
+    )
+    vision = dict(
+        hidden_size=v.hidden_size,
+        intermediate_size=v.intermediate_size,
+        num_hidden_layers=v.num_layers,
+        num_attention_heads=v.num_heads,
+        patch_size=v.patch_size,
+        spatial_merge_size=v.merge_size,
+        image_size=v.table_side * v.patch_size,
+        layer_norm_eps=v.layer_norm_eps,
+        hidden_act=v.hidden_act,
+        rope_parameters={"rope_type": "axial", "rope_theta": v.rope_theta},
+    )
+    cfg = PaddleOCRVLConfig(
+        text_config=text, vision_config=vision, tie_word_embeddings=t.tie_embeddings, image_token_id=hp.image_token_id
+    )
     cfg.text_config._attn_implementation = ATTENTION
     cfg.vision_config._attn_implementation = ATTENTION
     return cfg
@@ -105,8 +122,9 @@ def vision_rows(cfg, hp: Hparams, load, pixels: torch.Tensor) -> torch.Tensor:
             layer = build_module(lambda: M.PaddleOCRVisionEncoderLayer(vcfg), load, f"{VISION}encoder.layers.{i}.")
             h = layer(h, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, position_embeddings=position_embeddings)
             del layer
-        post = build_module(lambda: nn.LayerNorm(v.hidden_size, eps=vcfg.layer_norm_eps), load,
-                            VISION + "post_layernorm.")
+        post = build_module(
+            lambda: nn.LayerNorm(v.hidden_size, eps=vcfg.layer_norm_eps), load, VISION + "post_layernorm."
+        )
         h = post(h)
         projector = build_module(lambda: M.PaddleOCRProjector(cfg), load, PROJECTOR)
         return projector(h, grid_thw)
@@ -122,13 +140,19 @@ def host_pixels_row(hp: Hparams, media: np.ndarray, host_input: np.ndarray, host
     h, w = hp.vision.image_size
     resized = image_pixels(media, w, h, host)[0].transpose(1, 2, 0).astype(np.uint8)
     p = hp.vision.preprocess
-    processor = PaddleOCRVLImageProcessorPil(do_resize=False, rescale_factor=p["rescale_factor"],
-                                             image_mean=p["image_mean"], image_std=p["image_std"])
+    processor = PaddleOCRVLImageProcessorPil(
+        do_resize=False, rescale_factor=p["rescale_factor"], image_mean=p["image_mean"], image_std=p["image_std"]
+    )
     expected = processor(images=[resized], return_tensors="pt")["pixel_values"]
     ours = patchify(torch.from_numpy(np.asarray(host_input, dtype=np.float32)), hp.vision.patch_size)
     value = float((ours - expected).abs().max()) if ours.shape == expected.shape else float("inf")
-    return Row("host preprocessing", "max abs vs HF processor", value, f"<= {HOST_PIXELS_MAX_ABS}",
-               value <= HOST_PIXELS_MAX_ABS)
+    return Row(
+        "host preprocessing",
+        "max abs vs HF processor",
+        value,
+        f"<= {HOST_PIXELS_MAX_ABS}",
+        value <= HOST_PIXELS_MAX_ABS,
+    )
 
 
 # ---- text ------------------------------------------------------------------------------------------------------
@@ -183,6 +207,5 @@ def text_logits(cfg, hp: Hparams, load, ids: list[int], image_rows: torch.Tensor
             del layer
         norm = build_module(lambda: M.PaddleOCRRMSNorm(t.hidden_size, eps=t.rms_norm_eps), load, TEXT_PREFIX + "norm.")
         h = norm(h)
-        head = build_module(lambda: nn.Linear(t.hidden_size, t.vocab_size, bias=False), load,
-                            LM_HEAD[: -len("weight")])
+        head = build_module(lambda: nn.Linear(t.hidden_size, t.vocab_size, bias=False), load, LM_HEAD[: -len("weight")])
         return head(h)[0].numpy()

@@ -21,10 +21,10 @@ from typing import Callable
 import numpy as np
 from gguf import MODEL_TENSOR as T
 
-from smt_convert.archs.paddleocr_vl.config import (LM_HEAD, NATIVE_LAYOUT, TEXT_PREFIX, TextHparams,
-                                                   TextLayout)
+from smt_convert.archs.paddleocr_vl.config import LM_HEAD, NATIVE_LAYOUT, TEXT_PREFIX, TextHparams, TextLayout
 from smt_convert.converters.decoder_tensors import DecoderShape, expected_decoder, hf_layer_name, standard_decoder
 from smt_convert.converters.plugin import TextTensor
+
 
 def expected_text_tensors(hp: TextHparams, layout: TextLayout = NATIVE_LAYOUT) -> dict[str, tuple[int, ...]]:
     """Checkpoint name (in `layout`) -> shape for every text tensor the model uses. For the native layout
@@ -46,9 +46,17 @@ def expected_text_tensors(hp: TextHparams, layout: TextLayout = NATIVE_LAYOUT) -
 
 def decoder_shape(hp: TextHparams) -> DecoderShape:
     """ERNIE-4.5's text side is the standard decoder (no q/k norm, no biases)."""
-    return DecoderShape(hp.vocab_size, hp.hidden_size, hp.intermediate_size, hp.num_layers, hp.q_dim, hp.kv_dim,
-                        hp.head_dim, qk_norm=False,
-                        tied=hp.tie_embeddings)
+    return DecoderShape(
+        hp.vocab_size,
+        hp.hidden_size,
+        hp.intermediate_size,
+        hp.num_layers,
+        hp.q_dim,
+        hp.kv_dim,
+        hp.head_dim,
+        qk_norm=False,
+        tied=hp.tie_embeddings,
+    )
 
 
 def ignored_text_tensors(hp: TextHparams, layout: TextLayout = NATIVE_LAYOUT) -> dict[str, str]:
@@ -60,16 +68,17 @@ def split_qkv(hp: TextHparams, part: str) -> Callable[[np.ndarray], np.ndarray]:
     """One of q/k/v from a fused `qkv_proj` [q_dim + 2*kv_dim, H] (rows [q; k; v], as upstream splits it)."""
     start = {"q": 0, "k": hp.q_dim, "v": hp.q_dim + hp.kv_dim}[part]
     size = hp.q_dim if part == "q" else hp.kv_dim
-    return lambda w: w[start:start + size]
+    return lambda w: w[start : start + size]
 
 
 def split_up_gate(part: str) -> Callable[[np.ndarray], np.ndarray]:
     """gate (first half) or up (second half) of a fused `up_gate_proj` [2F, H], as upstream splits it."""
-    return (lambda w: w[: w.shape[0] // 2]) if part == "gate" else (lambda w: w[w.shape[0] // 2:])
+    return (lambda w: w[: w.shape[0] // 2]) if part == "gate" else (lambda w: w[w.shape[0] // 2 :])
 
 
-def text_tensors(hp: TextHparams, layout: TextLayout = NATIVE_LAYOUT,
-                 to_ckpt: Callable[[str], str] = lambda name: name) -> list[TextTensor]:
+def text_tensors(
+    hp: TextHparams, layout: TextLayout = NATIVE_LAYOUT, to_ckpt: Callable[[str], str] = lambda name: name
+) -> list[TextTensor]:
     """Every GGUF tensor of the paddleocr text model: name, checkpoint sources, shape, transform.
     Sources are `to_ckpt(name in layout)`; no tensor needs a numeric change, only fused ones are split.
     Tied embeddings: no `output.weight` (llama.cpp then duplicates `token_embd.weight`, as upstream relies on)."""
@@ -81,8 +90,9 @@ def text_tensors(hp: TextHparams, layout: TextLayout = NATIVE_LAYOUT,
         if kind in fused:
             return TextTensor(name, (to_ckpt(layer + "self_attn.qkv_proj.weight"),), shape, split_qkv(hp, fused[kind]))
         if kind in fused_ffn:
-            return TextTensor(name, (to_ckpt(layer + "mlp.up_gate_proj.weight"),), shape,
-                              split_up_gate(fused_ffn[kind]))
+            return TextTensor(
+                name, (to_ckpt(layer + "mlp.up_gate_proj.weight"),), shape, split_up_gate(fused_ffn[kind])
+            )
         return None
 
     return standard_decoder(decoder_shape(hp), layout.prefix, to_ckpt, LM_HEAD, replace)

@@ -27,26 +27,46 @@ from functools import partial
 import numpy as np
 
 from smt_convert.archs.paddleocr_vl.config import PROJECTOR, VISION, VISION_ACTS, Hparams, VisionHparams
-from smt_convert.converters.onnx_graph import (EncoderGraph, GraphContext, Weights, blocked_attention, gelu,
-                                               layer_norm, linear)
+from smt_convert.converters.onnx_graph import (
+    EncoderGraph,
+    GraphContext,
+    Weights,
+    blocked_attention,
+    gelu,
+    layer_norm,
+    linear,
+)
 
 EMBED = VISION + "embeddings."
-PROJECTOR_LN_EPS = 1e-5      # PaddleOCRProjector.pre_norm is built with this eps, whatever the config says
+PROJECTOR_LN_EPS = 1e-5  # PaddleOCRProjector.pre_norm is built with this eps, whatever the config says
 
 
 def vision_shapes(v: VisionHparams, text_hidden: int) -> dict[str, tuple[int, ...]]:
     """Canonical name -> shape of every vision and projector tensor the graph reads."""
-    d, f, merged = v.hidden_size, v.intermediate_size, v.hidden_size * v.merge_size ** 2
-    shapes = {EMBED + "patch_embedding.weight": (d, 3, v.patch_size, v.patch_size),
-              EMBED + "patch_embedding.bias": (d,),
-              EMBED + "position_embedding.weight": (v.table_side ** 2, d),
-              VISION + "post_layernorm.weight": (d,), VISION + "post_layernorm.bias": (d,),
-              PROJECTOR + "pre_norm.weight": (d,), PROJECTOR + "pre_norm.bias": (d,),
-              PROJECTOR + "linear_1.weight": (merged, merged), PROJECTOR + "linear_1.bias": (merged,),
-              PROJECTOR + "linear_2.weight": (text_hidden, merged), PROJECTOR + "linear_2.bias": (text_hidden,)}
-    layer = {"layer_norm1.weight": (d,), "layer_norm1.bias": (d,), "layer_norm2.weight": (d,),
-             "layer_norm2.bias": (d,), "mlp.fc1.weight": (f, d), "mlp.fc1.bias": (f,), "mlp.fc2.weight": (d, f),
-             "mlp.fc2.bias": (d,)}
+    d, f, merged = v.hidden_size, v.intermediate_size, v.hidden_size * v.merge_size**2
+    shapes = {
+        EMBED + "patch_embedding.weight": (d, 3, v.patch_size, v.patch_size),
+        EMBED + "patch_embedding.bias": (d,),
+        EMBED + "position_embedding.weight": (v.table_side**2, d),
+        VISION + "post_layernorm.weight": (d,),
+        VISION + "post_layernorm.bias": (d,),
+        PROJECTOR + "pre_norm.weight": (d,),
+        PROJECTOR + "pre_norm.bias": (d,),
+        PROJECTOR + "linear_1.weight": (merged, merged),
+        PROJECTOR + "linear_1.bias": (merged,),
+        PROJECTOR + "linear_2.weight": (text_hidden, merged),
+        PROJECTOR + "linear_2.bias": (text_hidden,),
+    }
+    layer = {
+        "layer_norm1.weight": (d,),
+        "layer_norm1.bias": (d,),
+        "layer_norm2.weight": (d,),
+        "layer_norm2.bias": (d,),
+        "mlp.fc1.weight": (f, d),
+        "mlp.fc1.bias": (f,),
+        "mlp.fc2.weight": (d, f),
+        "mlp.fc2.bias": (d,),
+    }
     for proj in ("q", "k", "v", "out"):
         layer.update({f"self_attn.{proj}_proj.weight": (d, d), f"self_attn.{proj}_proj.bias": (d,)})
     for i in range(v.num_layers):
@@ -91,7 +111,7 @@ def rotary_tables(v: VisionHparams) -> tuple[np.ndarray, np.ndarray]:
     quarter = v.head_dim // 2
     inv_freq = 1.0 / (np.float32(v.rope_theta) ** (np.arange(0, quarter, 2, dtype=np.float32) / np.float32(quarter)))
     pos = raster_positions(*v.patch_grid).astype(np.float32)
-    freqs = (pos[:, :, None] * inv_freq.astype(np.float32)).reshape(len(pos), -1)   # [S, row freqs | col freqs]
+    freqs = (pos[:, :, None] * inv_freq.astype(np.float32)).reshape(len(pos), -1)  # [S, row freqs | col freqs]
     angles = np.concatenate([freqs, freqs], axis=-1)[:, None, :]
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
@@ -115,13 +135,20 @@ def self_attention(ctx: GraphContext, x, prefix: str, v: VisionHparams, rope):
     op = ctx.op
     heads, hd = v.num_heads, v.head_dim
 
-    def project(name, rotary):                                           # -> [heads, S, hd]
+    def project(name, rotary):  # -> [heads, S, hd]
         y = op.Reshape(linear(ctx, x, f"{prefix}.{name}"), ctx.ints([-1, heads, hd]))
         y = apply_rotary(ctx, y, *rope, hd) if rotary else y
         return op.Transpose(y, perm=[1, 0, 2])
 
-    out = blocked_attention(ctx, project("q_proj", True), project("k_proj", True), project("v_proj", False),
-                            scale=hd ** -0.5, heads=heads, length=v.patch_grid[0] * v.patch_grid[1])
+    out = blocked_attention(
+        ctx,
+        project("q_proj", True),
+        project("k_proj", True),
+        project("v_proj", False),
+        scale=hd**-0.5,
+        heads=heads,
+        length=v.patch_grid[0] * v.patch_grid[1],
+    )
     out = op.Reshape(op.Transpose(out, perm=[1, 0, 2]), ctx.ints([-1, v.hidden_size]))
     return linear(ctx, out, f"{prefix}.out_proj")
 
@@ -129,8 +156,12 @@ def self_attention(ctx: GraphContext, x, prefix: str, v: VisionHparams, rope):
 def encoder_layer(ctx: GraphContext, h, prefix: str, v: VisionHparams, rope):
     """PaddleOCRVisionEncoderLayer: pre-LayerNorm attention and GELU MLP, each with a residual."""
     op = ctx.op
-    h = op.Add(h, self_attention(ctx, layer_norm(ctx, h, f"{prefix}.layer_norm1", v.layer_norm_eps),
-                                 f"{prefix}.self_attn", v, rope))
+    h = op.Add(
+        h,
+        self_attention(
+            ctx, layer_norm(ctx, h, f"{prefix}.layer_norm1", v.layer_norm_eps), f"{prefix}.self_attn", v, rope
+        ),
+    )
     y = linear(ctx, layer_norm(ctx, h, f"{prefix}.layer_norm2", v.layer_norm_eps), f"{prefix}.mlp.fc1")
     y = linear(ctx, gelu(ctx, y, VISION_ACTS[v.hidden_act]), f"{prefix}.mlp.fc2")
     return op.Add(h, y)
@@ -151,11 +182,19 @@ def build_vision(ctx: GraphContext, v: VisionHparams, text_hidden: int) -> None:
     op = ctx.op
     (height, width), (rows, cols), p, d = v.image_size, v.patch_grid, v.patch_size, v.hidden_size
     x = ctx.input("pixel_values", [1, 3, height, width])
-    x = op.Conv(x, ctx.param(EMBED + "patch_embedding.weight"), ctx.param(EMBED + "patch_embedding.bias"),
-                kernel_shape=[p, p], strides=[p, p])                   # [1, d, rows, cols]
-    h = op.Transpose(op.Reshape(x, ctx.ints([d, rows * cols])), perm=[1, 0])   # [S, d], raster order
-    table = ctx.param(EMBED + "position_embedding.weight", shape=(rows * cols, d),
-                      transform=partial(resample_position_table, rows=rows, cols=cols))
+    x = op.Conv(
+        x,
+        ctx.param(EMBED + "patch_embedding.weight"),
+        ctx.param(EMBED + "patch_embedding.bias"),
+        kernel_shape=[p, p],
+        strides=[p, p],
+    )  # [1, d, rows, cols]
+    h = op.Transpose(op.Reshape(x, ctx.ints([d, rows * cols])), perm=[1, 0])  # [S, d], raster order
+    table = ctx.param(
+        EMBED + "position_embedding.weight",
+        shape=(rows * cols, d),
+        transform=partial(resample_position_table, rows=rows, cols=cols),
+    )
     h = op.Add(h, table)
     cos, sin = rotary_tables(v)
     rope = (ctx.const(cos, fp32=True), ctx.const(sin, fp32=True))

@@ -12,13 +12,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from smt_convert.runtime.documents import finite
-from smt_convert.converters.validate import (ConfigReader, TieConfig, image_size_hw, read_rope, read_tie, require,
-                                             settle_tie)
+from smt_convert.converters.validate import (
+    ConfigReader,
+    TieConfig,
+    image_size_hw,
+    read_rope,
+    read_tie,
+    require,
+    settle_tie,
+)
 from smt_convert.runtime.decoders.qwen3vl import imrope_streams
 from smt_convert.runtime.errors import SmtError
 
 TEXT_PREFIX = "model.language_model."  # Qwen3_5(Moe)ForConditionalGeneration
-CAUSAL_PREFIX = "model."               # Qwen3_5(Moe)ForCausalLM
+CAUSAL_PREFIX = "model."  # Qwen3_5(Moe)ForCausalLM
 VISION = "model.visual."
 
 HF_ARCHITECTURES_DENSE = ("Qwen3_5ForConditionalGeneration", "Qwen3_5ForCausalLM")
@@ -46,13 +53,13 @@ class TextHparams:
     num_heads: int
     num_kv_heads: int
     head_dim: int
-    intermediate_size: int            # dense FFN width (0 for MoE: it has none)
+    intermediate_size: int  # dense FFN width (0 for MoE: it has none)
     rms_norm_eps: float
     rope_theta: float
     partial_rotary_factor: float
-    mrope_section: list[int]          # 3 entries (t, h, w) from the config
+    mrope_section: list[int]  # 3 entries (t, h, w) from the config
     max_position_embeddings: int
-    layer_types: list[str]            # "linear_attention" | "full_attention" per layer
+    layer_types: list[str]  # "linear_attention" | "full_attention" per layer
     full_attention_interval: int
     linear_conv_kernel: int
     linear_key_head_dim: int
@@ -64,7 +71,7 @@ class TextHparams:
     num_experts_per_tok: int = 0
     moe_intermediate_size: int = 0
     shared_expert_intermediate_size: int = 0
-    mtp_layers: int = 0               # MTP blocks in the checkpoint (not converted)
+    mtp_layers: int = 0  # MTP blocks in the checkpoint (not converted)
     tie_config: TieConfig | None = field(default=None, compare=False)  # what config.json says
     tie_note: str | None = field(default=None, compare=False)  # why, when the weights decided it
 
@@ -113,12 +120,12 @@ class VisionHparams:
     out_hidden_size: int
     num_position_embeddings: int
     rope_theta: float
-    gelu: str                                   # "tanh" or "none": the blocks' MLP activation
-    image_size: tuple[int, int]                 # (height, width) of the static ONNX input
+    gelu: str  # "tanh" or "none": the blocks' MLP activation
+    image_size: tuple[int, int]  # (height, width) of the static ONNX input
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
     rescale_factor: float
-    preprocessor_source: str                    # file the normalisation came from, or "defaults"
+    preprocessor_source: str  # file the normalisation came from, or "defaults"
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -137,15 +144,15 @@ class VisionHparams:
     @property
     def side(self) -> int:
         """Side of the learned square position table."""
-        return int(round(self.num_position_embeddings ** 0.5))
+        return int(round(self.num_position_embeddings**0.5))
 
 
 @dataclass
 class Hparams:
     text: TextHparams
     vision: VisionHparams | None
-    prefix: str                                 # canonical text prefix in this checkpoint
-    experts: str                                # MoE expert layout on disk: "fused" or "per_expert"
+    prefix: str  # canonical text prefix in this checkpoint
+    experts: str  # MoE expert layout on disk: "fused" or "per_expert"
     hf_class: str
     image_token_id: int | None = None
 
@@ -172,8 +179,11 @@ def is_moe_config(config: dict) -> bool:
     text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
     types = {str(config.get("model_type", "")), str(text.get("model_type", ""))}
     archs = set(config.get("architectures") or [])
-    return bool(types & {"qwen3_5_moe", "qwen3_5_moe_text"} or archs & set(HF_ARCHITECTURES_MOE)
-                or text.get("num_experts") is not None)
+    return bool(
+        types & {"qwen3_5_moe", "qwen3_5_moe_text"}
+        or archs & set(HF_ARCHITECTURES_MOE)
+        or text.get("num_experts") is not None
+    )
 
 
 def read_text_hparams(config: dict, path: Path, moe: bool | None = None) -> TextHparams:
@@ -183,15 +193,24 @@ def read_text_hparams(config: dict, path: Path, moe: bool | None = None) -> Text
         moe = is_moe_config(config)
     rope_config = read_rope(text, default_theta=10000.0)
     rope = rope_config.block
-    require(rope_config.rope_type == "default", path, rope.field("rope_type"),
-            f"'{rope_config.rope_type}' scaling is not supported")
+    require(
+        rope_config.rope_type == "default",
+        path,
+        rope.field("rope_type"),
+        f"'{rope_config.rope_type}' scaling is not supported",
+    )
     theta = rope_config.theta
     partial = rope.get("partial_rotary_factor", float, None) or text.get("partial_rotary_factor", float, 0.25)
     section = rope.data.get("mrope_section", DEFAULT_MROPE_SECTION)
-    if not (isinstance(section, list) and 1 <= len(section) <= 4
-            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in section)):
-        raise SmtError(f"{path}: {rope.field('mrope_section')}: expected a list of up to 4 non-negative integers, "
-                       f"found {section!r}")
+    if not (
+        isinstance(section, list)
+        and 1 <= len(section) <= 4
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in section)
+    ):
+        raise SmtError(
+            f"{path}: {rope.field('mrope_section')}: expected a list of up to 4 non-negative integers, "
+            f"found {section!r}"
+        )
     num_layers = text.get("num_hidden_layers")
     interval = text.get("full_attention_interval", int, 4)
     layer_types = text.data.get("layer_types")
@@ -237,30 +256,66 @@ def read_text_hparams(config: dict, path: Path, moe: bool | None = None) -> Text
 
 
 def _check(hp: TextHparams, text: ConfigReader, rope: ConfigReader, path: Path) -> None:
-    require(len(hp.layer_types) == hp.num_layers, path, text.field("layer_types"),
-            f"{len(hp.layer_types)} entries, expected num_hidden_layers ({hp.num_layers})")
-    require(hp.num_heads % hp.num_kv_heads == 0, path, text.field("num_key_value_heads"),
-            f"{hp.num_kv_heads} does not divide num_attention_heads {hp.num_heads}")
-    require(hp.linear_num_value_heads % hp.linear_num_key_heads == 0, path, text.field("linear_num_key_heads"),
-            f"{hp.linear_num_key_heads} does not divide linear_num_value_heads {hp.linear_num_value_heads}")
+    require(
+        len(hp.layer_types) == hp.num_layers,
+        path,
+        text.field("layer_types"),
+        f"{len(hp.layer_types)} entries, expected num_hidden_layers ({hp.num_layers})",
+    )
+    require(
+        hp.num_heads % hp.num_kv_heads == 0,
+        path,
+        text.field("num_key_value_heads"),
+        f"{hp.num_kv_heads} does not divide num_attention_heads {hp.num_heads}",
+    )
+    require(
+        hp.linear_num_value_heads % hp.linear_num_key_heads == 0,
+        path,
+        text.field("linear_num_key_heads"),
+        f"{hp.linear_num_key_heads} does not divide linear_num_value_heads {hp.linear_num_value_heads}",
+    )
     # llama.cpp derives both head sizes from ssm.state_size (qwen35*.cpp: head_v_dim = ssm_d_state).
-    require(hp.linear_key_head_dim == hp.linear_value_head_dim, path, text.field("linear_value_head_dim"),
-            f"{hp.linear_value_head_dim} != linear_key_head_dim {hp.linear_key_head_dim}; llama.cpp's qwen35 "
-            "needs equal key and value head sizes")
-    require(text.data.get("hidden_act", "silu") == "silu", path, text.field("hidden_act"),
-            f"'{text.data.get('hidden_act')}' is not supported (expected silu)")
-    require(not text.data.get("attention_bias", False), path, text.field("attention_bias"),
-            "attention biases are not supported by llama.cpp's qwen35")
+    require(
+        hp.linear_key_head_dim == hp.linear_value_head_dim,
+        path,
+        text.field("linear_value_head_dim"),
+        f"{hp.linear_value_head_dim} != linear_key_head_dim {hp.linear_key_head_dim}; llama.cpp's qwen35 "
+        "needs equal key and value head sizes",
+    )
+    require(
+        text.data.get("hidden_act", "silu") == "silu",
+        path,
+        text.field("hidden_act"),
+        f"'{text.data.get('hidden_act')}' is not supported (expected silu)",
+    )
+    require(
+        not text.data.get("attention_bias", False),
+        path,
+        text.field("attention_bias"),
+        "attention biases are not supported by llama.cpp's qwen35",
+    )
     rd = hp.rope_dim
-    require(rd % 2 == 0 and 0 < rd <= hp.head_dim, path, rope.field("partial_rotary_factor"),
-            f"head_dim {hp.head_dim} x {hp.partial_rotary_factor} = {rd} rotated dims, must be even and <= head_dim")
+    require(
+        rd % 2 == 0 and 0 < rd <= hp.head_dim,
+        path,
+        rope.field("partial_rotary_factor"),
+        f"head_dim {hp.head_dim} x {hp.partial_rotary_factor} = {rd} rotated dims, must be even and <= head_dim",
+    )
     bad = section_mismatch(rd // 2, hp.rope_sections)
-    require(bad is None, path, rope.field("mrope_section"),
-            f"{hp.mrope_section} cannot be expressed by llama.cpp's interleaved M-RoPE for {rd // 2} rotary pairs "
-            f"(rotary pair {bad} would turn by a different position stream than in HF)")
+    require(
+        bad is None,
+        path,
+        rope.field("mrope_section"),
+        f"{hp.mrope_section} cannot be expressed by llama.cpp's interleaved M-RoPE for {rd // 2} rotary pairs "
+        f"(rotary pair {bad} would turn by a different position stream than in HF)",
+    )
     if hp.moe:
-        require(hp.num_experts_per_tok <= hp.num_experts, path, text.field("num_experts_per_tok"),
-                f"{hp.num_experts_per_tok} exceeds num_experts {hp.num_experts}")
+        require(
+            hp.num_experts_per_tok <= hp.num_experts,
+            path,
+            text.field("num_experts_per_tok"),
+            f"{hp.num_experts_per_tok} exceeds num_experts {hp.num_experts}",
+        )
 
 
 def hf_rope_streams(n_pairs: int, section: list[int]) -> list[int]:
@@ -289,57 +344,97 @@ def section_mismatch(n_pairs: int, sections: list[int]) -> int | None:
 # ---- vision -----------------------------------------------------------------------------------------
 
 
-def read_vision(config: dict, path: Path, text_hidden: int, image_size=None, pre: dict | None = None,
-                pre_path: Path | None = None) -> VisionHparams:
+def read_vision(
+    config: dict, path: Path, text_hidden: int, image_size=None, pre: dict | None = None, pre_path: Path | None = None
+) -> VisionHparams:
     """Vision hyperparameters; `image_size` N or (H, W) (default: the learned table's size); `pre` the
     preprocessor_config.json (None: Qwen3.5's defaults)."""
     v = ConfigReader(config, path).sub("vision_config")
     patch = v.get("patch_size", int, 16)
     merge = v.get("spatial_merge_size", int, 2)
     num_pos = v.get("num_position_embeddings", int, 2304)
-    side = int(round(num_pos ** 0.5))
+    side = int(round(num_pos**0.5))
     require(side * side == num_pos, path, v.field("num_position_embeddings"), f"{num_pos} is not a square")
     out_hidden = v.get("out_hidden_size")
-    require(out_hidden == text_hidden, path, v.field("out_hidden_size"),
-            f"vision output width {out_hidden} must equal the text hidden size {text_hidden}")
+    require(
+        out_hidden == text_hidden,
+        path,
+        v.field("out_hidden_size"),
+        f"vision output width {out_hidden} must equal the text hidden size {text_hidden}",
+    )
     act = v.get("hidden_act", str, "gelu_pytorch_tanh")
-    require(act in VISION_ACTIVATIONS, path, v.field("hidden_act"),
-            f"'{act}' is not supported (expected one of {', '.join(VISION_ACTIVATIONS)})")
+    require(
+        act in VISION_ACTIVATIONS,
+        path,
+        v.field("hidden_act"),
+        f"'{act}' is not supported (expected one of {', '.join(VISION_ACTIVATIONS)})",
+    )
     rope = v.sub("rope_parameters", required=False) or ConfigReader({}, path, v.field("rope_parameters") + ".")
     size = pre.get("size") if isinstance(pre, dict) and isinstance(pre.get("size"), dict) else {}
-    max_pixels = (pre or {}).get("max_pixels") or size.get("longest_edge") or size.get("max_pixels") \
-        or DEFAULT_MAX_PIXELS
+    max_pixels = (
+        (pre or {}).get("max_pixels") or size.get("longest_edge") or size.get("max_pixels") or DEFAULT_MAX_PIXELS
+    )
     max_pixels = finite(max_pixels, pre_path, "max_pixels", 1, 1 << 40)
-    h, w = image_size_hw(side * patch if image_size is None else image_size, patch * merge, patch,
-                         int(max_pixels) // (patch * patch),
-                         "the model's processor never makes more (preprocessor_config.json max_pixels)")
+    h, w = image_size_hw(
+        side * patch if image_size is None else image_size,
+        patch * merge,
+        patch,
+        int(max_pixels) // (patch * patch),
+        "the model's processor never makes more (preprocessor_config.json max_pixels)",
+    )
     if pre is not None:
         pr = ConfigReader(pre, pre_path)
-        mean = tuple(float(finite(x, pre_path, f"image_mean[{i}]", -1e3, 1e3))
-                     for i, x in enumerate(pr.get("image_mean", list, list(DEFAULT_IMAGE_MEAN))))
-        std = tuple(float(finite(x, pre_path, f"image_std[{i}]", -1e3, 1e3))
-                    for i, x in enumerate(pr.get("image_std", list, list(DEFAULT_IMAGE_STD))))
+        mean = tuple(
+            float(finite(x, pre_path, f"image_mean[{i}]", -1e3, 1e3))
+            for i, x in enumerate(pr.get("image_mean", list, list(DEFAULT_IMAGE_MEAN)))
+        )
+        std = tuple(
+            float(finite(x, pre_path, f"image_std[{i}]", -1e3, 1e3))
+            for i, x in enumerate(pr.get("image_std", list, list(DEFAULT_IMAGE_STD)))
+        )
         rescale = pr.get("rescale_factor", float, 1 / 255)
-        require(len(mean) == 3 and len(std) == 3 and all(s > 0 for s in std), pre_path, "image_mean/image_std",
-                "expected three values each (std positive)")
+        require(
+            len(mean) == 3 and len(std) == 3 and all(s > 0 for s in std),
+            pre_path,
+            "image_mean/image_std",
+            "expected three values each (std positive)",
+        )
         source = pre_path.name
     else:
         mean, std, rescale, source = DEFAULT_IMAGE_MEAN, DEFAULT_IMAGE_STD, 1 / 255, "defaults"
     heads = v.get("num_heads")
     hidden = v.get("hidden_size")
-    require(hidden % heads == 0 and (hidden // heads) % 4 == 0, path, v.field("num_heads"),
-            f"hidden_size {hidden} / {heads} heads must be a whole head size divisible by 4 (2-D rotary)")
-    return VisionHparams(v.get("depth"), hidden, heads, v.get("intermediate_size"), patch,
-                         v.get("temporal_patch_size", int, 2), merge, out_hidden, num_pos,
-                         rope.get("rope_theta", float, 10000.0), VISION_ACTIVATIONS[act], (h, w),
-                         mean, std, rescale, source)
+    require(
+        hidden % heads == 0 and (hidden // heads) % 4 == 0,
+        path,
+        v.field("num_heads"),
+        f"hidden_size {hidden} / {heads} heads must be a whole head size divisible by 4 (2-D rotary)",
+    )
+    return VisionHparams(
+        v.get("depth"),
+        hidden,
+        heads,
+        v.get("intermediate_size"),
+        patch,
+        v.get("temporal_patch_size", int, 2),
+        merge,
+        out_hidden,
+        num_pos,
+        rope.get("rope_theta", float, 10000.0),
+        VISION_ACTIVATIONS[act],
+        (h, w),
+        mean,
+        std,
+        rescale,
+        source,
+    )
 
 
 # ---- the whole checkpoint -----------------------------------------------------------------------------
 
 
 def detect_expert_layout(names, prefix: str = TEXT_PREFIX) -> str:
-    """"per_expert" if the checkpoint has `mlp.experts.0.gate_proj.weight` on layer 0 (what transformers 5
+    """ "per_expert" if the checkpoint has `mlp.experts.0.gate_proj.weight` on layer 0 (what transformers 5
     `save_pretrained` writes), else "fused" (the release; a missing tensor is then named by the checks)."""
     return "per_expert" if f"{prefix}layers.0.mlp.experts.0.gate_proj.weight" in set(names) else "fused"
 
@@ -349,13 +444,16 @@ def read_hparams(ckpt, opts, moe: bool) -> Hparams:
     from smt_convert.runtime.bundle import read_json
 
     archs = ckpt.config.get("architectures") or []
-    hf_class = archs[0] if archs else ("Qwen3_5MoeForConditionalGeneration" if moe
-                                       else "Qwen3_5ForConditionalGeneration")
+    hf_class = (
+        archs[0] if archs else ("Qwen3_5MoeForConditionalGeneration" if moe else "Qwen3_5ForConditionalGeneration")
+    )
     text = read_text_hparams(ckpt.config, ckpt.config_path)
     if text.moe != moe:
         other = "qwen3.5-moe" if text.moe else "qwen3.5"
-        raise SmtError(f"{ckpt.config_path}: architectures: this is a {'MoE' if text.moe else 'dense'} "
-                       f"Qwen3.5 checkpoint; use `smt-convert {other}`")
+        raise SmtError(
+            f"{ckpt.config_path}: architectures: this is a {'MoE' if text.moe else 'dense'} "
+            f"Qwen3.5 checkpoint; use `smt-convert {other}`"
+        )
     image_size = opts.image_size if opts is not None else None
     text_only = "ForCausalLM" in hf_class or "vision_config" not in ckpt.config
     if text_only and image_size is not None:
@@ -367,8 +465,12 @@ def read_hparams(ckpt, opts, moe: bool) -> Hparams:
         pre = read_json(pre_path) if pre_path.is_file() else None
         vision = read_vision(ckpt.config, ckpt.config_path, text.hidden_size, image_size, pre, pre_path)
         image_token = ConfigReader(ckpt.config, ckpt.config_path).get("image_token_id", int, 248056)
-        require(image_token < text.vocab_size, ckpt.config_path, "image_token_id",
-                f"{image_token} is outside the vocabulary ({text.vocab_size})")
+        require(
+            image_token < text.vocab_size,
+            ckpt.config_path,
+            "image_token_id",
+            f"{image_token} is outside the vocabulary ({text.vocab_size})",
+        )
     experts = detect_expert_layout(ckpt.tensors, prefix) if text.moe else "fused"
     decision = settle_tie(text.tie_config, ckpt, prefix + "embed_tokens.weight")
     text = replace(text, tie_embeddings=decision.tied, tie_note=decision.note)

@@ -12,8 +12,16 @@ import numpy as np
 
 from smt_convert.archs.qwen3_5 import config, prompt, text
 from smt_convert.archs.qwen3_5.config import Hparams
-from smt_convert.converters.plugin import (ArchPlugin, EncoderOutput, ModelFacts, ReferenceRequest, ReferenceResult,
-                                           TextTensor, TokenRules, register)
+from smt_convert.converters.plugin import (
+    ArchPlugin,
+    EncoderOutput,
+    ModelFacts,
+    ReferenceRequest,
+    ReferenceResult,
+    TextTensor,
+    TokenRules,
+    register,
+)
 from smt_convert.converters.validate import board_grid_notes
 
 __all__ = ["Hparams", "Qwen35MoePlugin", "Qwen35Plugin"]
@@ -48,10 +56,15 @@ class Qwen35Plugin(ArchPlugin):
         return config.read_hparams(ckpt, opts, self.moe)
 
     def facts(self, hp: Hparams) -> ModelFacts:
-        return ModelFacts(layout=hp.layout, vocab_size=hp.text.vocab_size, text_arch=hp.text.gguf_arch,
-                          modality="image" if hp.vision is not None else "text",
-                          rope_sections=hp.text.rope_sections, default_stem=hp.default_stem,
-                          tie_note=hp.text.tie_note)
+        return ModelFacts(
+            layout=hp.layout,
+            vocab_size=hp.text.vocab_size,
+            text_arch=hp.text.gguf_arch,
+            modality="image" if hp.vision is not None else "text",
+            rope_sections=hp.text.rope_sections,
+            default_stem=hp.default_stem,
+            tie_note=hp.text.tie_note,
+        )
 
     def canonical_to_checkpoint(self, hp: Hparams):
         return lambda name: name
@@ -93,9 +106,15 @@ class Qwen35Plugin(ArchPlugin):
 
         params = sum(int(np.prod(s)) for s in vision_graph.vision_shapes(v).values())
         size = f"{h}" if h == w else f"{h}x{w}"
-        return [EncoderOutput("vision", f"{stem}-vision-{size}.onnx", params,
-                              [{"name": "pixel_values", "shape": [1, 3, h, w], "dtype": "float32"}],
-                              [{"name": "image_embeds", "shape": [ny * nx, v.out_hidden_size], "dtype": "float32"}])]
+        return [
+            EncoderOutput(
+                "vision",
+                f"{stem}-vision-{size}.onnx",
+                params,
+                [{"name": "pixel_values", "shape": [1, 3, h, w], "dtype": "float32"}],
+                [{"name": "image_embeds", "shape": [ny * nx, v.out_hidden_size], "dtype": "float32"}],
+            )
+        ]
 
     def build_encoders(self, weights, hp: Hparams, precision: str):
         from smt_convert.archs.qwen3_5 import vision_graph
@@ -111,8 +130,10 @@ class Qwen35Plugin(ArchPlugin):
         archs = ["Qwen3_5ForConditionalGeneration"]
         if hp.hf_class not in archs and "ForConditionalGeneration" in hp.hf_class:
             archs.append(hp.hf_class)
-        board = {"architectures": archs, "text_model": {"hidden_size": hp.text.hidden_size,
-                                                         "model_path": files["text"]}}
+        board = {
+            "architectures": archs,
+            "text_model": {"hidden_size": hp.text.hidden_size, "model_path": files["text"]},
+        }
         if hp.vision is not None:
             h, w = hp.vision.image_size
             size = {"input_size": h} if h == w else {"input_width": w, "input_height": h}
@@ -136,8 +157,10 @@ class Qwen35Plugin(ArchPlugin):
     def plan_notes(self, hp: Hparams) -> list[str]:
         notes = board_grid_notes(*hp.vision.grid) if hp.vision is not None else []
         if hp.vision is not None and hp.vision.preprocessor_source == "defaults":
-            notes.append("preprocessor_config.json not found: the vision graph normalises with Qwen3.5's "
-                         "defaults (rescale 1/255, mean 0.5, std 0.5)")
+            notes.append(
+                "preprocessor_config.json not found: the vision graph normalises with Qwen3.5's "
+                "defaults (rescale 1/255, mean 0.5, std 0.5)"
+            )
         if hp.text.mtp_layers:
             notes.append(f"{hp.text.mtp_layers} MTP layer(s) not converted (speculative decoding only)")
         return notes

@@ -14,13 +14,22 @@ TEXT_PROMPT = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 
 def prompt_record(hp: Hparams) -> dict:
     """Image prompts: `<|vision_start|>` + N rows + `<|vision_end|>`, M-RoPE positions (runtime/positions.py)."""
-    record = {"template_fields": {"prompt": "Describe the image." if hp.vision else "Hello"},
-              "stop_tokens": ["<|im_end|>", "<|endoftext|>"], "positions": "mrope"}
+    record = {
+        "template_fields": {"prompt": "Describe the image." if hp.vision else "Hello"},
+        "stop_tokens": ["<|im_end|>", "<|endoftext|>"],
+        "positions": "mrope",
+    }
     if hp.vision is None:
         return {**record, "template": TEXT_PROMPT}
-    return {**record, "template": IMAGE_PROMPT, "media_marker": "<__media__>",
-            "media_start": "<|vision_start|>", "media_end": "<|vision_end|>",
-            "media_placeholder": "<|image_pad|>", "media_placeholder_id": hp.image_token_id}
+    return {
+        **record,
+        "template": IMAGE_PROMPT,
+        "media_marker": "<__media__>",
+        "media_start": "<|vision_start|>",
+        "media_end": "<|vision_end|>",
+        "media_placeholder": "<|image_pad|>",
+        "media_placeholder_id": hp.image_token_id,
+    }
 
 
 def preprocessing(hp: Hparams) -> dict:
@@ -30,11 +39,19 @@ def preprocessing(hp: Hparams) -> dict:
     v = hp.vision
     ny, nx = v.grid
     guess = guess_grid(ny * nx)
-    return {"host": "decode RGB, antialiased bilinear resize to exactly HxW, raw 0..255 float32 NCHW",
-            "image_size": list(v.image_size), "grid": [ny, nx], "board_grid_guess": list(guess),
-            "board_guess_matches": list(guess) == [ny, nx],
-            "in_graph_normalisation": {"rescale_factor": v.rescale_factor, "image_mean": list(v.image_mean),
-                                       "image_std": list(v.image_std), "from": v.preprocessor_source}}
+    return {
+        "host": "decode RGB, antialiased bilinear resize to exactly HxW, raw 0..255 float32 NCHW",
+        "image_size": list(v.image_size),
+        "grid": [ny, nx],
+        "board_grid_guess": list(guess),
+        "board_guess_matches": list(guess) == [ny, nx],
+        "in_graph_normalisation": {
+            "rescale_factor": v.rescale_factor,
+            "image_mean": list(v.image_mean),
+            "image_std": list(v.image_std),
+            "from": v.preprocessor_source,
+        },
+    }
 
 
 def golden_image(height: int, width: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from smt_convert.archs.qwen3_5.config import TEXT_PREFIX, VISION, Hparams
 from smt_convert.converters.plugin import ReferenceRequest, ReferenceResult
 from smt_convert.converters.reference_stream import build_module, streamed
 
-ATTENTION = "sdpa"      # what transformers picks by default for these classes on CPU
+ATTENTION = "sdpa"  # what transformers picks by default for these classes on CPU
 EXPERTS = "grouped_mm"  # likewise for the MoE experts (set explicitly: a standalone layer has no default)
 
 
@@ -30,9 +30,9 @@ EXPERTS = "grouped_mm"  # likewise for the MoE experts (set explicitly: a standa
 class Classes:
     """The transformers classes of one variant (dense or MoE)."""
 
-    config: Any              # the multimodal config class
+    config: Any  # the multimodal config class
     text_config: Any
-    model: Any               # holds get_rope_index
+    model: Any  # holds get_rope_index
     vision: Any
     vision_block: Any
     decoder_layer: Any
@@ -44,13 +44,28 @@ def classes(moe: bool) -> Classes:
     if moe:
         from transformers.models.qwen3_5_moe import modeling_qwen3_5_moe as m
 
-        return Classes(m.Qwen3_5MoeConfig, m.Qwen3_5MoeTextConfig, m.Qwen3_5MoeModel, m.Qwen3_5MoeVisionModel,
-                       m.Qwen3_5MoeVisionBlock, m.Qwen3_5MoeDecoderLayer, m.Qwen3_5MoeRMSNorm,
-                       m.Qwen3_5MoeTextRotaryEmbedding)
+        return Classes(
+            m.Qwen3_5MoeConfig,
+            m.Qwen3_5MoeTextConfig,
+            m.Qwen3_5MoeModel,
+            m.Qwen3_5MoeVisionModel,
+            m.Qwen3_5MoeVisionBlock,
+            m.Qwen3_5MoeDecoderLayer,
+            m.Qwen3_5MoeRMSNorm,
+            m.Qwen3_5MoeTextRotaryEmbedding,
+        )
     from transformers.models.qwen3_5 import modeling_qwen3_5 as m
 
-    return Classes(m.Qwen3_5Config, m.Qwen3_5TextConfig, m.Qwen3_5Model, m.Qwen3_5VisionModel, m.Qwen3_5VisionBlock,
-                   m.Qwen3_5DecoderLayer, m.Qwen3_5RMSNorm, m.Qwen3_5TextRotaryEmbedding)
+    return Classes(
+        m.Qwen3_5Config,
+        m.Qwen3_5TextConfig,
+        m.Qwen3_5Model,
+        m.Qwen3_5VisionModel,
+        m.Qwen3_5VisionBlock,
+        m.Qwen3_5DecoderLayer,
+        m.Qwen3_5RMSNorm,
+        m.Qwen3_5TextRotaryEmbedding,
+    )
 
 
 def hf_configs(config: dict, hp: Hparams, cls: Classes):
@@ -75,9 +90,12 @@ def checkpoint_loader(ckpt, hp: Hparams) -> Callable[[str], Any]:
     def load(name: str):
         if hp.experts == "per_expert" and name.endswith(".mlp.experts.gate_up_proj"):
             base = name[: -len("gate_up_proj")]
-            return torch.stack([torch.cat([ckpt.load(f"{base}{j}.gate_proj.weight"),
-                                           ckpt.load(f"{base}{j}.up_proj.weight")])
-                                for j in range(hp.text.num_experts)])
+            return torch.stack(
+                [
+                    torch.cat([ckpt.load(f"{base}{j}.gate_proj.weight"), ckpt.load(f"{base}{j}.up_proj.weight")])
+                    for j in range(hp.text.num_experts)
+                ]
+            )
         if hp.experts == "per_expert" and name.endswith(".mlp.experts.down_proj"):
             base = name[: -len("down_proj")]
             return torch.stack([ckpt.load(f"{base}{j}.down_proj.weight") for j in range(hp.text.num_experts)])
@@ -95,9 +113,15 @@ def hf_patches(host_input: np.ndarray, hp: Hparams):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     v = hp.vision
-    proc = Qwen2VLImageProcessorPil(do_resize=False, image_mean=list(v.image_mean), image_std=list(v.image_std),
-                                    rescale_factor=v.rescale_factor, patch_size=v.patch_size,
-                                    temporal_patch_size=v.temporal_patch_size, merge_size=v.spatial_merge_size)
+    proc = Qwen2VLImageProcessorPil(
+        do_resize=False,
+        image_mean=list(v.image_mean),
+        image_std=list(v.image_std),
+        rescale_factor=v.rescale_factor,
+        patch_size=v.patch_size,
+        temporal_patch_size=v.temporal_patch_size,
+        merge_size=v.spatial_merge_size,
+    )
     image = np.clip(np.rint(host_input[0].transpose(1, 2, 0)), 0, 255).astype(np.uint8)
     batch = proc(images=[image], return_tensors="pt")
     return batch["pixel_values"], batch["image_grid_thw"]
@@ -110,10 +134,12 @@ def vision_rows(vision_config, cls: Classes, load: Callable, pixel_values, grid_
     stem = copy.deepcopy(vision_config)
     stem.depth = 0  # patch embedding, position table, rotary and merger; the blocks are streamed below
     tower = build_module(lambda: cls.vision(stem), load, VISION)
-    tower.blocks = torch.nn.ModuleList([
-        streamed(lambda: cls.vision_block(vision_config), load, f"{VISION}blocks.{i}.")
-        for i in range(vision_config.depth)
-    ])
+    tower.blocks = torch.nn.ModuleList(
+        [
+            streamed(lambda: cls.vision_block(vision_config), load, f"{VISION}blocks.{i}.")
+            for i in range(vision_config.depth)
+        ]
+    )
     with torch.no_grad():
         return tower(pixel_values, grid_thw=grid_thw).pooler_output.numpy()
 
@@ -161,8 +187,9 @@ def text_logits(text_config, cls: Classes, load: Callable, hp: Hparams, ids: lis
     with torch.no_grad():
         rope = cls.rotary(text_config)  # no parameters: inv_freq comes from the config
         cos_sin = rope(h, positions)
-        mask = create_causal_mask(config=text_config, inputs_embeds=h, attention_mask=None, cache=None,
-                                  position_ids=None)
+        mask = create_causal_mask(
+            config=text_config, inputs_embeds=h, attention_mask=None, cache=None, position_ids=None
+        )
         for i in range(hp.text.num_layers):
             layer = build_module(lambda i=i: cls.decoder_layer(text_config, i), load, f"{prefix}layers.{i}.")
             h = layer(h, position_embeddings=cos_sin, attention_mask=None if hp.text.is_linear(i) else mask)

@@ -143,7 +143,7 @@ def reorder_v_heads(x: np.ndarray, axis: int, n_k: int, v_per_k: int, head_dim: 
     """Value heads along `axis` from grouped [k0: v0..v{r-1}, k1: ...] to tiled [v0: k0..k{n-1}, v1: ...]."""
     axis = axis % x.ndim
     shape = x.shape
-    y = x.reshape(shape[:axis] + (n_k, v_per_k, head_dim) + shape[axis + 1:])
+    y = x.reshape(shape[:axis] + (n_k, v_per_k, head_dim) + shape[axis + 1 :])
     y = np.swapaxes(y, axis, axis + 1)
     return np.ascontiguousarray(y).reshape(shape)
 
@@ -258,8 +258,11 @@ def text_tensors(
 # 0.3207 -> 0.3201 (no significant change on random weights; 2.21 -> 1.98 on an untrained network with a
 # chaotic signal); Q8_0 measured the same as F16 there, and is what llama.cpp's quantiser can keep for them.
 PRECISION_RULES = (
-    PrecisionRule(r"\.ssm_(alpha|beta)\.weight$", "Q8_0", "Gated-DeltaNet gate projections: error compounds "
-                  "through the recurrence (0.4% of the GGUF)"),
+    PrecisionRule(
+        r"\.ssm_(alpha|beta)\.weight$",
+        "Q8_0",
+        "Gated-DeltaNet gate projections: error compounds through the recurrence (0.4% of the GGUF)",
+    ),
 )
 
 
@@ -313,5 +316,7 @@ def check_weights(ckpt, hp: Hparams) -> None:
     """Vocabulary size = embedding rows (tied or not is decided from the weights in config.read_hparams)."""
     embed = ckpt.tensors.get(hp.prefix + "embed_tokens.weight")
     if embed is not None and embed.shape[0] != hp.text.vocab_size:
-        raise SmtError(f"{ckpt.config_path}: vocab_size: {hp.text.vocab_size} but {embed.name} in "
-                       f"{embed.file.name} has {embed.shape[0]} rows")
+        raise SmtError(
+            f"{ckpt.config_path}: vocab_size: {hp.text.vocab_size} but {embed.name} in "
+            f"{embed.file.name} has {embed.shape[0]} rows"
+        )

@@ -26,8 +26,15 @@ from __future__ import annotations
 import numpy as np
 
 from smt_convert.archs.qwen3_5.config import VISION, Hparams, VisionHparams
-from smt_convert.converters.onnx_graph import (EncoderGraph, GraphContext, Weights, blocked_attention, gelu,
-                                               layer_norm, linear)
+from smt_convert.converters.onnx_graph import (
+    EncoderGraph,
+    GraphContext,
+    Weights,
+    blocked_attention,
+    gelu,
+    layer_norm,
+    linear,
+)
 
 LN_EPS = 1e-6  # every LayerNorm of the tower and merger (nn.LayerNorm(..., eps=1e-6) in HF)
 
@@ -114,7 +121,7 @@ def _block(ctx: GraphContext, h, v: VisionHparams, prefix: str, cos, sin):
     q, k, val = (op.Gather(qkv, ctx.const(np.array(i, np.int64)), axis=0) for i in range(3))  # [heads, S, hd]
     q = op.Add(op.Mul(q, cos), op.Mul(_rotate_half(ctx, q, hd), sin))
     k = op.Add(op.Mul(k, cos), op.Mul(_rotate_half(ctx, k, hd), sin))
-    out = blocked_attention(ctx, q, k, val, hd ** -0.5, heads, s)
+    out = blocked_attention(ctx, q, k, val, hd**-0.5, heads, s)
     out = op.Reshape(op.Transpose(out, perm=[1, 0, 2]), ctx.ints([s, d]))
     h = op.Add(h, linear(ctx, out, prefix + "attn.proj"))
     x = layer_norm(ctx, h, prefix + "norm2", LN_EPS)
@@ -131,8 +138,9 @@ def build_vision(ctx: GraphContext, v: VisionHparams) -> None:
     mean, std = np.asarray(v.image_mean, np.float32), np.asarray(v.image_std, np.float32)
 
     x = ctx.input("pixel_values", [1, 3, h_px, w_px])
-    x = op.Add(op.Mul(x, ctx.const((v.rescale_factor / std).reshape(1, 3, 1, 1))),
-               ctx.const((-mean / std).reshape(1, 3, 1, 1)))
+    x = op.Add(
+        op.Mul(x, ctx.const((v.rescale_factor / std).reshape(1, 3, 1, 1))), ctx.const((-mean / std).reshape(1, 3, 1, 1))
+    )
     p = v.patch_size
     kernel = ctx.param(VISION + "patch_embed.proj.weight", transform=summed_kernel, shape=(d, 3, p, p))
     x = op.Conv(x, kernel, ctx.param(VISION + "patch_embed.proj.bias"), kernel_shape=[p, p], strides=[p, p])
@@ -157,16 +165,32 @@ def build_vision(ctx: GraphContext, v: VisionHparams) -> None:
 
 def vision_shapes(v: VisionHparams) -> dict[str, tuple[int, ...]]:
     """Canonical name -> shape of every vision tensor the graph reads."""
-    d, f, merged = v.hidden_size, v.intermediate_size, v.hidden_size * v.spatial_merge_size ** 2
-    shapes = {"patch_embed.proj.weight": (d, 3, v.temporal_patch_size, v.patch_size, v.patch_size),
-              "patch_embed.proj.bias": (d,), "pos_embed.weight": (v.num_position_embeddings, d),
-              "merger.norm.weight": (d,), "merger.norm.bias": (d,),
-              "merger.linear_fc1.weight": (merged, merged), "merger.linear_fc1.bias": (merged,),
-              "merger.linear_fc2.weight": (v.out_hidden_size, merged), "merger.linear_fc2.bias": (v.out_hidden_size,)}
-    block = {"norm1.weight": (d,), "norm1.bias": (d,), "norm2.weight": (d,), "norm2.bias": (d,),
-             "attn.qkv.weight": (3 * d, d), "attn.qkv.bias": (3 * d,), "attn.proj.weight": (d, d),
-             "attn.proj.bias": (d,), "mlp.linear_fc1.weight": (f, d), "mlp.linear_fc1.bias": (f,),
-             "mlp.linear_fc2.weight": (d, f), "mlp.linear_fc2.bias": (d,)}
+    d, f, merged = v.hidden_size, v.intermediate_size, v.hidden_size * v.spatial_merge_size**2
+    shapes = {
+        "patch_embed.proj.weight": (d, 3, v.temporal_patch_size, v.patch_size, v.patch_size),
+        "patch_embed.proj.bias": (d,),
+        "pos_embed.weight": (v.num_position_embeddings, d),
+        "merger.norm.weight": (d,),
+        "merger.norm.bias": (d,),
+        "merger.linear_fc1.weight": (merged, merged),
+        "merger.linear_fc1.bias": (merged,),
+        "merger.linear_fc2.weight": (v.out_hidden_size, merged),
+        "merger.linear_fc2.bias": (v.out_hidden_size,),
+    }
+    block = {
+        "norm1.weight": (d,),
+        "norm1.bias": (d,),
+        "norm2.weight": (d,),
+        "norm2.bias": (d,),
+        "attn.qkv.weight": (3 * d, d),
+        "attn.qkv.bias": (3 * d,),
+        "attn.proj.weight": (d, d),
+        "attn.proj.bias": (d,),
+        "mlp.linear_fc1.weight": (f, d),
+        "mlp.linear_fc1.bias": (f,),
+        "mlp.linear_fc2.weight": (d, f),
+        "mlp.linear_fc2.bias": (d,),
+    }
     for i in range(v.depth):
         shapes.update({f"blocks.{i}.{k}": s for k, s in block.items()})
     return {VISION + k: s for k, s in shapes.items()}
@@ -177,8 +201,10 @@ def check_images(height: int, width: int, seed: int = 0) -> dict[str, np.ndarray
     rng = np.random.default_rng(seed)
     yy, xx = np.meshgrid(np.linspace(0, 1, height), np.linspace(0, 1, width), indexing="ij")
     gradient = np.stack([255 * xx, 255 * yy, 255 * (1 - xx) * yy])
-    blobs = [200 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.08) + 30 * c
-             for c, (cy, cx) in enumerate(rng.random((3, 2)))]
+    blobs = [
+        200 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.08) + 30 * c
+        for c, (cy, cx) in enumerate(rng.random((3, 2)))
+    ]
     rect = (yy > 0.3) & (yy < 0.55) & (xx > 0.2) & (xx < 0.7)
     photo = np.where(rect, np.array([240.0, 220.0, 60.0])[:, None, None], np.stack(blobs))
     photo = photo + 20 * np.sin(40 * xx + 25 * yy) + 8 * rng.standard_normal((3, height, width))

@@ -16,7 +16,7 @@ from smt_convert.runtime.errors import SmtError
 
 @dataclass
 class Hparams:
-    layout: str                # "native" or "original"
+    layout: str  # "native" or "original"
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -79,8 +79,12 @@ def read_hparams(ckpt, opts=None, name: str = "qwen3-asr") -> Hparams:
     root = top.sub("thinker_config") if layout == "original" else top
     text, audio = root.sub("text_config"), root.sub("audio_config")
     rope = read_rope(text, default_theta=10000.0)
-    require(rope.rope_type == "default" or "mrope_section" in rope.block.data, ckpt.config_path,
-            rope.block.field("rope_type"), f"'{rope.rope_type}' scaling is not supported")
+    require(
+        rope.rope_type == "default" or "mrope_section" in rope.block.data,
+        ckpt.config_path,
+        rope.block.field("rope_type"),
+        f"'{rope.rope_type}' scaling is not supported",
+    )
     theta = rope.theta
     tie = _read_tie(top, root, text)
     hp = Hparams(
@@ -110,23 +114,52 @@ def read_hparams(ckpt, opts=None, name: str = "qwen3-asr") -> Hparams:
         tie_config=tie,
     )
     path = ckpt.config_path
-    require(hp.output_dim == hp.hidden_size, path, audio.field("output_dim"),
-            f"projector output width {hp.output_dim} must equal the text hidden size {hp.hidden_size}")
-    require(hp.num_heads % hp.num_kv_heads == 0, path, text.field("num_key_value_heads"),
-            f"{hp.num_kv_heads} does not divide num_attention_heads {hp.num_heads}")
+    require(
+        hp.output_dim == hp.hidden_size,
+        path,
+        audio.field("output_dim"),
+        f"projector output width {hp.output_dim} must equal the text hidden size {hp.hidden_size}",
+    )
+    require(
+        hp.num_heads % hp.num_kv_heads == 0,
+        path,
+        text.field("num_key_value_heads"),
+        f"{hp.num_kv_heads} does not divide num_attention_heads {hp.num_heads}",
+    )
     require(hp.head_dim % 2 == 0, path, text.field("head_dim"), "must be even for rotary embeddings")
-    require(hp.d_model % hp.encoder_heads == 0, path, audio.field("encoder_attention_heads"),
-            f"{hp.encoder_heads} heads do not divide d_model {hp.d_model}")
-    require(hp.n_window_infer > 0 and hp.n_window_infer % (2 * hp.n_window) == 0, path, audio.field("n_window_infer"),
-            f"{hp.n_window_infer} must be a positive multiple of 2 * n_window ({2 * hp.n_window})")
-    require(hp.num_mel_bins == 128, path, audio.field("num_mel_bins"),
-            "the board runtime feeds 128-bin log-mel features")
-    require(hp.activation == "gelu", path, audio.field("activation_function"),
-            f"'{hp.activation}' is not supported (expected gelu)")
-    require(hp.n_window == 50, path, audio.field("n_window"),
-            f"{hp.n_window} gives {2 * hp.n_window}-frame chunks; the board feeds 100-frame chunks (n_window 50)")
-    require(0 <= hp.audio_token_id < hp.vocab_size, path, root.field("audio_token_id"),
-            f"{hp.audio_token_id} is outside the vocabulary (vocab_size {hp.vocab_size})")
+    require(
+        hp.d_model % hp.encoder_heads == 0,
+        path,
+        audio.field("encoder_attention_heads"),
+        f"{hp.encoder_heads} heads do not divide d_model {hp.d_model}",
+    )
+    require(
+        hp.n_window_infer > 0 and hp.n_window_infer % (2 * hp.n_window) == 0,
+        path,
+        audio.field("n_window_infer"),
+        f"{hp.n_window_infer} must be a positive multiple of 2 * n_window ({2 * hp.n_window})",
+    )
+    require(
+        hp.num_mel_bins == 128, path, audio.field("num_mel_bins"), "the board runtime feeds 128-bin log-mel features"
+    )
+    require(
+        hp.activation == "gelu",
+        path,
+        audio.field("activation_function"),
+        f"'{hp.activation}' is not supported (expected gelu)",
+    )
+    require(
+        hp.n_window == 50,
+        path,
+        audio.field("n_window"),
+        f"{hp.n_window} gives {2 * hp.n_window}-frame chunks; the board feeds 100-frame chunks (n_window 50)",
+    )
+    require(
+        0 <= hp.audio_token_id < hp.vocab_size,
+        path,
+        root.field("audio_token_id"),
+        f"{hp.audio_token_id} is outside the vocabulary (vocab_size {hp.vocab_size})",
+    )
     return hp
 
 

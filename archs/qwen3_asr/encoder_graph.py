@@ -14,8 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from smt_convert.archs.qwen3_asr.config import Hparams
-from smt_convert.converters.onnx_graph import (EncoderGraph, GraphContext, Weights, attention, gelu, layer_norm,
-                                               linear)
+from smt_convert.converters.onnx_graph import EncoderGraph, GraphContext, Weights, attention, gelu, layer_norm, linear
 
 AUDIO = "model.audio_tower."
 PROJ = "model.multi_modal_projector."
@@ -40,8 +39,14 @@ def sinusoid_positions(rows: int, channels: int) -> np.ndarray:
 
 def conv_gelu(ctx: GraphContext, x, prefix: str):
     """nn.Conv2d(k=3, s=2, p=1) then exact GELU."""
-    y = ctx.op.Conv(x, ctx.param(f"{prefix}.weight"), ctx.param(f"{prefix}.bias"),
-                    kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    y = ctx.op.Conv(
+        x,
+        ctx.param(f"{prefix}.weight"),
+        ctx.param(f"{prefix}.bias"),
+        kernel_shape=[3, 3],
+        strides=[2, 2],
+        pads=[1, 1, 1, 1],
+    )
     return gelu(ctx, y)
 
 
@@ -50,10 +55,10 @@ def build_frontend(ctx: GraphContext, hp: Hparams) -> None:
     op = ctx.op
     chunk, rows, d = 2 * hp.n_window, hp.rows_per_chunk, hp.d_model
     x = ctx.input("input_features", [1, hp.num_mel_bins, chunk])
-    x = op.Unsqueeze(x, ctx.ints([1]))                                  # [1, 1, mel, time]
+    x = op.Unsqueeze(x, ctx.ints([1]))  # [1, 1, mel, time]
     for name in ("conv2d1", "conv2d2", "conv2d3"):
-        x = conv_gelu(ctx, x, AUDIO + name)                             # [1, C, freq, rows]
-    x = op.Transpose(x, perm=[0, 3, 1, 2])                              # [1, rows, C, freq]: channel-major rows
+        x = conv_gelu(ctx, x, AUDIO + name)  # [1, C, freq, rows]
+    x = op.Transpose(x, perm=[0, 3, 1, 2])  # [1, rows, C, freq]: channel-major rows
     x = op.Reshape(x, ctx.ints([1, rows, hp.downsample_hidden_size * hp.conv_freq_bins]))
     x = linear(ctx, x, AUDIO + "conv_out", bias=False)
     x = op.Add(x, ctx.const(sinusoid_positions(rows, d)))
@@ -83,12 +88,13 @@ def windowed_self_attention(ctx: GraphContext, x, prefix: str, hp: Hparams, mask
     op = ctx.op
     heads, head_dim, window = hp.encoder_heads, hp.d_model // hp.encoder_heads, hp.attention_window_rows
 
-    def split_heads(name):                                              # [nW*W, d] -> [nW, H, W, hd]
+    def split_heads(name):  # [nW*W, d] -> [nW, H, W, hd]
         y = op.Reshape(linear(ctx, x, f"{prefix}.{name}"), ctx.ints([-1, window, heads, head_dim]))
         return op.Transpose(y, perm=[0, 2, 1, 3])
 
-    out = attention(ctx, split_heads("q_proj"), split_heads("k_proj"), split_heads("v_proj"),
-                    scale=head_dim**-0.5, mask=mask)
+    out = attention(
+        ctx, split_heads("q_proj"), split_heads("k_proj"), split_heads("v_proj"), scale=head_dim**-0.5, mask=mask
+    )
     out = op.Reshape(op.Transpose(out, perm=[0, 2, 1, 3]), ctx.ints([-1, hp.d_model]))
     return linear(ctx, out, f"{prefix}.out_proj")
 
@@ -96,8 +102,12 @@ def windowed_self_attention(ctx: GraphContext, x, prefix: str, hp: Hparams, mask
 def encoder_layer(ctx: GraphContext, h, prefix: str, hp: Hparams, mask):
     """Qwen3ASRAudioEncoderLayer: pre-LayerNorm attention and GELU MLP, each with a residual."""
     op, eps = ctx.op, LAYER_NORM_EPS
-    h = op.Add(h, windowed_self_attention(ctx, layer_norm(ctx, h, f"{prefix}.self_attn_layer_norm", eps),
-                                          f"{prefix}.self_attn", hp, mask))
+    h = op.Add(
+        h,
+        windowed_self_attention(
+            ctx, layer_norm(ctx, h, f"{prefix}.self_attn_layer_norm", eps), f"{prefix}.self_attn", hp, mask
+        ),
+    )
     y = gelu(ctx, linear(ctx, layer_norm(ctx, h, f"{prefix}.final_layer_norm", eps), f"{prefix}.fc1"))
     return op.Add(h, linear(ctx, y, f"{prefix}.fc2"))
 
@@ -112,7 +122,7 @@ def build_backend(ctx: GraphContext, hp: Hparams) -> None:
     h, t, mask = pad_to_windows(ctx, op.Squeeze(x, ctx.ints([0])), hp.attention_window_rows)
     for i in range(hp.encoder_layers):
         h = encoder_layer(ctx, h, f"{AUDIO}layers.{i}", hp, mask)
-    h = op.Slice(h, ctx.ints([0]), t, ctx.ints([0]))                    # drop the padding rows
+    h = op.Slice(h, ctx.ints([0]), t, ctx.ints([0]))  # drop the padding rows
     h = layer_norm(ctx, h, AUDIO + "ln_post", LAYER_NORM_EPS)
     h = linear(ctx, gelu(ctx, linear(ctx, h, PROJ + "linear_1")), PROJ + "linear_2")
     ctx.output(h, "audio_features", ["T", hp.output_dim])
@@ -136,10 +146,17 @@ def build_encoders(weights: Weights, hp: Hparams, precision: str) -> list[Encode
     back = GraphContext("qwen3_asr_audio_backend", weights, precision)
     build_backend(back, hp)
     return [
-        EncoderGraph("audio-frontend", front.model(),
-                     check_feeds=[{"input_features": rng.uniform(-1.5, 1.5, mel).astype(np.float32)}]),
-        EncoderGraph("audio-backend", back.model(),
-                     check_feeds=[{"audio_embeds": rng.standard_normal((1, n, hp.d_model)).astype(np.float32)}
-                                  for n in check_lengths(hp)],
-                     dynamic_axes={"audio_embeds": {1: "T"}, "audio_features": {0: "T"}}),
+        EncoderGraph(
+            "audio-frontend",
+            front.model(),
+            check_feeds=[{"input_features": rng.uniform(-1.5, 1.5, mel).astype(np.float32)}],
+        ),
+        EncoderGraph(
+            "audio-backend",
+            back.model(),
+            check_feeds=[
+                {"audio_embeds": rng.standard_normal((1, n, hp.d_model)).astype(np.float32)} for n in check_lengths(hp)
+            ],
+            dynamic_axes={"audio_embeds": {1: "T"}, "audio_features": {0: "T"}},
+        ),
     ]

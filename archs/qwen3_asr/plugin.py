@@ -14,8 +14,15 @@ import numpy as np
 
 from smt_convert.archs.qwen3_asr import config, prompt, reference, text
 from smt_convert.archs.qwen3_asr.config import Hparams
-from smt_convert.converters.plugin import (ArchPlugin, EncoderOutput, ModelFacts, ReferenceRequest, ReferenceResult,
-                                           TokenRules, register)
+from smt_convert.converters.plugin import (
+    ArchPlugin,
+    EncoderOutput,
+    ModelFacts,
+    ReferenceRequest,
+    ReferenceResult,
+    TokenRules,
+    register,
+)
 from smt_convert.converters.validate import settle_tie
 
 __all__ = ["Hparams", "Qwen3ASRPlugin"]
@@ -34,15 +41,18 @@ class Qwen3ASRPlugin(ArchPlugin):
         "<stem>-encoder-split-metadata.json, config.json, tokenizer files, golden/, manifest.json",
     ]
     # As upstream writes Qwen3-ASR: qwen2 pre-tokenizer, <|im_end|> as eos/eot (and as the never-added bos).
-    tokens = TokenRules(pre="qwen2", eos="<|im_end|>", eot="<|im_end|>", bos="<|im_end|>",
-                        chat_template=prompt.CHAT_TEMPLATE)
+    tokens = TokenRules(
+        pre="qwen2", eos="<|im_end|>", eot="<|im_end|>", bos="<|im_end|>", chat_template=prompt.CHAT_TEMPLATE
+    )
     board_flags = ()  # ChatML template: llama.cpp detects it (<|im_start|>) and applies its built-in chatml
 
     @classmethod
     def matches(cls, config: dict) -> bool:
         root = config.get("thinker_config", config)
         return config.get("model_type") == "qwen3_asr" or (
-            isinstance(root, dict) and "audio_config" in root and "text_config" in root
+            isinstance(root, dict)
+            and "audio_config" in root
+            and "text_config" in root
             and root["audio_config"].get("n_window_infer") is not None
         )
 
@@ -51,14 +61,21 @@ class Qwen3ASRPlugin(ArchPlugin):
     def read_hparams(self, ckpt, opts=None) -> Hparams:
         hp = config.read_hparams(ckpt, opts, self.name)
         to_ckpt = text.canonical_to_checkpoint(hp)
-        decision = settle_tie(hp.tie_config, ckpt, to_ckpt(text.TEXT + "embed_tokens.weight"),
-                              to_ckpt("lm_head.weight"))
+        decision = settle_tie(
+            hp.tie_config, ckpt, to_ckpt(text.TEXT + "embed_tokens.weight"), to_ckpt("lm_head.weight")
+        )
         return replace(hp, tie_embeddings=decision.tied, tie_note=decision.note)
 
     def facts(self, hp: Hparams) -> ModelFacts:
-        return ModelFacts(layout=hp.layout, vocab_size=hp.vocab_size, text_arch=self.text_arch, modality="audio",
-                          rope_sections=hp.rope_sections, default_stem=config.default_stem(hp),
-                          tie_note=hp.tie_note)
+        return ModelFacts(
+            layout=hp.layout,
+            vocab_size=hp.vocab_size,
+            text_arch=self.text_arch,
+            modality="audio",
+            rope_sections=hp.rope_sections,
+            default_stem=config.default_stem(hp),
+            tie_note=hp.tie_note,
+        )
 
     def canonical_to_checkpoint(self, hp: Hparams):
         return text.canonical_to_checkpoint(hp)
@@ -89,12 +106,20 @@ class Qwen3ASRPlugin(ArchPlugin):
         back = hp.encoder_layers * layer + 2 * d + d * d + d + hp.output_dim * d + hp.output_dim
         chunk = 2 * hp.n_window
         return [
-            EncoderOutput("audio-frontend", f"{stem}-encoder-frontend.onnx", front,
-                          [{"name": "input_features", "shape": [1, hp.num_mel_bins, chunk], "dtype": "float32"}],
-                          [{"name": "chunk_embeds", "shape": [1, hp.rows_per_chunk, d], "dtype": "float32"}]),
-            EncoderOutput("audio-backend", f"{stem}-encoder-backend.onnx", back,
-                          [{"name": "audio_embeds", "shape": [1, "T", d], "dtype": "float32"}],
-                          [{"name": "audio_features", "shape": ["T", hp.output_dim], "dtype": "float32"}]),
+            EncoderOutput(
+                "audio-frontend",
+                f"{stem}-encoder-frontend.onnx",
+                front,
+                [{"name": "input_features", "shape": [1, hp.num_mel_bins, chunk], "dtype": "float32"}],
+                [{"name": "chunk_embeds", "shape": [1, hp.rows_per_chunk, d], "dtype": "float32"}],
+            ),
+            EncoderOutput(
+                "audio-backend",
+                f"{stem}-encoder-backend.onnx",
+                back,
+                [{"name": "audio_embeds", "shape": [1, "T", d], "dtype": "float32"}],
+                [{"name": "audio_features", "shape": ["T", hp.output_dim], "dtype": "float32"}],
+            ),
         ]
 
     def build_encoders(self, weights, hp: Hparams, precision: str):
@@ -125,16 +150,18 @@ class Qwen3ASRPlugin(ArchPlugin):
 
     def side_files(self, hp: Hparams, files: dict[str, str], stem: str) -> dict[str, dict]:
         """The fallback file the board reads when config.json has no usable audio block."""
-        return {f"{stem}-encoder-split-metadata.json": {
-            "frontend_onnx": files["audio-frontend"],
-            "backend_onnx": files["audio-backend"],
-            "num_mel_bins": hp.num_mel_bins,
-            "d_model": hp.d_model,
-            "output_dim": hp.output_dim,
-            "chunk_frames": 2 * hp.n_window,
-            "rows_per_chunk": hp.rows_per_chunk,
-            "attention_window_rows": hp.attention_window_rows,
-        }}
+        return {
+            f"{stem}-encoder-split-metadata.json": {
+                "frontend_onnx": files["audio-frontend"],
+                "backend_onnx": files["audio-backend"],
+                "num_mel_bins": hp.num_mel_bins,
+                "d_model": hp.d_model,
+                "output_dim": hp.output_dim,
+                "chunk_frames": 2 * hp.n_window,
+                "rows_per_chunk": hp.rows_per_chunk,
+                "attention_window_rows": hp.attention_window_rows,
+            }
+        }
 
     def prompt_record(self, hp: Hparams) -> dict:
         return prompt.prompt_record(hp)

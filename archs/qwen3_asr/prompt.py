@@ -9,11 +9,36 @@ from smt_convert.archs.qwen3_asr.config import Hparams
 
 # Full language names the model was trained with ("language <NAME><asr_text>"); codes are accepted too.
 LANGUAGES = {
-    "ar": "Arabic", "yue": "Cantonese", "zh": "Chinese", "cs": "Czech", "da": "Danish", "nl": "Dutch",
-    "en": "English", "fil": "Filipino", "fi": "Finnish", "fr": "French", "de": "German", "el": "Greek",
-    "hi": "Hindi", "hu": "Hungarian", "id": "Indonesian", "it": "Italian", "ja": "Japanese", "ko": "Korean",
-    "mk": "Macedonian", "ms": "Malay", "fa": "Persian", "pl": "Polish", "pt": "Portuguese", "ro": "Romanian",
-    "ru": "Russian", "es": "Spanish", "sv": "Swedish", "th": "Thai", "tr": "Turkish", "vi": "Vietnamese",
+    "ar": "Arabic",
+    "yue": "Cantonese",
+    "zh": "Chinese",
+    "cs": "Czech",
+    "da": "Danish",
+    "nl": "Dutch",
+    "en": "English",
+    "fil": "Filipino",
+    "fi": "Finnish",
+    "fr": "French",
+    "de": "German",
+    "el": "Greek",
+    "hi": "Hindi",
+    "hu": "Hungarian",
+    "id": "Indonesian",
+    "it": "Italian",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "mk": "Macedonian",
+    "ms": "Malay",
+    "fa": "Persian",
+    "pl": "Polish",
+    "pt": "Portuguese",
+    "ro": "Romanian",
+    "ru": "Russian",
+    "es": "Spanish",
+    "sv": "Swedish",
+    "th": "Thai",
+    "tr": "Turkish",
+    "vi": "Vietnamese",
 }
 
 PROMPT_TEMPLATE = (
@@ -47,9 +72,18 @@ def prompt_record(hp: Hparams) -> dict:
 
 def preprocessing(hp: Hparams) -> dict:
     """Host feature extraction the board and the runtime apply (stored in the manifest)."""
-    return {"num_mel_bins": hp.num_mel_bins, "sample_rate": 16000, "n_fft": 400, "hop_length": 160,
-            "chunk_length": 30, "min_length": 8000, "window": "hann (periodic)", "mel_scale": "slaney",
-            "log": "log10, clamp(max-8), (x+4)/4", "n_window": hp.n_window}
+    return {
+        "num_mel_bins": hp.num_mel_bins,
+        "sample_rate": 16000,
+        "n_fft": 400,
+        "hop_length": 160,
+        "chunk_length": 30,
+        "min_length": 8000,
+        "window": "hann (periodic)",
+        "mel_scale": "slaney",
+        "log": "log10, clamp(max-8), (x+4)/4",
+        "n_window": hp.n_window,
+    }
 
 
 def golden_audio(seconds: float = 2.6, sample_rate: int = 16000) -> np.ndarray:

@@ -34,18 +34,35 @@ def hf_config(hp: Hparams):
     """The transformers config the reference modules are built from (either checkpoint layout)."""
     from transformers import Qwen3ASRConfig
 
-    audio = dict(num_mel_bins=hp.num_mel_bins, d_model=hp.d_model, encoder_layers=hp.encoder_layers,
-                 encoder_attention_heads=hp.encoder_heads, encoder_ffn_dim=hp.encoder_ffn_dim,
-                 downsample_hidden_size=hp.downsample_hidden_size, output_dim=hp.output_dim,
-                 n_window=hp.n_window, n_window_infer=hp.n_window_infer, activation_function=hp.activation)
-    text = dict(model_type="qwen3", vocab_size=hp.vocab_size, hidden_size=hp.hidden_size,
-                intermediate_size=hp.intermediate_size, num_hidden_layers=hp.num_layers,
-                num_attention_heads=hp.num_heads, num_key_value_heads=hp.num_kv_heads, head_dim=hp.head_dim,
-                rms_norm_eps=hp.rms_norm_eps, max_position_embeddings=hp.max_position_embeddings,
-                rope_parameters={"rope_type": "default", "rope_theta": hp.rope_theta},
-                tie_word_embeddings=hp.tie_embeddings)
-    config = Qwen3ASRConfig(audio_config=audio, text_config=text, audio_token_id=hp.audio_token_id,
-                            tie_word_embeddings=hp.tie_embeddings)
+    audio = dict(
+        num_mel_bins=hp.num_mel_bins,
+        d_model=hp.d_model,
+        encoder_layers=hp.encoder_layers,
+        encoder_attention_heads=hp.encoder_heads,
+        encoder_ffn_dim=hp.encoder_ffn_dim,
+        downsample_hidden_size=hp.downsample_hidden_size,
+        output_dim=hp.output_dim,
+        n_window=hp.n_window,
+        n_window_infer=hp.n_window_infer,
+        activation_function=hp.activation,
+    )
+    text = dict(
+        model_type="qwen3",
+        vocab_size=hp.vocab_size,
+        hidden_size=hp.hidden_size,
+        intermediate_size=hp.intermediate_size,
+        num_hidden_layers=hp.num_layers,
+        num_attention_heads=hp.num_heads,
+        num_key_value_heads=hp.num_kv_heads,
+        head_dim=hp.head_dim,
+        rms_norm_eps=hp.rms_norm_eps,
+        max_position_embeddings=hp.max_position_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": hp.rope_theta},
+        tie_word_embeddings=hp.tie_embeddings,
+    )
+    config = Qwen3ASRConfig(
+        audio_config=audio, text_config=text, audio_token_id=hp.audio_token_id, tie_word_embeddings=hp.tie_embeddings
+    )
     config.audio_config._attn_implementation = ATTENTION
     config.text_config._attn_implementation = ATTENTION
     return config
@@ -72,17 +89,22 @@ def audio_features(config, load: Callable, features, mask) -> np.ndarray:
     import copy
 
     import torch
-    from transformers.models.qwen3_asr.modeling_qwen3_asr import (Qwen3ASRAudioEncoderLayer, Qwen3ASREncoder,
-                                                                  Qwen3ASRMultiModalProjector)
+    from transformers.models.qwen3_asr.modeling_qwen3_asr import (
+        Qwen3ASRAudioEncoderLayer,
+        Qwen3ASREncoder,
+        Qwen3ASRMultiModalProjector,
+    )
 
     audio = config.audio_config
     stem_only = copy.deepcopy(audio)
     stem_only.encoder_layers = 0  # convolutions, positions and ln_post; the layers are streamed below
     tower = build_module(lambda: Qwen3ASREncoder(stem_only), load, AUDIO)
-    tower.layers = torch.nn.ModuleList([
-        streamed(lambda: Qwen3ASRAudioEncoderLayer(audio), load, f"{AUDIO}layers.{i}.")
-        for i in range(audio.encoder_layers)
-    ])
+    tower.layers = torch.nn.ModuleList(
+        [
+            streamed(lambda: Qwen3ASRAudioEncoderLayer(audio), load, f"{AUDIO}layers.{i}.")
+            for i in range(audio.encoder_layers)
+        ]
+    )
     projector = build_module(lambda: Qwen3ASRMultiModalProjector(config), load, PROJ)
     with torch.no_grad():
         return projector(tower(features, mask).last_hidden_state).numpy()
@@ -91,8 +113,9 @@ def audio_features(config, load: Callable, features, mask) -> np.ndarray:
 # ---- text ------------------------------------------------------------------------------------------------
 
 
-def text_logits(config, load: Callable, prompt: list[int], continuation: list[int],
-                audio_rows: np.ndarray | None) -> np.ndarray:
+def text_logits(
+    config, load: Callable, prompt: list[int], continuation: list[int], audio_rows: np.ndarray | None
+) -> np.ndarray:
     """Logits at every position of prompt + continuation, layer by layer. The prompt's audio placeholders take
     `audio_rows`; a generated token equal to the placeholder id stays a token (as in HF's cached decoding)."""
     import torch
@@ -113,8 +136,7 @@ def text_logits(config, load: Callable, prompt: list[int], continuation: list[in
     with torch.no_grad():
         rope = build_module(lambda: Qwen3RotaryEmbedding(text), load, "")  # no parameters: inv_freq is computed
         cos_sin = rope(h, positions)
-        mask = create_causal_mask(config=text, inputs_embeds=h, attention_mask=None, cache=None,
-                                  position_ids=positions)
+        mask = create_causal_mask(config=text, inputs_embeds=h, attention_mask=None, cache=None, position_ids=positions)
         for i in range(text.num_hidden_layers):
             layer = build_module(lambda i=i: Qwen3DecoderLayer(text, i), load, f"{TEXT}layers.{i}.")
             h = layer(h, attention_mask=mask, position_ids=positions, position_embeddings=cos_sin)
@@ -131,7 +153,7 @@ def lm_head(h, head) -> np.ndarray:
 
     out = torch.empty(h.shape[0], head.shape[0])
     for start in range(0, head.shape[0], LM_HEAD_BLOCK):
-        out[:, start:start + LM_HEAD_BLOCK] = h @ head[start:start + LM_HEAD_BLOCK].float().T
+        out[:, start : start + LM_HEAD_BLOCK] = h @ head[start : start + LM_HEAD_BLOCK].float().T
     return out.numpy()
 
 
@@ -152,8 +174,10 @@ def reference(ckpt, hp: Hparams, to_ckpt: Callable[[str], str], request: Referen
     encoder, processor_path = audio_features_pair(config, load, board, processor)
     logits = text_logits(config, load, request.prompt_ids, request.continuation, encoder)
     hf_path = log_mel(np.asarray(request.media, dtype=np.float32), MelParams(num_mel_bins=hp.num_mel_bins))
-    rows = [features_row(hf_path, processor[0][0, :, : int(processor[1].sum())].numpy()),
-            processor_path_row(encoder, processor_path)]
+    rows = [
+        features_row(hf_path, processor[0][0, :, : int(processor[1].sum())].numpy()),
+        processor_path_row(encoder, processor_path),
+    ]
     return ReferenceResult(logits=logits, encoder=encoder, rows=rows, extra={"encoder_rows": int(encoder.shape[0])})
 
 
@@ -164,7 +188,7 @@ def audio_features_pair(config, load: Callable, board, processor) -> tuple[np.nd
 
     if torch.equal(board[1], processor[1]):
         both = audio_features(config, load, torch.cat([board[0], processor[0]]), torch.cat([board[1], processor[1]]))
-        return both[: len(both) // 2], both[len(both) // 2:]
+        return both[: len(both) // 2], both[len(both) // 2 :]
     return audio_features(config, load, *board), audio_features(config, load, *processor)
 
 
@@ -185,8 +209,7 @@ def features_row(ours: np.ndarray, hf: np.ndarray) -> Row:
     if ours.shape != hf.shape:
         return Row("features", "shape", f"{list(ours.shape)} vs {list(hf.shape)}", "equal", False)
     diff = float(np.max(np.abs(ours - hf)))
-    return Row("features", "hf path max abs vs HF extractor", diff, f"<= {FEATURE_MAX_ABS:g}",
-               diff <= FEATURE_MAX_ABS)
+    return Row("features", "hf path max abs vs HF extractor", diff, f"<= {FEATURE_MAX_ABS:g}", diff <= FEATURE_MAX_ABS)
 
 
 def processor_path_row(runtime_path: np.ndarray, processor_path: np.ndarray) -> Row:
@@ -195,11 +218,25 @@ def processor_path_row(runtime_path: np.ndarray, processor_path: np.ndarray) -> 
     have are compared."""
     n = min(runtime_path.shape[0], processor_path.shape[0])
     if n == 0 or runtime_path.shape[1:] != processor_path.shape[1:]:
-        return Row("encoder vs HF processor", "shape", f"{list(runtime_path.shape)} vs {list(processor_path.shape)}",
-                   "comparable", False)
+        return Row(
+            "encoder vs HF processor",
+            "shape",
+            f"{list(runtime_path.shape)} vs {list(processor_path.shape)}",
+            "comparable",
+            False,
+        )
     a, b = runtime_path[:n].astype(np.float64).ravel(), processor_path[:n].astype(np.float64).ravel()
     c = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-    rows = "" if runtime_path.shape == processor_path.shape else \
-        f", first {n} of {runtime_path.shape[0]} vs {processor_path.shape[0]} rows"
-    return Row("encoder vs HF processor", f"cosine (host path{rows})", c,
-               f"info; typically >= {PROCESSOR_PATH_COSINE}", True, gate=False)
+    rows = (
+        ""
+        if runtime_path.shape == processor_path.shape
+        else f", first {n} of {runtime_path.shape[0]} vs {processor_path.shape[0]} rows"
+    )
+    return Row(
+        "encoder vs HF processor",
+        f"cosine (host path{rows})",
+        c,
+        f"info; typically >= {PROCESSOR_PATH_COSINE}",
+        True,
+        gate=False,
+    )

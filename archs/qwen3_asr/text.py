@@ -14,6 +14,7 @@ TEXT = "model.language_model."
 AUDIO = "model.audio_tower."
 PROJ = "model.multi_modal_projector."
 
+
 def canonical_to_checkpoint(hp: Hparams) -> Callable[[str], str]:
     """Native (canonical) tensor name -> the name in this checkpoint's layout (the original release keeps the
     projector inside the tower as proj1/proj2)."""
@@ -22,12 +23,12 @@ def canonical_to_checkpoint(hp: Hparams) -> Callable[[str], str]:
 
     def original(name: str) -> str:
         if name.startswith(PROJ):
-            rest = name[len(PROJ):].replace("linear_1", "proj1").replace("linear_2", "proj2")
+            rest = name[len(PROJ) :].replace("linear_1", "proj1").replace("linear_2", "proj2")
             return "thinker.audio_tower." + rest
         if name.startswith(AUDIO):
-            return "thinker.audio_tower." + name[len(AUDIO):]
+            return "thinker.audio_tower." + name[len(AUDIO) :]
         if name.startswith(TEXT):
-            return "thinker.model." + name[len(TEXT):]
+            return "thinker.model." + name[len(TEXT) :]
         return "thinker." + name
 
     return original
@@ -40,31 +41,54 @@ def expected_tensors(hp: Hparams) -> dict[str, tuple[int, ...]]:
 
 def decoder_shape(hp: Hparams) -> DecoderShape:
     """The text side is a standard Qwen3 decoder (q/k norms, no biases)."""
-    return DecoderShape(hp.vocab_size, hp.hidden_size, hp.intermediate_size, hp.num_layers,
-                        hp.num_heads * hp.head_dim, hp.num_kv_heads * hp.head_dim, hp.head_dim, qk_norm=True,
-                        tied=hp.tie_embeddings)
+    return DecoderShape(
+        hp.vocab_size,
+        hp.hidden_size,
+        hp.intermediate_size,
+        hp.num_layers,
+        hp.num_heads * hp.head_dim,
+        hp.num_kv_heads * hp.head_dim,
+        hp.head_dim,
+        qk_norm=True,
+        tied=hp.tie_embeddings,
+    )
 
 
 def encoder_tensors(hp: Hparams) -> dict[str, tuple[int, ...]]:
     """Canonical name -> shape for the audio tower and the projector."""
     d, C, ffn = hp.d_model, hp.downsample_hidden_size, hp.encoder_ffn_dim
     shapes = {
-        AUDIO + "conv2d1.weight": (C, 1, 3, 3), AUDIO + "conv2d1.bias": (C,),
-        AUDIO + "conv2d2.weight": (C, C, 3, 3), AUDIO + "conv2d2.bias": (C,),
-        AUDIO + "conv2d3.weight": (C, C, 3, 3), AUDIO + "conv2d3.bias": (C,),
+        AUDIO + "conv2d1.weight": (C, 1, 3, 3),
+        AUDIO + "conv2d1.bias": (C,),
+        AUDIO + "conv2d2.weight": (C, C, 3, 3),
+        AUDIO + "conv2d2.bias": (C,),
+        AUDIO + "conv2d3.weight": (C, C, 3, 3),
+        AUDIO + "conv2d3.bias": (C,),
         AUDIO + "conv_out.weight": (d, C * hp.conv_freq_bins),
-        AUDIO + "ln_post.weight": (d,), AUDIO + "ln_post.bias": (d,),
-        PROJ + "linear_1.weight": (d, d), PROJ + "linear_1.bias": (d,),
-        PROJ + "linear_2.weight": (hp.output_dim, d), PROJ + "linear_2.bias": (hp.output_dim,),
+        AUDIO + "ln_post.weight": (d,),
+        AUDIO + "ln_post.bias": (d,),
+        PROJ + "linear_1.weight": (d, d),
+        PROJ + "linear_1.bias": (d,),
+        PROJ + "linear_2.weight": (hp.output_dim, d),
+        PROJ + "linear_2.bias": (hp.output_dim,),
     }
     layer = {
-        "self_attn.q_proj.weight": (d, d), "self_attn.q_proj.bias": (d,),
-        "self_attn.k_proj.weight": (d, d), "self_attn.k_proj.bias": (d,),
-        "self_attn.v_proj.weight": (d, d), "self_attn.v_proj.bias": (d,),
-        "self_attn.out_proj.weight": (d, d), "self_attn.out_proj.bias": (d,),
-        "self_attn_layer_norm.weight": (d,), "self_attn_layer_norm.bias": (d,),
-        "fc1.weight": (ffn, d), "fc1.bias": (ffn,), "fc2.weight": (d, ffn), "fc2.bias": (d,),
-        "final_layer_norm.weight": (d,), "final_layer_norm.bias": (d,),
+        "self_attn.q_proj.weight": (d, d),
+        "self_attn.q_proj.bias": (d,),
+        "self_attn.k_proj.weight": (d, d),
+        "self_attn.k_proj.bias": (d,),
+        "self_attn.v_proj.weight": (d, d),
+        "self_attn.v_proj.bias": (d,),
+        "self_attn.out_proj.weight": (d, d),
+        "self_attn.out_proj.bias": (d,),
+        "self_attn_layer_norm.weight": (d,),
+        "self_attn_layer_norm.bias": (d,),
+        "fc1.weight": (ffn, d),
+        "fc1.bias": (ffn,),
+        "fc2.weight": (d, ffn),
+        "fc2.bias": (d,),
+        "final_layer_norm.weight": (d,),
+        "final_layer_norm.bias": (d,),
     }
     for i in range(hp.encoder_layers):
         shapes.update({f"{AUDIO}layers.{i}.{k}": v for k, v in layer.items()})
@@ -87,8 +111,10 @@ def check_weights(ckpt, hp: Hparams) -> None:
     prefix = "thinker_config." if hp.layout == "original" else ""
     embed = ckpt.tensors.get(to_ckpt(TEXT + "embed_tokens.weight"))
     if embed is not None and embed.shape[0] != hp.vocab_size:
-        raise SmtError(f"{ckpt.config_path}: {prefix}text_config.vocab_size: {hp.vocab_size} but {embed.name} in "
-                       f"{embed.file.name} has {embed.shape[0]} rows")
+        raise SmtError(
+            f"{ckpt.config_path}: {prefix}text_config.vocab_size: {hp.vocab_size} but {embed.name} in "
+            f"{embed.file.name} has {embed.shape[0]} rows"
+        )
 
 
 def text_tensors(hp: Hparams) -> list[TextTensor]:

@@ -120,8 +120,10 @@ def parts_from_slow(hf: Any, directory: Path) -> BpeParts:
     ranks = getattr(hf, "bpe_ranks", None)
     if not isinstance(ranks, dict):
         raise SmtError(f"{directory}: tokenizer: {type(hf).__name__} is neither fast nor a BPE with bpe_ranks")
-    added = {int(i): AddedInfo(str(t), special=bool(getattr(t, "special", False)))
-             for i, t in (getattr(hf, "added_tokens_decoder", None) or {}).items()}
+    added = {
+        int(i): AddedInfo(str(t), special=bool(getattr(t, "special", False)))
+        for i, t in (getattr(hf, "added_tokens_decoder", None) or {}).items()
+    }
     added_text = {a.content for a in added.values()}
     vocab = {t: i for t, i in hf.get_vocab().items() if t not in added_text}
     merges = [" ".join(pair) for pair, _ in sorted(ranks.items(), key=lambda kv: kv[1])]

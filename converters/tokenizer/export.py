@@ -54,8 +54,14 @@ def qwen2_tokenizer_json(parts: BpeParts, config: dict) -> str:
     tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     for i in sorted(parts.added):
         a = parts.added[i]
-        token = AddedToken(a.content, single_word=a.single_word, lstrip=a.lstrip, rstrip=a.rstrip,
-                           normalized=a.normalized, special=a.special)
+        token = AddedToken(
+            a.content,
+            single_word=a.single_word,
+            lstrip=a.lstrip,
+            rstrip=a.rstrip,
+            normalized=a.normalized,
+            special=a.special,
+        )
         (tok.add_special_tokens if a.special else tok.add_tokens)([token])
         if tok.token_to_id(a.content) != i:
             raise SmtError(
@@ -83,8 +89,10 @@ def check_same_encoding(text: str, hf: Any, directory: Path) -> None:
     for probe in [*SPM_PROBES, "a " + " x ".join(specials[:8]) + "\ny"]:
         got, want = tok.encode(probe).ids, list(hf.encode(probe))
         if got != want:
-            raise SmtError(f"{directory}: tokenizer: exported tokenizer.json encodes {probe!r} as {got[:12]}... "
-                           f"but {type(hf).__name__} gives {want[:12]}...")
+            raise SmtError(
+                f"{directory}: tokenizer: exported tokenizer.json encodes {probe!r} as {got[:12]}... "
+                f"but {type(hf).__name__} gives {want[:12]}..."
+            )
 
 
 def spm_runtime_tokenizer_json(source: TokenizerSource) -> str:
@@ -97,8 +105,10 @@ def spm_runtime_tokenizer_json(source: TokenizerSource) -> str:
     except ImportError:
         if source.kind in (SPM_KIND, "tokenizer.json") and as_json.is_file():
             return as_json.read_text(encoding="utf-8")
-        raise SmtError(f"{source.directory / 'tokenizer.model'}: tokenizer: converting a SentencePiece model to "
-                       "tokenizer.json needs transformers (or ship the checkpoint's tokenizer.json)") from None
+        raise SmtError(
+            f"{source.directory / 'tokenizer.model'}: tokenizer: converting a SentencePiece model to "
+            "tokenizer.json needs transformers (or ship the checkpoint's tokenizer.json)"
+        ) from None
     text = auto_tokenizer_json(source)
     check_same_encoding(text, source.hf_tokenizer, source.directory)  # hf_tokenizer: loaded by auto_tokenizer_json
     return text

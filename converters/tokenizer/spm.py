@@ -59,8 +59,9 @@ def spm_model_proto(path: Path):
     try:
         from sentencepiece import sentencepiece_model_pb2
     except ImportError as e:
-        raise SmtError(f"{path}: tokenizer: reading a SentencePiece model needs sentencepiece and protobuf "
-                       f"({e})") from None
+        raise SmtError(
+            f"{path}: tokenizer: reading a SentencePiece model needs sentencepiece and protobuf ({e})"
+        ) from None
     proto = sentencepiece_model_pb2.ModelProto()
     try:
         proto.ParseFromString(path.read_bytes())
@@ -80,10 +81,13 @@ def spm_parts_from_model(path: Path) -> SpmParts:
     """
     proto = spm_model_proto(path)
     if proto.trainer_spec.model_type not in (0, 1, 2):  # UNIGRAM (default), BPE
-        raise SmtError(f"{path}: trainer_spec.model_type: {proto.trainer_spec.model_type} is neither "
-                       "UNIGRAM nor BPE; llama.cpp's SentencePiece tokenizer cannot reproduce it")
-    types = [p.type if p.type in (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE) else NORMAL
-             for p in proto.pieces]
+        raise SmtError(
+            f"{path}: trainer_spec.model_type: {proto.trainer_spec.model_type} is neither "
+            "UNIGRAM nor BPE; llama.cpp's SentencePiece tokenizer cannot reproduce it"
+        )
+    types = [
+        p.type if p.type in (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE) else NORMAL for p in proto.pieces
+    ]
     return SpmParts(
         tokens=[p.piece for p in proto.pieces],
         scores=[float(p.score) for p in proto.pieces],
@@ -129,8 +133,10 @@ def spm_parts_from_json(data: dict, origin: Path) -> SpmParts:
     """
     model = data.get("model") or {}
     if not is_spm_json(data):
-        raise SmtError(f"{origin}: model.type: {model.get('type')!r} is neither Unigram nor BPE with byte_fallback; "
-                       "not a SentencePiece-style tokenizer")
+        raise SmtError(
+            f"{origin}: model.type: {model.get('type')!r} is neither Unigram nor BPE with byte_fallback; "
+            "not a SentencePiece-style tokenizer"
+        )
     if model["type"] == "Unigram":
         vocab = model.get("vocab")
         if not isinstance(vocab, list) or not all(isinstance(v, list) and len(v) == 2 for v in vocab):
@@ -174,8 +180,9 @@ def check_spm_agree(from_model: SpmParts, from_json: SpmParts, renamed: set[int]
     """tokenizer.model and tokenizer.json must describe the same base vocabulary (ids renamed by the config aside)."""
     where = f"{from_json.origin}: model.vocab"
     if len(from_json.tokens) != len(from_model.tokens):
-        raise SmtError(f"{where}: {len(from_json.tokens)} pieces but {from_model.origin.name} has "
-                       f"{len(from_model.tokens)}")
+        raise SmtError(
+            f"{where}: {len(from_json.tokens)} pieces but {from_model.origin.name} has {len(from_model.tokens)}"
+        )
     for i, (a, b) in enumerate(zip(from_model.tokens, from_json.tokens)):
         if i not in renamed and a != b:
             raise SmtError(f"{where}: id {i} is {b!r} but {from_model.origin.name} has {a!r}")
@@ -220,8 +227,9 @@ def is_sentencepiece(source: TokenizerSource) -> bool:
 # ---------------------------------------------------------------- GGUF vocabulary
 
 
-def spm_token_table(parts: SpmParts, source: TokenizerSource,
-                    vocab_size: int) -> tuple[list[str], list[float], list[int]]:
+def spm_token_table(
+    parts: SpmParts, source: TokenizerSource, vocab_size: int
+) -> tuple[list[str], list[float], list[int]]:
     """Base pieces, then added tokens as upstream applies them, padded with [PAD{i}] to vocab_size rows.
 
     Order (later wins): tokenizer.json added tokens beyond the base pieces, added_tokens.json (USER_DEFINED),
@@ -230,22 +238,29 @@ def spm_token_table(parts: SpmParts, source: TokenizerSource,
     """
     base = len(parts.tokens)
     if base > vocab_size:
-        raise SmtError(f"{parts.origin}: vocab: {base} pieces but the model's embedding has only "
-                       f"vocab_size={vocab_size} rows")
+        raise SmtError(
+            f"{parts.origin}: vocab: {base} pieces but the model's embedding has only vocab_size={vocab_size} rows"
+        )
     tokens = [*parts.tokens, *(f"[PAD{i}]" for i in range(base, vocab_size))]
     scores = [*parts.scores, *([PAD_SCORE] * (vocab_size - base))]
     types = [*parts.types, *([UNUSED] * (vocab_size - base))]
 
     def place(i: int, text: str, toktype: int, origin: str) -> None:
         if i >= vocab_size:
-            raise SmtError(f"{origin}: added token {text!r} has id {i} but the model's embedding has only "
-                           f"vocab_size={vocab_size} rows")
+            raise SmtError(
+                f"{origin}: added token {text!r} has id {i} but the model's embedding has only "
+                f"vocab_size={vocab_size} rows"
+            )
         tokens[i], scores[i], types[i] = text, ADDED_SCORE, toktype
 
     for i, info in sorted(parts.json_added.items()):
         if i >= base:
-            place(i, info.content, CONTROL if info.special or looks_special(info.content) else USER_DEFINED,
-                  str(source.directory / "tokenizer.json"))
+            place(
+                i,
+                info.content,
+                CONTROL if info.special or looks_special(info.content) else USER_DEFINED,
+                str(source.directory / "tokenizer.json"),
+            )
     legacy = source.directory / "added_tokens.json"
     if legacy.is_file() and source.kind != AUTO_KIND:
         for text, i in read_json(legacy).items():

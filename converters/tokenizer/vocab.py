@@ -129,8 +129,9 @@ def resolve_add_eos(config: dict, post_processor: dict | None) -> bool | None:
         single = proc.get("single") or []
         if kind == "ByteLevel" and found is None:
             found = False
-        elif kind == "RobertaProcessing" or (kind == "TemplateProcessing" and len(single) > 1
-                                              and "SpecialToken" in single[-1]):
+        elif kind == "RobertaProcessing" or (
+            kind == "TemplateProcessing" and len(single) > 1 and "SpecialToken" in single[-1]
+        ):
             found = True
     return found
 
@@ -150,8 +151,10 @@ def build_vocab(
     if is_sentencepiece(source):
         return build_spm_vocab(source, vocab_size, eos_token=eos_token, eot_token=eot_token)
     if pre is None:
-        raise SmtError(f"{source.directory}: tokenizer: byte-level BPE ({source.kind}) needs a pre-tokenizer name "
-                       "from the arch plugin (vocab_pre)")
+        raise SmtError(
+            f"{source.directory}: tokenizer: byte-level BPE ({source.kind}) needs a pre-tokenizer name "
+            "from the arch plugin (vocab_pre)"
+        )
     return build_bpe_vocab(source, vocab_size, pre, eot_token=eot_token, eos_token=eos_token)
 
 

@@ -40,8 +40,10 @@ class PaddleOCRConfig(Qwen3VLConfig):
     def check(self, model: GGUFModel) -> None:
         super().check(model)
         if self.n_rot != self.head_dim:
-            raise SmtError(f"{where(model.path, model.arch + '.rope.dimension_count')}: {self.n_rot} != key_length "
-                           f"{self.head_dim} (llama.cpp asserts equal)")
+            raise SmtError(
+                f"{where(model.path, model.arch + '.rope.dimension_count')}: {self.n_rot} != key_length "
+                f"{self.head_dim} (llama.cpp asserts equal)"
+            )
 
 
 # ---- M-RoPE (contiguous sections) -------------------------------------------------------------
@@ -85,14 +87,14 @@ def _load_layer(store: WeightStore, cfg: PaddleOCRConfig, i: int) -> LayerWeight
     if store.has(b + "attn_qkv.weight"):
         qkv = store.linear(b + "attn_qkv.weight", shapes=[(q + 2 * kv, h)])
     else:
-        qkv = store.linear(b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight",
-                           shapes=[(q, h), (kv, h), (kv, h)])
+        qkv = store.linear(
+            b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight", shapes=[(q, h), (kv, h), (kv, h)]
+        )
     bqkv = opt("attn_qkv.bias", q + 2 * kv) if store.has(b + "attn_qkv.weight") else None
     if bqkv is None:
         parts = [opt("attn_q.bias", q), opt("attn_k.bias", kv), opt("attn_v.bias", kv)]
         if any(p is not None for p in parts):  # adding 0.0 where a part has no bias changes nothing
-            bqkv = np.concatenate([p if p is not None else np.zeros(n, np.float32)
-                                   for p, n in zip(parts, (q, kv, kv))])
+            bqkv = np.concatenate([p if p is not None else np.zeros(n, np.float32) for p, n in zip(parts, (q, kv, kv))])
     return LayerWeights(
         attn_norm=store.vector(b + "attn_norm.weight", h),
         qkv=qkv,
@@ -129,8 +131,8 @@ class PaddleOCRDecoder(Qwen3VLDecoder):
         qkv = _linear(x, w.qkv, w.bqkv)
         nq, nkv = cfg.n_head * d, cfg.n_kv * d
         q = qkv[:, :nq].reshape(n, cfg.n_head, d)
-        k = qkv[:, nq:nq + nkv].reshape(n, cfg.n_kv, d)
-        v = qkv[:, nq + nkv:].reshape(n, cfg.n_kv, d)
+        k = qkv[:, nq : nq + nkv].reshape(n, cfg.n_kv, d)
+        v = qkv[:, nq + nkv :].reshape(n, cfg.n_kv, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys, values = cache.extend(layer, k.transpose(1, 0, 2), v.transpose(1, 0, 2))  # [n_kv, T, d]
         return _linear(grouped_attention(q, keys, values, mask), w.wo, w.bo)

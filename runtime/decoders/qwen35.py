@@ -44,9 +44,9 @@ from smt_convert.runtime.errors import SmtError, where
 from smt_convert.runtime.gguf_model import GGUFModel
 from smt_convert.runtime.weights import WeightStore
 
-GDN_CHUNK = 64          # chunk length of the chunked delta rule (as HF / FLA)
-RECURRENT_MAX = 8       # up to this many new tokens, the per-token recurrent form is cheaper
-L2_EPS = 1e-6           # HF's l2norm eps for q/k in the delta rule
+GDN_CHUNK = 64  # chunk length of the chunked delta rule (as HF / FLA)
+RECURRENT_MAX = 8  # up to this many new tokens, the per-token recurrent form is cheaper
+L2_EPS = 1e-6  # HF's l2norm eps for q/k in the delta rule
 
 
 # ---- config -------------------------------------------------------------------------------
@@ -67,11 +67,11 @@ class Qwen35Config:
     vocab: int
     recurrent: list[bool]
     conv_kernel: int
-    d_state: int       # key (and value) head size of the linear attention
-    n_k_heads: int     # ssm.group_count
-    n_v_heads: int     # ssm.time_step_rank
-    d_inner: int       # n_v_heads * value head size
-    ff: int = 0        # dense FFN width
+    d_state: int  # key (and value) head size of the linear attention
+    n_k_heads: int  # ssm.group_count
+    n_v_heads: int  # ssm.time_step_rank
+    d_inner: int  # n_v_heads * value head size
+    ff: int = 0  # dense FFN width
     moe: bool = False
     n_expert: int = 0
     n_expert_used: int = 0
@@ -239,27 +239,27 @@ def delta_rule_chunked(q, k, v, g, beta, state, chunk: int = GDN_CHUNK):
     q, k, v = (x.reshape(h, nc, chunk, x.shape[-1]) for x in (q, k, v))
     g, beta = g.reshape(h, nc, chunk), beta.reshape(h, nc, chunk)
 
-    cum = np.cumsum(g, axis=-1)                                       # [h, nc, C] log decay from chunk start
+    cum = np.cumsum(g, axis=-1)  # [h, nc, C] log decay from chunk start
     lower = np.tril(np.ones((chunk, chunk), dtype=bool))
-    diff = cum[..., :, None] - cum[..., None, :]                      # [h, nc, C, C]
+    diff = cum[..., :, None] - cum[..., None, :]  # [h, nc, C, C]
     decay = np.where(lower, np.exp(np.where(lower, diff, 0.0)), 0.0).astype(np.float32)
     kb = k * beta[..., None]
-    kk = kb @ np.swapaxes(k, -1, -2)                                  # beta_i k_i . k_j
+    kk = kb @ np.swapaxes(k, -1, -2)  # beta_i k_i . k_j
     # Unit lower-triangular T = I + strictly-lower(kk * decay); solve T [U | W] = [beta v | beta k exp(cum)].
     T = np.where(np.tril(np.ones((chunk, chunk), dtype=bool), -1), kk * decay, 0.0) + np.eye(chunk, dtype=np.float32)
     rhs = np.concatenate([v * beta[..., None], kb * np.exp(cum)[..., None]], axis=-1)
     sol = np.linalg.solve(T, rhs).astype(np.float32)
-    u, w = sol[..., :dv], sol[..., dv:]                               # [h, nc, C, dv], [h, nc, C, dk]
-    attn = (q @ np.swapaxes(k, -1, -2)) * decay                       # intra-chunk q.k with decay (incl. diag)
+    u, w = sol[..., :dv], sol[..., dv:]  # [h, nc, C, dv], [h, nc, C, dk]
+    attn = (q @ np.swapaxes(k, -1, -2)) * decay  # intra-chunk q.k with decay (incl. diag)
     q_dec = q * np.exp(cum)[..., None]
-    last = cum[..., -1:]                                              # [h, nc, 1]
+    last = cum[..., -1:]  # [h, nc, 1]
     k_dec = k * np.exp(last - cum)[..., None]
-    chunk_decay = np.exp(last[..., 0])                                # [h, nc]
+    chunk_decay = np.exp(last[..., 0])  # [h, nc]
 
     out = np.empty((h, nc, chunk, dv), np.float32)
     S = state
     for c in range(nc):
-        v_new = u[:, c] - w[:, c] @ S                                  # [h, C, dv]
+        v_new = u[:, c] - w[:, c] @ S  # [h, C, dv]
         out[:, c] = q_dec[:, c] @ S + attn[:, c] @ v_new
         S = S * chunk_decay[:, c, None, None] + np.swapaxes(k_dec[:, c], -1, -2) @ v_new
     state[...] = S
@@ -274,8 +274,8 @@ class LayerWeights:
     recurrent: bool
     attn_norm: np.ndarray
     post_norm: np.ndarray
-    mix: dict           # token-mixer weights (Linear for projections, float32 arrays for the small ones)
-    ffn: dict           # FFN weights (Linear, Experts, arrays)
+    mix: dict  # token-mixer weights (Linear for projections, float32 arrays for the small ones)
+    ffn: dict  # FFN weights (Linear, Experts, arrays)
 
 
 def _load_layer(store: WeightStore, cfg: Qwen35Config, i: int) -> LayerWeights:
@@ -292,8 +292,12 @@ def _load_layer(store: WeightStore, cfg: Qwen35Config, i: int) -> LayerWeights:
         nv = cfg.n_v_heads
         mix = {
             # one input, four projections: rows [qkv (conv_dim); z (d_inner); beta (nv); alpha (nv)]
-            "in": lin(("attn_qkv.weight", (cfg.conv_dim, h)), ("attn_gate.weight", (cfg.d_inner, h)),
-                      ("ssm_beta.weight", (nv, h)), ("ssm_alpha.weight", (nv, h))),
+            "in": lin(
+                ("attn_qkv.weight", (cfg.conv_dim, h)),
+                ("attn_gate.weight", (cfg.d_inner, h)),
+                ("ssm_beta.weight", (nv, h)),
+                ("ssm_alpha.weight", (nv, h)),
+            ),
             "conv": vec("ssm_conv1d.weight", cfg.conv_dim, cfg.conv_kernel),
             "dt": vec("ssm_dt.bias", nv),
             "a": vec("ssm_a", nv),
@@ -389,18 +393,18 @@ class Qwen35Decoder:
         cfg = self.config
         n = x.shape[0]
         nk, nv, dk, dv = cfg.n_k_heads, cfg.n_v_heads, cfg.d_state, cfg.head_v_dim
-        mixed, z, b, a = w["in"].split(x)                               # [n, conv_dim], [n, d_inner], [n, nv] x2
+        mixed, z, b, a = w["in"].split(x)  # [n, conv_dim], [n, d_inner], [n, nv] x2
         z = z.reshape(n, nv, dv)
-        beta = sigmoid(b)                                               # [n, nv]
-        g = (w["a"] * softplus(a + w["dt"])).astype(np.float32)         # [n, nv], <= 0
+        beta = sigmoid(b)  # [n, nv]
+        g = (w["a"] * softplus(a + w["dt"])).astype(np.float32)  # [n, nv], <= 0
 
         # causal depthwise conv1d over [conv state ; new inputs], then SiLU
         K = cfg.conv_kernel
-        full = np.concatenate([cache.conv[layer], mixed], axis=0)      # [K-1+n, C]
+        full = np.concatenate([cache.conv[layer], mixed], axis=0)  # [K-1+n, C]
         conv = np.zeros_like(mixed)
         for j in range(K):
             conv += full[j : j + n] * w["conv"][:, j]
-        cache.conv[layer] = full[-(K - 1):].copy() if K > 1 else full[:0].copy()
+        cache.conv[layer] = full[-(K - 1) :].copy() if K > 1 else full[:0].copy()
         conv = silu(conv)
 
         kd = cfg.key_dim
@@ -409,10 +413,10 @@ class Qwen35Decoder:
         v = conv[:, 2 * kd :].reshape(n, nv, dv)
         if nv != nk:  # tiled value-head order: value head h reads key head h % nk
             q, k = np.tile(q, (1, nv // nk, 1)), np.tile(k, (1, nv // nk, 1))
-        q = q * np.float32(dk ** -0.5)
+        q = q * np.float32(dk**-0.5)
         args = (q.transpose(1, 0, 2), k.transpose(1, 0, 2), v.transpose(1, 0, 2), g.T.copy(), beta.T.copy())
         rule = delta_rule_recurrent if n <= RECURRENT_MAX else delta_rule_chunked
-        o = rule(*args, cache.state[layer]).transpose(1, 0, 2)          # [n, nv, dv]
+        o = rule(*args, cache.state[layer]).transpose(1, 0, 2)  # [n, nv, dv]
         o = rms_norm(o, w["norm"], cfg.eps) * silu(z)
         return w["out"](o.reshape(n, nv * dv))
 
@@ -426,10 +430,10 @@ class Qwen35Decoder:
     def _moe(self, x, w) -> np.ndarray:
         """Only the selected experts' slices of the 3-D expert tensors are ever read."""
         cfg = self.config
-        probs = softmax(w["router"](x))                                 # [n, E]
+        probs = softmax(w["router"](x))  # [n, E]
         top = np.argsort(-probs, axis=-1, kind="stable")[:, : cfg.n_expert_used]
         weights = np.take_along_axis(probs, top, axis=-1)
-        weights = weights / weights.sum(axis=-1, keepdims=True)         # Qwen3.5 renormalises the top-k
+        weights = weights / weights.sum(axis=-1, keepdims=True)  # Qwen3.5 renormalises the top-k
         out = np.zeros_like(x)
         for e in np.unique(top):
             rows, slot = np.nonzero(top == e)

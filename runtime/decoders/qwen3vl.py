@@ -65,6 +65,7 @@ class Qwen3VLConfig:
 
     def check(self, model: GGUFModel) -> None:
         """Reject shapes the math below cannot handle, naming the offending key."""
+
         def bad(key, why):
             raise SmtError(f"{where(model.path, key.format(arch=model.arch))}: {why}")
 
@@ -212,8 +213,9 @@ def _load_layer(store: WeightStore, cfg: Qwen3VLConfig, i: int) -> LayerWeights:
     b = f"blk.{i}."
     return LayerWeights(
         attn_norm=store.vector(b + "attn_norm.weight", h),
-        qkv=store.linear(b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight",
-                         shapes=[(q, h), (kv, h), (kv, h)]),
+        qkv=store.linear(
+            b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight", shapes=[(q, h), (kv, h), (kv, h)]
+        ),
         wo=store.linear(b + "attn_output.weight", shapes=[(h, q)]),
         q_norm=store.vector(b + "attn_q_norm.weight", d),
         k_norm=store.vector(b + "attn_k_norm.weight", d),
