@@ -87,9 +87,9 @@ def expected_decoder(s: DecoderShape, prefix: str, lm_head: str = "lm_head.weigh
     return shapes
 
 
-# A family's replacement for one layer tensor: (kind, layer) -> the TextTensor to write instead, or None to keep
-# the standard one.
-Replace = Callable[[T, int, str, tuple[int, ...]], "TextTensor | None"]
+# A family's replacement for one layer tensor: (kind, layer) -> the TextTensor(s) to write instead (a MoE writes
+# its router and expert tensors in place of the dense FFN's), or None to keep the standard one.
+Replace = Callable[[T, int, str, tuple[int, ...]], "TextTensor | list[TextTensor] | None"]
 
 
 def standard_decoder(
@@ -110,7 +110,9 @@ def standard_decoder(
         for kind, shape in per_layer.items():
             name = gguf_name(kind, i)
             tensor = replace(kind, i, name, shape) if replace else None
-            out.append(tensor or TextTensor(name, (to_ckpt(f"{prefix}layers.{i}.{HF_LAYER[kind]}"),), shape))
+            if tensor is None:
+                tensor = TextTensor(name, (to_ckpt(f"{prefix}layers.{i}.{HF_LAYER[kind]}"),), shape)
+            out.extend(tensor if isinstance(tensor, list) else [tensor])
     out.append(TextTensor(gguf_name(T.OUTPUT_NORM), (to_ckpt(prefix + "norm.weight"),), (s.hidden_size,)))
     if not s.tied:
         out.append(TextTensor(gguf_name(T.OUTPUT), (to_ckpt(lm_head),), (s.vocab_size, s.hidden_size)))

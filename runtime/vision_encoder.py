@@ -3,7 +3,9 @@
 Host logic (SMT contract): decode to RGB, antialiased bilinear resize to exactly H x W (runtime/host.py: the
 board's own resize or Pillow's),
 feed raw 0..255 (Qwen3-VL family; the graph normalises) or host-normalised values (PaddleOCR), and read
-output 0 as [N, hidden] (a leading batch axis of 1 is accepted and dropped).
+output 0 as [N, hidden] (a leading batch axis of 1 is accepted and dropped). A graph with several outputs
+(Qwen3-VL's DeepStack) must give them all the same [N, hidden] shape; their rows are concatenated output by output
+into [N, hidden x outputs], as the board's wrapper does (smt-vision-wrapper.cpp `run_session`).
 """
 
 from __future__ import annotations
@@ -67,21 +69,36 @@ class VisionEncoder:
         dim = self.session.get_outputs()[0].shape[-2]
         return dim if isinstance(dim, int) else -1
 
+    @property
+    def num_outputs(self) -> int:
+        """1, or 1 + the DeepStack layers of a Qwen3-VL graph."""
+        return len(self.session.get_outputs())
+
     def encode(self, pixels: np.ndarray) -> np.ndarray:
-        """pixels [1, 3, H, W] float32 (exactly the static shape) -> embeddings [N, hidden] float32."""
+        """pixels [1, 3, H, W] float32 (exactly the static shape) -> embeddings [N, hidden x outputs] float32."""
         pixels = np.asarray(pixels)
         h, w = self._input_size
         if pixels.shape != (1, 3, h, w):
             raise ValueError(f"pixels must be [1, 3, {h}, {w}], got {list(pixels.shape)}")
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-        out = self.session.run(None, {self.input_name: pixels})[0]
+        outs = [
+            self._rows(out, meta.name)
+            for out, meta in zip(self.session.run(None, {self.input_name: pixels}), self.session.get_outputs())
+        ]
+        if any(o.shape != outs[0].shape for o in outs[1:]):
+            shapes = ", ".join(str(list(o.shape)) for o in outs)
+            raise SmtError(f"{self.path}: outputs: DeepStack outputs must share one [N, hidden] shape, got {shapes}")
+        out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def _rows(self, out: np.ndarray, name: str) -> np.ndarray:
         if out.ndim == 3:
             if out.shape[0] != 1:
-                raise SmtError(f"{self.path}: output: expected [1, N, hidden], got {list(out.shape)}")
+                raise SmtError(f"{self.path}: {name}: expected [1, N, hidden], got {list(out.shape)}")
             out = out[0]
         if out.ndim != 2:
-            raise SmtError(f"{self.path}: output: expected [N, hidden], got {list(out.shape)}")
-        return np.ascontiguousarray(out, dtype=np.float32)
+            raise SmtError(f"{self.path}: {name}: expected [N, hidden], got {list(out.shape)}")
+        return out
 
     def encode_image(self, img: np.ndarray, host: str = DEFAULT_HOST) -> np.ndarray:
         """uint8 [H0, W0, 3] RGB -> [N, hidden]: the host's resize to the static size, then `encode`.

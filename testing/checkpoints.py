@@ -5,7 +5,8 @@ Models are written the way users' checkpoints are: by transformers' own `save_pr
 load-time renames and writes the tie flags it writes); the original releases' layouts, which transformers does not
 write, by hand.
 
-Builders (recipe `source.tiny = "<name>"`): "qwen3-asr", "qwen3.5", "qwen3.5-moe", "qwen3.5-text", "paddleocr-vl".
+Builders (recipe `source.tiny = "<name>"`): "qwen3-asr", "qwen3.5", "qwen3.5-moe", "qwen3.5-text", "qwen3-vl",
+"qwen3-vl-moe", "paddleocr-vl".
 """
 
 from __future__ import annotations
@@ -415,6 +416,96 @@ def make_tiny_qwen3_5_moe(out_dir: Path, **kwargs) -> dict:
 @tiny_builder("qwen3.5-text")
 def make_tiny_qwen3_5_text(out_dir: Path, **kwargs) -> dict:
     return make_tiny_qwen3_5(out_dir, text_only=True, **kwargs)
+
+
+# ---- Qwen3-VL ------------------------------------------------------------------------------------------
+
+
+def tiny_qwen3_vl_config(ids: dict, moe: bool = False, tie: bool = False, text_overrides: dict | None = None):
+    """Qwen3 text (hidden 64, 3 layers, head_dim 16: 8 rotary pairs, sections [3, 3, 2] that llama.cpp reads as HF
+    does; MoE: 4 experts, top 2, expert ffn 48) and Qwen3.5's tiny vision tower with 3 blocks, DeepStack after
+    blocks 0 and 1 (the released models take 3 of 24-27 blocks)."""
+    import transformers
+
+    text = dict(
+        vocab_size=TINY_VOCAB,
+        hidden_size=TINY_QWEN3_5_HIDDEN,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=tie,
+        rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [3, 3, 2]},
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    if moe:
+        text.update(moe_intermediate_size=48, num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1)
+    text.update(text_overrides or {})
+    vision = {**tiny_qwen3_5_vision_config(), "depth": 3, "deepstack_visual_indexes": [0, 1]}
+    cls = transformers.Qwen3VLMoeConfig if moe else transformers.Qwen3VLConfig
+    return cls(
+        text_config=text,
+        vision_config=vision,
+        tie_word_embeddings=tie,
+        **{field: ids[token] for field, token in QWEN3_5_TOKEN_FIELDS.items()},
+    )
+
+
+@tiny_builder("qwen3-vl")
+def make_tiny_qwen3_vl(
+    out_dir: Path,
+    moe: bool = False,
+    dtype=torch.float32,
+    tie: bool = False,
+    seed: int = 0,
+    layout: str = "saved",
+    text_overrides: dict | None = None,
+    fan_in_scale: bool = False,
+) -> dict:
+    """Write a tiny Qwen3-VL (or Qwen3-VL-MoE) checkpoint with transformers' own `save_pretrained`, plus the
+    tokenizer files and Qwen3-VL's preprocessor_config.json. layout "saved": as transformers 5 writes it (MoE experts
+    [E, 2F, H] / [E, H, F]); "released": the Hub release's transposed experts ([E, H, 2F] / [E, F, H]), which
+    transformers' loader transposes back by shape. Returns {"config", "ids", "model" (float32, eval)}."""
+    import transformers
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ids = build_qwen_bpe_tokenizer(
+        out_dir, specials=QWEN3_5_SPECIALS, user_defined=QWEN3_5_USER_DEFINED, chat_template=CHATML_TEMPLATE
+    )
+    config = tiny_qwen3_vl_config(ids, moe=moe, tie=tie, text_overrides=text_overrides)
+    cls = transformers.Qwen3VLMoeForConditionalGeneration if moe else transformers.Qwen3VLForConditionalGeneration
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    scale_qwen3_5_weights(model, seed, fan_in=fan_in_scale)
+    with torch.no_grad():  # Qwen3's norms multiply by w (Qwen3.5's by 1 + w): centre them on 1
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and "norm" in name and ".visual." not in f".{name}":
+                p.add_(1.0)
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    _quiet_save(model, out_dir, dtype)
+    if layout == "released":
+        from safetensors.torch import load_file
+
+        (file,) = out_dir.glob("model*.safetensors")
+        state = load_file(file)
+        for name in [n for n in state if n.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj"))]:
+            state[name] = state[name].transpose(1, 2).contiguous()
+        save_file(state, file, metadata={"format": "pt"})
+    elif layout != "saved":
+        raise ValueError(layout)
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(QWEN3_5_PREPROCESSOR, indent=2) + "\n")
+    return {"config": config, "ids": ids, "model": model}
+
+
+@tiny_builder("qwen3-vl-moe")
+def make_tiny_qwen3_vl_moe(out_dir: Path, **kwargs) -> dict:
+    return make_tiny_qwen3_vl(out_dir, moe=True, **kwargs)
 
 
 # ---- PaddleOCR-VL ------------------------------------------------------------------------------------

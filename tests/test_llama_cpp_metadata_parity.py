@@ -22,12 +22,16 @@ import gguf
 import pytest
 
 from smt_convert.converters.tokenizer.vocab import resolve_add_eos
-from smt_convert.testing.checkpoints import make_tiny_paddleocr_vl, make_tiny_qwen3_5, make_tiny_qwen3_asr
-from smt_convert.testing.llama_cpp_converter import cached_or_fetched, converter_command, converter_tree
+from smt_convert.testing.checkpoints import (
+    make_tiny_paddleocr_vl,
+    make_tiny_qwen3_5,
+    make_tiny_qwen3_asr,
+    make_tiny_qwen3_vl,
+)
+from smt_convert.testing.llama_cpp_converter import converter_command
 
 pytestmark = pytest.mark.slow
 
-LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"  # the version the README and the benchmark name
 
 # A model card and sampling settings, so the general.* keys llama.cpp derives from them are compared too.
 MODEL_CARD = """---
@@ -52,6 +56,9 @@ CASES = {
     "qwen3.5": (lambda out: make_tiny_qwen3_5(out), "qwen3.5", "qwen35", ["--no-mtp"]),
     "qwen3.5-moe": (lambda out: make_tiny_qwen3_5(out, moe=True), "qwen3.5-moe", "qwen35", ["--no-mtp"]),
     "paddleocr-vl": (lambda out: make_tiny_paddleocr_vl(out, layout="original"), "paddleocr-vl", "none", []),
+    "qwen3-vl": (lambda out: make_tiny_qwen3_vl(out), "qwen3-vl", "qwen2", []),
+    # llama.cpp's converter reads the Hub release's transposed expert layout
+    "qwen3-vl-moe": (lambda out: make_tiny_qwen3_vl(out, moe=True, layout="released"), "qwen3-vl-moe", "qwen2", []),
 }
 
 # Keys allowed to differ (missing on one side or another value), with the README's reason.
@@ -67,21 +74,13 @@ ALLOWED = {
     "qwen3.5": {"tokenizer.ggml.eot_token_id": "we write <|im_end|>; llama.cpp's loader would guess it"},
     "qwen3.5-moe": {"tokenizer.ggml.eot_token_id": "we write <|im_end|>; llama.cpp's loader would guess it"},
     "paddleocr-vl": {},
+    "qwen3-vl": {"tokenizer.ggml.eot_token_id": "we write <|im_end|>; llama.cpp's loader would guess it"},
+    "qwen3-vl-moe": {"tokenizer.ggml.eot_token_id": "we write <|im_end|>; llama.cpp's loader would guess it"},
 }
 
 @pytest.fixture(scope="session")
-def llama_cpp(request) -> Path:
-    """llama.cpp's source tree with convert_hf_to_gguf.py: $LLAMA_CPP_DIR, else the cached sdist, else fetched."""
-    given = os.environ.get("LLAMA_CPP_DIR")
-    if given:
-        tree = converter_tree(Path(given).expanduser())
-        if tree is None:
-            pytest.skip(f"LLAMA_CPP_DIR={given}: no convert_hf_to_gguf.py + gguf-py there (nor under vendor/llama.cpp)")
-        return tree
-    try:
-        return cached_or_fetched(Path(request.config.cache.mkdir("llama-cpp-src")), LLAMA_CPP_PYTHON)
-    except RuntimeError as exc:
-        pytest.skip(f"llama.cpp's converter: no LLAMA_CPP_DIR and {exc}")
+def llama_cpp(llama_cpp_converter) -> Path:
+    return llama_cpp_converter
 
 
 def metadata(path: Path) -> dict[str, tuple]:

@@ -126,6 +126,7 @@ class VisionHparams:
     image_std: tuple[float, float, float]
     rescale_factor: float
     preprocessor_source: str  # file the normalisation came from, or "defaults"
+    deepstack_indexes: tuple[int, ...] = ()  # blocks whose output a DeepStack merger reads (Qwen3-VL; none here)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -410,8 +411,18 @@ def read_vision(
         v.field("num_heads"),
         f"hidden_size {hidden} / {heads} heads must be a whole head size divisible by 4 (2-D rotary)",
     )
+    depth = v.get("depth")
+    deepstack = v.data.get("deepstack_visual_indexes") or []
+    require(
+        isinstance(deepstack, list)
+        and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < depth for i in deepstack)
+        and len(set(deepstack)) == len(deepstack),
+        path,
+        v.field("deepstack_visual_indexes"),
+        f"expected distinct block indexes in 0..{depth - 1}, found {deepstack!r}",
+    )
     return VisionHparams(
-        v.get("depth"),
+        depth,
         hidden,
         heads,
         v.get("intermediate_size"),
@@ -427,6 +438,7 @@ def read_vision(
         std,
         rescale,
         source,
+        tuple(deepstack),
     )
 
 

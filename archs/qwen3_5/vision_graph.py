@@ -19,6 +19,11 @@ computed for the static size:
 - 2-D rotary tables (row, col of each patch), constants [S, head_dim];
 - the blocks with full attention over the one image, then the merger (LayerNorm, 2x2 rows concatenated,
   Linear, exact GELU, Linear).
+
+Qwen3-VL's tower is this one plus DeepStack: after each block listed in `deepstack_visual_indexes` a merger of
+its own (2x2 rows concatenated first, then LayerNorm over the concatenation) makes one more output of the same
+[N, out_hidden_size] shape. Outputs are `image_embeds` then `deepstack_0..k-1`, the order the board's wrapper
+concatenates row by row into [N, out_hidden_size x (1 + k)].
 """
 
 from __future__ import annotations
@@ -151,13 +156,28 @@ def build_vision(ctx: GraphContext, v: VisionHparams) -> None:
 
     cos, sin = rotary_tables(v)
     cos, sin = ctx.const(cos[None]), ctx.const(sin[None])  # [1, S, hd], broadcast over heads
+    deepstack = []
     for i in range(v.depth):
         h = _block(ctx, h, v, f"{VISION}blocks.{i}.", cos, sin)
+        if i in v.deepstack_indexes:
+            j = v.deepstack_indexes.index(i)
+            deepstack.append(_merger(ctx, h, v, f"{VISION}deepstack_merger_list.{j}.", postshuffle_norm=True))
 
-    x = layer_norm(ctx, h, VISION + "merger.norm", LN_EPS)
-    x = op.Reshape(x, ctx.ints([s // (m * m), d * m * m]))
-    x = linear(ctx, gelu(ctx, linear(ctx, x, VISION + "merger.linear_fc1")), VISION + "merger.linear_fc2")
-    ctx.output(x, "image_embeds", [s // (m * m), v.out_hidden_size])
+    rows = [s // (m * m), v.out_hidden_size]
+    ctx.output(_merger(ctx, h, v, VISION + "merger.", postshuffle_norm=False), "image_embeds", rows)
+    for j, x in enumerate(deepstack):
+        ctx.output(x, f"deepstack_{j}", rows)
+
+
+def _merger(ctx: GraphContext, h, v: VisionHparams, prefix: str, postshuffle_norm: bool):
+    """LayerNorm, 2x2 rows concatenated (or the other way round: DeepStack), Linear, exact GELU, Linear."""
+    op, m = ctx.op, v.spatial_merge_size
+    merged = [v.patch_grid[0] * v.patch_grid[1] // (m * m), v.hidden_size * m * m]
+    if postshuffle_norm:
+        x = layer_norm(ctx, op.Reshape(h, ctx.ints(merged)), prefix + "norm", LN_EPS)
+    else:
+        x = op.Reshape(layer_norm(ctx, h, prefix + "norm", LN_EPS), ctx.ints(merged))
+    return linear(ctx, gelu(ctx, linear(ctx, x, prefix + "linear_fc1")), prefix + "linear_fc2")
 
 
 # ---- the plugin's hook --------------------------------------------------------------------------------------
@@ -193,7 +213,18 @@ def vision_shapes(v: VisionHparams) -> dict[str, tuple[int, ...]]:
     }
     for i in range(v.depth):
         shapes.update({f"blocks.{i}.{k}": s for k, s in block.items()})
+    for j in range(len(v.deepstack_indexes)):
+        shapes.update(
+            {
+                f"deepstack_merger_list.{j}.norm.weight": (merged,),
+                f"deepstack_merger_list.{j}.norm.bias": (merged,),
+                **{f"deepstack_merger_list.{j}.{k}": shapes[f"merger.{k}"] for k in MERGER_LINEARS},
+            }
+        )
     return {VISION + k: s for k, s in shapes.items()}
+
+
+MERGER_LINEARS = ("linear_fc1.weight", "linear_fc1.bias", "linear_fc2.weight", "linear_fc2.bias")
 
 
 def check_images(height: int, width: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -8,6 +8,7 @@ from smt_convert.runtime.errors import SmtError, where
 # general.architecture -> decoder class taking a GGUFModel.
 DECODERS = {
     "qwen3vl": Qwen3VLDecoder,
+    "qwen3vlmoe": Qwen3VLDecoder,
     "qwen35": Qwen35Decoder,
     "qwen35moe": Qwen35Decoder,
     "paddleocr": PaddleOCRDecoder,

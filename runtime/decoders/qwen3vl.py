@@ -1,14 +1,19 @@
-"""Numpy Qwen3 text decoder for llama.cpp architecture `qwen3vl` (the LLM half of Qwen3-VL / Qwen3-ASR).
+"""Numpy Qwen3 text decoder for llama.cpp architectures `qwen3vl` and `qwen3vlmoe` (the LLM half of Qwen3-VL and
+Qwen3-ASR).
 
 Pre-norm transformer: RMSNorm -> GQA attention (per-head q/k RMSNorm, interleaved M-RoPE) -> residual,
-RMSNorm -> SwiGLU MLP -> residual. Tensor names and metadata keys are the ones upstream llama.cpp writes.
+RMSNorm -> SwiGLU MLP (or, `qwen3vlmoe`, top-k of softmax(router) renormalised over the k chosen SwiGLU experts)
+-> residual. Tensor names and metadata keys are the ones upstream llama.cpp writes.
+
+DeepStack (`{arch}.n_deepstack_layers` = k > 0): input rows are [n, hidden x (1 + k)], as llama.cpp takes them
+(`n_embd_inp`): the first `hidden` columns are the embedding, and after layer i < k the (i + 1)-th slice is added
+to the hidden state. Vision rows carry the encoder's DeepStack outputs there; token embeddings are zero-padded
+(llama.cpp's `build_inp_embd`), so text rows get nothing added.
 
 Memory: weights stay in the memory-mapped GGUF and are used through `runtime/weights.py` (`Linear`): on
 first use each projection is packed for ONNX Runtime's MatMulNBits (Q8_0/Q4_0), dequantised to float32, or
 streamed, within a memory budget; the embedding table is read row by row. q/k/v and gate/up are stacked into
 one `Linear` each (one matmul call apiece on the quantised path).
-
-Deepstack (Qwen3-VL vision features added to early layers) is not implemented: embeddings are [n, hidden].
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import numpy as np
 
 from smt_convert.runtime.errors import SmtError, where
 from smt_convert.runtime.gguf_model import GGUFModel
-from smt_convert.runtime.weights import Linear, WeightStore
+from smt_convert.runtime.weights import Experts, Linear, WeightStore
 
 # ---- config -------------------------------------------------------------------------------
 
@@ -38,6 +43,15 @@ class Qwen3VLConfig:
     vocab: int
     n_rot: int  # rotated dims per head (== head_dim for Qwen3)
     context_length: int = 0
+    n_deepstack: int = 0  # DeepStack slices after the embedding in each input row
+    n_expert: int = 0  # qwen3vlmoe: experts, experts per token, expert FFN width
+    n_expert_used: int = 0
+    ff_exp: int = 0
+
+    @property
+    def input_width(self) -> int:
+        """Width of an input row: the embedding, then one slice per DeepStack layer (llama.cpp's n_embd_inp)."""
+        return self.hidden * (1 + self.n_deepstack)
 
     @classmethod
     def from_gguf(cls, model: GGUFModel) -> "Qwen3VLConfig":
@@ -59,7 +73,12 @@ class Qwen3VLConfig:
             vocab=int(model.tensor_shape("token_embd.weight")[0]),
             n_rot=int(model.meta("{arch}.rope.dimension_count", head_dim)),
             context_length=int(model.meta("{arch}.context_length", 0)),
+            n_deepstack=int(model.meta("{arch}.n_deepstack_layers", 0)),
         )
+        if model.arch == "qwen3vlmoe":
+            cfg.n_expert = int(model.meta("{arch}.expert_count"))
+            cfg.n_expert_used = int(model.meta("{arch}.expert_used_count"))
+            cfg.ff_exp = int(model.meta("{arch}.expert_feed_forward_length"))
         cfg.check(model)
         return cfg
 
@@ -78,6 +97,10 @@ class Qwen3VLConfig:
             bad("{arch}.rope.dimension_count", f"{self.n_rot} must be even and <= key_length {self.head_dim}")
         if sum(self.sections) <= 0:
             bad("{arch}.rope.dimension_sections", f"{self.sections} has no pairs")
+        if not 0 <= self.n_deepstack < self.n_layer:
+            bad("{arch}.n_deepstack_layers", f"{self.n_deepstack} not in 0..{self.n_layer - 1}")
+        if model.arch == "qwen3vlmoe" and not 0 < self.n_expert_used <= self.n_expert:
+            bad("{arch}.expert_used_count", f"{self.n_expert_used} not in 1..expert_count {self.n_expert}")
 
 
 # ---- interleaved M-RoPE ---------------------------------------------------------------------
@@ -197,8 +220,17 @@ class LayerWeights:
     q_norm: np.ndarray  # [head_dim]
     k_norm: np.ndarray
     ffn_norm: np.ndarray
-    gate_up: Linear  # rows [gate (ff); up (ff)], in = hidden
-    down: Linear  # [hidden, ff]
+    gate_up: Linear | None  # rows [gate (ff); up (ff)], in = hidden (dense)
+    down: Linear | None  # [hidden, ff]
+    moe: "MoeWeights | None" = None
+
+
+@dataclass
+class MoeWeights:
+    router: Linear  # [n_expert, hidden]
+    gate_exps: Experts  # [n_expert, ff_exp, hidden]
+    up_exps: Experts
+    down_exps: Experts  # [n_expert, hidden, ff_exp]
 
 
 def embed_rows(table: Linear, token_ids) -> np.ndarray:
@@ -211,6 +243,23 @@ def _load_layer(store: WeightStore, cfg: Qwen3VLConfig, i: int) -> LayerWeights:
     """Check shapes and wrap the tensors; nothing is read or dequantised until first use."""
     h, q, kv, d = cfg.hidden, cfg.n_head * cfg.head_dim, cfg.n_kv * cfg.head_dim, cfg.head_dim
     b = f"blk.{i}."
+    if cfg.n_expert:
+        E, F = cfg.n_expert, cfg.ff_exp
+        ffn = dict(
+            gate_up=None,
+            down=None,
+            moe=MoeWeights(
+                router=store.linear(b + "ffn_gate_inp.weight", shapes=[(E, h)]),
+                gate_exps=store.experts(b + "ffn_gate_exps.weight", E, F, h),
+                up_exps=store.experts(b + "ffn_up_exps.weight", E, F, h),
+                down_exps=store.experts(b + "ffn_down_exps.weight", E, h, F),
+            ),
+        )
+    else:
+        ffn = dict(
+            gate_up=store.linear(b + "ffn_gate.weight", b + "ffn_up.weight", shapes=[(cfg.ff, h), (cfg.ff, h)]),
+            down=store.linear(b + "ffn_down.weight", shapes=[(h, cfg.ff)]),
+        )
     return LayerWeights(
         attn_norm=store.vector(b + "attn_norm.weight", h),
         qkv=store.linear(
@@ -220,8 +269,7 @@ def _load_layer(store: WeightStore, cfg: Qwen3VLConfig, i: int) -> LayerWeights:
         q_norm=store.vector(b + "attn_q_norm.weight", d),
         k_norm=store.vector(b + "attn_k_norm.weight", d),
         ffn_norm=store.vector(b + "ffn_norm.weight", h),
-        gate_up=store.linear(b + "ffn_gate.weight", b + "ffn_up.weight", shapes=[(cfg.ff, h), (cfg.ff, h)]),
-        down=store.linear(b + "ffn_down.weight", shapes=[(h, cfg.ff)]),
+        **ffn,
     )
 
 
@@ -247,7 +295,11 @@ class Qwen3VLDecoder:
         return rope_angles(positions, self.config, self.rope_streams)
 
     def embed(self, token_ids) -> np.ndarray:
-        return embed_rows(self.token_embd, token_ids)
+        """Token rows [n, input_width]: the embedding, zero-padded over the DeepStack slices as llama.cpp does."""
+        rows = embed_rows(self.token_embd, token_ids)
+        if self.config.n_deepstack:
+            rows = np.pad(rows, ((0, 0), (0, self.config.input_width - self.config.hidden)))
+        return rows
 
     def new_cache(self) -> KVCache:
         return KVCache.empty(self.config)
@@ -255,12 +307,15 @@ class Qwen3VLDecoder:
     def forward(self, embeds: np.ndarray, positions: np.ndarray, cache: KVCache, logits: str = "all") -> np.ndarray:
         """Run new tokens after those in `cache` (appending to it); return logits [n or 1, vocab] float32."""
         cfg = self.config
-        x = check_inputs(embeds, positions, cfg.hidden, logits)
+        rows = check_inputs(embeds, positions, cfg.input_width, logits)
+        x, hd = rows[:, : cfg.hidden], cfg.hidden
         cos, sin = self._rope(positions)
         mask = causal_mask(x.shape[0], cache.length)
         for i, layer in enumerate(self.layers):
             x = x + self._attention(rms_norm(x, layer.attn_norm, cfg.eps), layer, cos, sin, mask, cache, i)
             x = x + self._mlp(rms_norm(x, layer.ffn_norm, cfg.eps), layer)
+            if i < cfg.n_deepstack:
+                x = x + rows[:, hd * (i + 1) : hd * (i + 2)]
         cache.length += x.shape[0]
         if logits == "last":
             x = x[-1:]
@@ -278,8 +333,25 @@ class Qwen3VLDecoder:
         return w.wo(grouped_attention(q, keys, values, mask))
 
     def _mlp(self, x, w: LayerWeights) -> np.ndarray:
+        if w.moe is not None:
+            return moe_ffn(x, w.moe.router, w.moe.gate_exps, w.moe.up_exps, w.moe.down_exps, self.config.n_expert_used)
         gate, up = w.gate_up.split(x)
         return w.down(silu(gate) * up)
+
+
+def moe_ffn(x: np.ndarray, router: Linear, gate_exps, up_exps, down_exps, k: int) -> np.ndarray:
+    """Top-k of softmax(router), renormalised over the k chosen (llama.cpp's qwen3moe / qwen35moe, HF's
+    routers); each chosen expert a SwiGLU. Only the selected experts' slices are ever read."""
+    probs = softmax(router(x))  # [n, E]
+    top = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+    weights = np.take_along_axis(probs, top, axis=-1)
+    weights = weights / weights.sum(axis=-1, keepdims=True)
+    out = np.zeros_like(x)
+    for e in np.unique(top):
+        rows, slot = np.nonzero(top == e)
+        xe = x[rows]
+        out[rows] += down_exps[e](silu(gate_exps[e](xe)) * up_exps[e](xe)) * weights[rows, slot, None]
+    return out
 
 
 def check_inputs(embeds: np.ndarray, positions: np.ndarray, hidden: int, logits: str) -> np.ndarray:
