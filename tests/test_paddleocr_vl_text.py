@@ -8,7 +8,6 @@ module's `text_tensors` + `write_text_metadata` through the shared `write_text_g
 vocab is embedded only so llama.cpp can load the file (the real vocab is SentencePiece, converted elsewhere).
 """
 
-import ctypes
 import json
 import subprocess
 import sys
@@ -259,29 +258,10 @@ def llama_logits(path: Path, ids) -> np.ndarray:
 
 
 def llama_embd_logits(path: Path, embeds: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Decode an embedding batch with explicit M-RoPE positions (section-major pos[j*n + i], as mtmd feeds
-    images) through the C API; logits for every row."""
-    llama_cpp, llm = _llama(path)
-    n, d = embeds.shape
-    batch = llama_cpp.llama_batch_init(4 * n, d, 1)  # pos has room for 4 streams x n tokens
-    try:
-        batch.n_tokens = n
-        flat = np.ascontiguousarray(embeds, np.float32).reshape(-1)
-        ctypes.memmove(batch.embd, flat.ctypes.data, flat.nbytes)
-        sect = np.ascontiguousarray(positions.T, np.int32).reshape(-1)  # [4, n] -> section-major
-        ctypes.memmove(batch.pos, sect.ctypes.data, sect.nbytes)
-        for i in range(n):
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = 0
-            batch.logits[i] = 1
-        assert llama_cpp.llama_decode(llm.ctx, batch) == 0
-        vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(llm.model))
-        rows = [np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, i), shape=(vocab,)).copy()
-                for i in range(n)]
-        return np.stack(rows).astype(np.float32)
-    finally:
-        llama_cpp.llama_batch_free(batch)
-        llm.close()
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from smt_convert.testing.llama_cpp_decode import embd_logits
+
+    return embd_logits(path, embeds, positions)
 
 
 def test_llama_cpp_matches_hf(built):

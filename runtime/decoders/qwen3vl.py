@@ -333,7 +333,7 @@ class Qwen3VLDecoder:
         return w.wo(grouped_attention(q, keys, values, mask))
 
     def _mlp(self, x, w: LayerWeights) -> np.ndarray:
-        if w.moe is not None:
+        if self.config.n_expert:
             return moe_ffn(x, w.moe.router, w.moe.gate_exps, w.moe.up_exps, w.moe.down_exps, self.config.n_expert_used)
         gate, up = w.gate_up.split(x)
         return w.down(silu(gate) * up)
