@@ -154,9 +154,11 @@ class Qwen3VLPlugin(ArchPlugin):
             notes.append(sections)
         if hp.deepstack_layers:
             notes.append(
-                f"DeepStack: the vision graph has {1 + hp.deepstack_layers} outputs, concatenated row by row into "
-                f"[N, {hp.text.hidden_size} x {1 + hp.deepstack_layers}] by the board's wrapper; its CLI must feed "
-                "llama.cpp rows of that width (README: Qwen3-VL on the board)"
+                f"DeepStack: the vision graph has {1 + hp.deepstack_layers} outputs, which the board's wrapper "
+                f"concatenates into rows of {hp.text.hidden_size} x {1 + hp.deepstack_layers}; llama.cpp takes them "
+                "at that width (n_embd_inp), but the SMT CLI read in SpacemiT's fork decodes them at n_embd and "
+                "answers wrongly without smt-convert's examples/board/mtmd-cli-smt-deepstack.patch "
+                "(README: Qwen3-VL on the board)"
             )
         return notes
 
