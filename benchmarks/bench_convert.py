@@ -100,6 +100,26 @@ QWEN35_4B = dict(
                      "mrope_section": [11, 11, 10], "mrope_interleaved": True},
 )
 
+# Qwen3-VL-2B-Instruct widths. GIVEN by the issue: the family (Qwen3 text + DeepStack vision); ASSUMED (the public
+# config as we remember it; check against the real config.json when available): every number below. Not listed:
+# transformers' Qwen3VL(Text|Vision)Config defaults. Saved as transformers 5 writes it (the layout both converters
+# read for a dense model).
+QWEN3_VL_2B = {
+    "text": dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                 num_attention_heads=16, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6,
+                 max_position_embeddings=262144, tie_word_embeddings=True,
+                 rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20],
+                                  "mrope_interleaved": True}),
+    "vision": dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, out_hidden_size=2048,
+                   num_position_embeddings=2304, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                   deepstack_visual_indexes=[5, 11, 17]),
+}
+QWEN3_VL_PREPROCESSOR = {
+    "size": {"longest_edge": 16777216, "shortest_edge": 65536}, "patch_size": 16, "temporal_patch_size": 2,
+    "merge_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_rescale": True,
+    "rescale_factor": 1 / 255, "do_normalize": True, "image_processor_type": "Qwen2VLImageProcessorFast",
+}
+
 PADDLEOCR_MROPE_SECTION = [16, 24, 24]  # the release's text rope_scaling.mrope_section (head_dim 128 -> 64 pairs)
 
 # Data, not code: as the project's tiny test checkpoints / the real processors write them.
@@ -252,7 +272,27 @@ def build_qwen35_text(out: Path, layers: int) -> None:
     (out / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
 
 
+def build_qwen3_vl(out: Path) -> None:
+    import transformers
+
+    build_bpe, _ = _tokenizer_builders()
+    ids = build_bpe(out, specials=QWEN3_5_SPECIALS, user_defined=QWEN3_5_USER_DEFINED)
+    text = {**QWEN3_VL_2B["text"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"]}
+    config = transformers.Qwen3VLConfig(
+        text_config=text, vision_config=QWEN3_VL_2B["vision"], tie_word_embeddings=True,
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    shapes = _meta_shapes(transformers.Qwen3VLForConditionalGeneration, config)
+    shapes.pop("lm_head.weight", None)  # tied
+    _write_random(out, shapes, zero_centred_norms=False)
+    cfg = config.to_dict()
+    cfg["architectures"] = ["Qwen3VLForConditionalGeneration"]
+    (out / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
+    (out / "preprocessor_config.json").write_text(json.dumps(QWEN3_VL_PREPROCESSOR, indent=2) + "\n")
+
+
 BUILDERS = {
+    "qwen3-vl-2b": build_qwen3_vl,
     "qwen3-asr-0.6b": build_qwen3_asr,
     "paddleocr-vl-0.9b": build_paddleocr_vl,
     "qwen3.5-4b-text-4l": lambda out: build_qwen35_text(out, 4),
@@ -407,7 +447,7 @@ def _size_mb(path: Path) -> float:
 
 # ---- the cases -----------------------------------------------------------------------------------------------
 
-CKPT_OF = {"asr": "qwen3-asr-0.6b", "paddle": "paddleocr-vl-0.9b",
+CKPT_OF = {"asr": "qwen3-asr-0.6b", "paddle": "paddleocr-vl-0.9b", "qvl": "qwen3-vl-2b",
            "qwen35-4l": "qwen3.5-4b-text-4l", "qwen35-8l": "qwen3.5-4b-text-8l"}
 
 # (case id, groups it belongs to, checkpoint key, tool, description)
@@ -436,6 +476,11 @@ CASES = [
     ("llama-qwen35-8l", {"qwen35", "llama"}, "qwen35-8l", "llama.cpp", "Qwen3.5-4B-width text, 8 layers, q8_0"),
     ("smt-qwen35-4l", {"qwen35", "smt", "verify"}, "qwen35-4l", "smt-convert", "qwen3.5 --outtype q8_0, 4 layers"),
     ("smt-qwen35-8l", {"qwen35", "smt", "verify"}, "qwen35-8l", "smt-convert", "qwen3.5 --outtype q8_0, 8 layers"),
+    # issue 19: Qwen3-VL-2B widths (text + mmproj against our text GGUF + DeepStack vision ONNX)
+    ("llama-qvl-text", {"qvl", "llama"}, "qvl", "llama.cpp", "Qwen3-VL-2B text GGUF f16"),
+    ("llama-qvl-mmproj", {"qvl", "llama"}, "qvl", "llama.cpp", "Qwen3-VL-2B mmproj (vision + DeepStack)"),
+    ("smt-qvl-noverify", {"qvl", "smt"}, "qvl", "smt-convert", "qwen3-vl --no-verify (f16 + fp32 vision 768x768)"),
+    ("smt-qvl-verify", {"qvl", "smt", "verify"}, "qvl", "smt-convert", "qwen3-vl --image-size 384 (with verification)"),
 ]
 
 
@@ -458,8 +503,9 @@ def case_command(case: str, ckpt: Path, out: Path, tree: Path | None,
                         f"quantize_gguf({str(out / 'text.gguf')!r}, {str(out / 'text-q4km.gguf')!r}, 'q4_k_m')")
             return ["sh", "-c", f"{shlex.join(cmd)} && {shlex.join([sys.executable, '-c', quantize])}"], env
         return cmd, env
-    arch = {"asr": "qwen3-asr", "paddle": "paddleocr-vl", "qwen35": "qwen3.5"}[case.split("-")[1]]
-    extra = {"smt-asr-noverify": ["--no-verify"], "smt-asr-q8": ["--outtype", "q8_0"],
+    arch = {"asr": "qwen3-asr", "paddle": "paddleocr-vl", "qwen35": "qwen3.5", "qvl": "qwen3-vl"}[case.split("-")[1]]
+    extra = {"smt-asr-noverify": ["--no-verify"], "smt-qvl-noverify": ["--no-verify"],
+             "smt-qvl-verify": ["--image-size", "384"], "smt-asr-q8": ["--outtype", "q8_0"],
              "smt-asr-q4km": ["--outtype", "q4_k_m", "--no-verify"],
              "smt-qwen35-4l-q4km": ["--outtype", "q4_k_m", "--no-verify"],
              "smt-qwen35-4l": ["--outtype", "q8_0"], "smt-qwen35-8l": ["--outtype", "q8_0"]}.get(case, [])
@@ -520,6 +566,16 @@ def ratios(res: dict[str, dict]) -> list[dict]:
         rows.append({"target": "(reference) llama.cpp Qwen3.5 q8_0 peak RSS 8 / 4 layers",
                      "value": res["llama-qwen35-8l"]["peak_rss_mb"] / res["llama-qwen35-4l"]["peak_rss_mb"],
                      "unit": "x", "limit": None, "complete": True})
+    if ok("llama-qvl-text", "llama-qvl-mmproj"):
+        lw = res["llama-qvl-text"]["seconds"] + res["llama-qvl-mmproj"]["seconds"]
+        lr = max(res["llama-qvl-text"]["peak_rss_mb"], res["llama-qvl-mmproj"]["peak_rss_mb"])
+        for case, what in (("smt-qvl-noverify", "--no-verify"), ("smt-qvl-verify", "with verification")):
+            if case in res:
+                rows.append({"target": f"Qwen3-VL-2B {what} wall / llama.cpp (text+mmproj)",
+                             "value": res[case]["seconds"] / lw, "unit": "x", "limit": None, "complete": ok(case)})
+                rows.append({"target": f"Qwen3-VL-2B {what} peak RSS / llama.cpp (max of the two)",
+                             "value": res[case]["peak_rss_mb"] / lr, "unit": "x", "limit": None,
+                             "complete": ok(case)})
     for r in rows:
         r["value"] = round(r["value"], 3)
         r["met"] = None if r["limit"] is None else bool(r["complete"] and r["value"] <= r["limit"])
@@ -548,7 +604,7 @@ def print_report(res: dict[str, dict], targets: list[dict]) -> None:
 
 # ---- main ----------------------------------------------------------------------------------------------------
 
-MODEL_GROUPS = {"asr", "paddle", "qwen35"}
+MODEL_GROUPS = {"asr", "paddle", "qwen35", "qvl"}
 
 
 def select(only: str | None) -> list[str]:

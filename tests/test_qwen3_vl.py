@@ -192,6 +192,6 @@ def test_llama_cpp_gives_the_runtimes_logits_and_greedy_text(bundles):
 
 
 def _as4(positions: np.ndarray) -> np.ndarray:
-    from smt_convert.runtime.decoders.qwen3vl import as_mrope_positions
+    from smt_convert.runtime.decoders.blocks import as_mrope_positions
 
     return as_mrope_positions(positions)

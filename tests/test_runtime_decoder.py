@@ -13,13 +13,8 @@ import torch
 from gguf import GGMLQuantizationType as Q
 
 from smt_convert.runtime.decoders import DECODERS, load_decoder
-from smt_convert.runtime.decoders.qwen3vl import (
-    KVCache,
-    Qwen3VLDecoder,
-    apply_rope,
-    imrope_streams,
-    rope_angles,
-)
+from smt_convert.runtime.decoders.blocks import apply_rope, imrope_streams, rope_angles
+from smt_convert.runtime.decoders.qwen3vl import KVCache, Qwen3VLDecoder
 from smt_convert.runtime.errors import SmtError
 from smt_convert.runtime.generate import greedy_generate, prefill
 from smt_convert.runtime.gguf_model import GGUFModel

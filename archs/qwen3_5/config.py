@@ -21,7 +21,7 @@ from smt_convert.converters.validate import (
     require,
     settle_tie,
 )
-from smt_convert.runtime.decoders.qwen3vl import imrope_streams
+from smt_convert.runtime.decoders.blocks import imrope_streams
 from smt_convert.runtime.errors import SmtError
 
 TEXT_PREFIX = "model.language_model."  # Qwen3_5(Moe)ForConditionalGeneration

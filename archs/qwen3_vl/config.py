@@ -201,7 +201,7 @@ def sections_note(hp: Hparams) -> str | None:
         return None
     n = t.head_dim // 2
     from smt_convert.archs.qwen3_5.config import hf_rope_streams
-    from smt_convert.runtime.decoders.qwen3vl import imrope_streams
+    from smt_convert.runtime.decoders.blocks import imrope_streams
 
     hf, ours = hf_rope_streams(n, t.config_sections), imrope_streams(n, t.rope_sections).tolist()
     pairs = [i for i, (a, b) in enumerate(zip(hf, ours)) if a != b]

@@ -20,13 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from smt_convert.runtime.decoders.qwen3vl import (
-    KVCache,
-    Qwen3VLConfig,
-    Qwen3VLDecoder,
-    apply_rope,
-    grouped_attention,
-)
+from smt_convert.runtime.decoders.blocks import apply_rope, grouped_attention
+from smt_convert.runtime.decoders.qwen3vl import KVCache, Qwen3VLConfig, Qwen3VLDecoder
 from smt_convert.runtime.errors import SmtError, where
 from smt_convert.runtime.gguf_model import GGUFModel
 from smt_convert.runtime.weights import Linear, WeightStore

@@ -29,16 +29,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from smt_convert.runtime.decoders.qwen3vl import (
-    check_inputs,
-    grouped_attention,
-    embed_rows,
+from smt_convert.runtime.decoders.blocks import (
     apply_rope,
     causal_mask,
+    check_inputs,
+    embed_rows,
+    grouped_attention,
+    moe_ffn,
     rms_norm,
     rope_angles,
     silu,
-    softmax,
 )
 from smt_convert.runtime.errors import SmtError, where
 from smt_convert.runtime.gguf_model import GGUFModel
@@ -429,17 +429,7 @@ class Qwen35Decoder:
 
     def _moe(self, x, w) -> np.ndarray:
         """Only the selected experts' slices of the 3-D expert tensors are ever read."""
-        cfg = self.config
-        probs = softmax(w["router"](x))  # [n, E]
-        top = np.argsort(-probs, axis=-1, kind="stable")[:, : cfg.n_expert_used]
-        weights = np.take_along_axis(probs, top, axis=-1)
-        weights = weights / weights.sum(axis=-1, keepdims=True)  # Qwen3.5 renormalises the top-k
-        out = np.zeros_like(x)
-        for e in np.unique(top):
-            rows, slot = np.nonzero(top == e)
-            xe = x[rows]
-            he = silu(w["gate_exps"][e](xe)) * w["up_exps"][e](xe)
-            out[rows] += w["down_exps"][e](he) * weights[rows, slot, None]
+        out = moe_ffn(x, w["router"], w["gate_exps"], w["up_exps"], w["down_exps"], self.config.n_expert_used)
         gate, up = w["gate_up_shexp"].split(x)
         shared = w["down_shexp"](silu(gate) * up)
         return out + shared * sigmoid(x @ w["shexp_gate"])[:, None]
