@@ -94,60 +94,25 @@ class BundleRunner:
         return SmtError(f"{self.bundle.root / 'manifest.json'}: modality: '{self.modality}' has no encoder here")
 
     def encoder(self):
+        """The bundle's encoder, opened from the config.json block it serves (runtime/encoders.py)."""
         if self._encoder is None:
-            config = self.bundle.config
-            if self.modality == "audio":
-                from smt_convert.runtime.audio_encoder import SplitAudioEncoder
-
-                audio = config["audio_model"]
-                self._encoder = SplitAudioEncoder(
-                    self.bundle.path(audio["frontend_model_path"]),
-                    self.bundle.path(audio["backend_model_path"]),
-                    intra_op_num_threads=self.threads,
-                )
-            elif self.modality == "image":
-                from smt_convert.runtime.vision_encoder import VisionEncoder
-
-                self._encoder = VisionEncoder(
-                    self.bundle.path(config["vision_model"]["model_path"]), intra_op_num_threads=self.threads
-                )
-            else:
-                raise self._unsupported()
+            entry = self._encoder_entry()
+            self._encoder = entry.open(self.bundle, self.bundle.config[entry.block], self.threads)
         return self._encoder
+
+    def _encoder_entry(self):
+        from smt_convert.runtime.encoders import encoder_entry
+
+        entry = encoder_entry(self.bundle.config) if self.modality != "text" else None
+        if entry is None:
+            raise self._unsupported()
+        return entry
 
     def features(self, media, host: str | None = None) -> np.ndarray:
         """Host preprocessing for one media item on `host` (default: the runner's): audio -> log-mel;
         image -> resized [1,3,H,W] pixels (raw 0..255, or normalised when the board config has a
         vision_preprocess block)."""
-        from smt_convert.runtime import host as hosts
-
-        host = host or self.host
-        if self.modality == "audio":
-            from smt_convert.runtime.audio import MelParams, load_audio
-
-            params = MelParams.from_dict(self.manifest["preprocessing"])
-            wave = load_audio(media, params.sample_rate) if isinstance(media, (str, Path)) else media
-            return hosts.audio_features(np.asarray(wave, dtype=np.float32), params, host)
-        if self.modality == "image":
-            from smt_convert.runtime.image import load_image, normalize
-
-            image = load_image(media) if isinstance(media, (str, Path)) else media
-            height, width = self.image_size()
-            pixels = hosts.image_pixels(image, width, height, host)
-            norm = self.bundle.config.get("vision_preprocess")
-            if norm:
-                pixels = normalize(pixels, norm.get("rescale_factor", 1.0), norm["image_mean"], norm["image_std"])
-            return pixels
-        raise self._unsupported()
-
-    def image_size(self) -> tuple[int, int]:
-        """(H, W) of the vision input, as the board reads it from config.json (the session checks it on load)."""
-        block = self.bundle.config.get("vision_model", {})
-        if "input_size" in block:
-            return int(block["input_size"]), int(block["input_size"])
-        if "input_height" in block and "input_width" in block:
-            return int(block["input_height"]), int(block["input_width"])
-        return self.encoder().input_size
+        return self._encoder_entry().features(self, media, host or self.host)
 
     def encode(self, features: np.ndarray) -> np.ndarray:
         """Encoder rows for host features. The first call also records the memory the encoder session added
