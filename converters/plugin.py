@@ -250,9 +250,10 @@ class ArchPlugin(abc.ABC):
     def facts(self, hp) -> ModelFacts:
         """The few facts shared code needs from the hyperparameters."""
 
-    @abc.abstractmethod
     def canonical_to_checkpoint(self, hp) -> Callable[[str], str]:
-        """Canonical (native) tensor name -> the name in this checkpoint."""
+        """Canonical (native) tensor name -> the name in this checkpoint (by default they are the same: the
+        checkpoint is in transformers' own layout)."""
+        return lambda name: name
 
     @abc.abstractmethod
     def expected_tensors(self, hp) -> dict[str, tuple[int, ...]]:
@@ -318,8 +319,11 @@ class ArchPlugin(abc.ABC):
         return {}
 
     def golden_media(self, hp):
-        """The deterministic input the goldens are computed on (None for text only)."""
-        return None
+        """The deterministic input the goldens are computed on: by default the shipped one for the modality
+        (converters/golden_inputs.py: a rendered page, a spoken sentence; None for text only)."""
+        from smt_convert.converters.golden_inputs import page, speech
+
+        return {"image": page, "audio": speech}.get(self.facts(hp).modality, lambda: None)()
 
     def golden_fields(self) -> dict:
         """Prompt fields for the golden run (e.g. {"prompt": "Describe the image."})."""

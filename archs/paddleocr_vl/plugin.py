@@ -190,11 +190,6 @@ class PaddleOCRVLPlugin(ArchPlugin):
     def plan_notes(self, hp: Hparams) -> list[str]:
         return prompt.plan_notes(hp)
 
-    def golden_media(self, hp: Hparams) -> np.ndarray:
-        from smt_convert.converters.golden_inputs import page
-
-        return page()
-
     def golden_fields(self) -> dict:
         return {"prompt": "OCR:"}
 

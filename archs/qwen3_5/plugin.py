@@ -66,9 +66,6 @@ class Qwen35Plugin(ArchPlugin):
             tie_note=hp.text.tie_note,
         )
 
-    def canonical_to_checkpoint(self, hp: Hparams):
-        return lambda name: name
-
     def expected_tensors(self, hp: Hparams) -> dict[str, tuple[int, ...]]:
         shapes = text.expected_text_tensors(hp.text, hp.prefix, hp.experts)
         if hp.vision is not None:
@@ -145,11 +142,6 @@ class Qwen35Plugin(ArchPlugin):
 
     def preprocessing(self, hp: Hparams) -> dict:
         return prompt.preprocessing(hp)
-
-    def golden_media(self, hp: Hparams):
-        from smt_convert.converters.golden_inputs import page
-
-        return page() if hp.vision is not None else None
 
     def golden_fields(self) -> dict:
         return {"prompt": "Describe the image."}

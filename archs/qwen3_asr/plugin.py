@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
 
 from smt_convert.archs.qwen3_asr import config, prompt, reference, text
 from smt_convert.archs.qwen3_asr.config import Hparams
@@ -168,11 +167,6 @@ class Qwen3ASRPlugin(ArchPlugin):
 
     def preprocessing(self, hp: Hparams) -> dict:
         return prompt.preprocessing(hp)
-
-    def golden_media(self, hp: Hparams) -> np.ndarray:
-        from smt_convert.converters.golden_inputs import speech
-
-        return speech()
 
     # ---- reference ----------------------------------------------------------------------------------
 

@@ -66,9 +66,6 @@ class Qwen3VLPlugin(ArchPlugin):
             tie_note=hp.text.tie_note,
         )
 
-    def canonical_to_checkpoint(self, hp: Hparams):
-        return lambda name: name
-
     def expected_tensors(self, hp: Hparams) -> dict[str, tuple[int, ...]]:
         from smt_convert.archs.qwen3_5 import vision_graph
 
@@ -136,14 +133,6 @@ class Qwen3VLPlugin(ArchPlugin):
 
     def preprocessing(self, hp: Hparams) -> dict:
         return prompt.preprocessing(hp)
-
-    def golden_media(self, hp: Hparams):
-        from smt_convert.converters.golden_inputs import page
-
-        return page()
-
-    def golden_fields(self) -> dict:
-        return {"prompt": "Describe the image."}
 
     def plan_notes(self, hp: Hparams) -> list[str]:
         notes = board_grid_notes(*hp.vision.grid)
