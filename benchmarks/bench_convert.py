@@ -114,6 +114,20 @@ QWEN3_VL_2B = {
                    num_position_embeddings=2304, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
                    deepstack_visual_indexes=[5, 11, 17]),
 }
+# Qwen3-VL-30B-A3B widths, 2 of its 48 layers (depth is not the variable here; the experts' width is). ASSUMED as
+# remembered, like the 2B above. Written in the Hub release's expert layout ([E, H, 2F] / [E, F, H]), the one
+# llama.cpp's converter reads.
+QWEN3_VL_30B_A3B = {
+    "text": dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
+                 num_experts=128, num_experts_per_tok=8, num_hidden_layers=2, num_attention_heads=32,
+                 num_key_value_heads=4, head_dim=128, rms_norm_eps=1e-6, max_position_embeddings=262144,
+                 tie_word_embeddings=False, decoder_sparse_step=1,
+                 rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20],
+                                  "mrope_interleaved": True}),
+    "vision": dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=2048,
+                   num_position_embeddings=2304, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                   deepstack_visual_indexes=[8, 16, 24]),
+}
 QWEN3_VL_PREPROCESSOR = {
     "size": {"longest_edge": 16777216, "shortest_edge": 65536}, "patch_size": 16, "temporal_patch_size": 2,
     "merge_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_rescale": True,
@@ -272,27 +286,36 @@ def build_qwen35_text(out: Path, layers: int) -> None:
     (out / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
 
 
-def build_qwen3_vl(out: Path) -> None:
+def build_qwen3_vl(out: Path, moe: bool = False) -> None:
     import transformers
 
     build_bpe, _ = _tokenizer_builders()
     ids = build_bpe(out, specials=QWEN3_5_SPECIALS, user_defined=QWEN3_5_USER_DEFINED)
-    text = {**QWEN3_VL_2B["text"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"]}
-    config = transformers.Qwen3VLConfig(
-        text_config=text, vision_config=QWEN3_VL_2B["vision"], tie_word_embeddings=True,
+    sizes = QWEN3_VL_30B_A3B if moe else QWEN3_VL_2B
+    text = {**sizes["text"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"]}
+    config_cls = transformers.Qwen3VLMoeConfig if moe else transformers.Qwen3VLConfig
+    config = config_cls(
+        text_config=text, vision_config=sizes["vision"], tie_word_embeddings=text["tie_word_embeddings"],
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    shapes = _meta_shapes(transformers.Qwen3VLForConditionalGeneration, config)
-    shapes.pop("lm_head.weight", None)  # tied
+    model_cls = (transformers.Qwen3VLMoeForConditionalGeneration if moe
+                 else transformers.Qwen3VLForConditionalGeneration)
+    shapes = _meta_shapes(model_cls, config)
+    if text["tie_word_embeddings"]:
+        shapes.pop("lm_head.weight", None)
+    if moe:  # the release's transposed experts
+        shapes = {k: (v[0], v[2], v[1]) if k.endswith(("experts.gate_up_proj", "experts.down_proj")) else v
+                  for k, v in shapes.items()}
     _write_random(out, shapes, zero_centred_norms=False)
     cfg = config.to_dict()
-    cfg["architectures"] = ["Qwen3VLForConditionalGeneration"]
+    cfg["architectures"] = [model_cls.__name__]
     (out / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
     (out / "preprocessor_config.json").write_text(json.dumps(QWEN3_VL_PREPROCESSOR, indent=2) + "\n")
 
 
 BUILDERS = {
     "qwen3-vl-2b": build_qwen3_vl,
+    "qwen3-vl-30b-a3b-2l": lambda out: build_qwen3_vl(out, moe=True),
     "qwen3-asr-0.6b": build_qwen3_asr,
     "paddleocr-vl-0.9b": build_paddleocr_vl,
     "qwen3.5-4b-text-4l": lambda out: build_qwen35_text(out, 4),
@@ -448,6 +471,7 @@ def _size_mb(path: Path) -> float:
 # ---- the cases -----------------------------------------------------------------------------------------------
 
 CKPT_OF = {"asr": "qwen3-asr-0.6b", "paddle": "paddleocr-vl-0.9b", "qvl": "qwen3-vl-2b",
+           "qvlmoe": "qwen3-vl-30b-a3b-2l",
            "qwen35-4l": "qwen3.5-4b-text-4l", "qwen35-8l": "qwen3.5-4b-text-8l"}
 
 # (case id, groups it belongs to, checkpoint key, tool, description)
@@ -481,6 +505,10 @@ CASES = [
     ("llama-qvl-mmproj", {"qvl", "llama"}, "qvl", "llama.cpp", "Qwen3-VL-2B mmproj (vision + DeepStack)"),
     ("smt-qvl-noverify", {"qvl", "smt"}, "qvl", "smt-convert", "qwen3-vl --no-verify (f16 + fp32 vision 768x768)"),
     ("smt-qvl-verify", {"qvl", "smt", "verify"}, "qvl", "smt-convert", "qwen3-vl --image-size 384 (with verification)"),
+    ("llama-qvlmoe-text", {"qvlmoe", "llama"}, "qvlmoe", "llama.cpp", "Qwen3-VL-30B-A3B widths, 2 layers, text f16"),
+    ("llama-qvlmoe-mmproj", {"qvlmoe", "llama"}, "qvlmoe", "llama.cpp", "Qwen3-VL-30B-A3B mmproj"),
+    ("smt-qvlmoe-verify", {"qvlmoe", "smt", "verify"}, "qvlmoe", "smt-convert",
+     "qwen3-vl-moe --image-size 384, 2 layers (with verification)"),
 ]
 
 
@@ -503,9 +531,10 @@ def case_command(case: str, ckpt: Path, out: Path, tree: Path | None,
                         f"quantize_gguf({str(out / 'text.gguf')!r}, {str(out / 'text-q4km.gguf')!r}, 'q4_k_m')")
             return ["sh", "-c", f"{shlex.join(cmd)} && {shlex.join([sys.executable, '-c', quantize])}"], env
         return cmd, env
-    arch = {"asr": "qwen3-asr", "paddle": "paddleocr-vl", "qwen35": "qwen3.5", "qvl": "qwen3-vl"}[case.split("-")[1]]
+    arch = {"asr": "qwen3-asr", "paddle": "paddleocr-vl", "qwen35": "qwen3.5", "qvl": "qwen3-vl",
+            "qvlmoe": "qwen3-vl-moe"}[case.split("-")[1]]
     extra = {"smt-asr-noverify": ["--no-verify"], "smt-qvl-noverify": ["--no-verify"],
-             "smt-qvl-verify": ["--image-size", "384"], "smt-asr-q8": ["--outtype", "q8_0"],
+             "smt-qvl-verify": ["--image-size", "384"], "smt-qvlmoe-verify": ["--image-size", "384"], "smt-asr-q8": ["--outtype", "q8_0"],
              "smt-asr-q4km": ["--outtype", "q4_k_m", "--no-verify"],
              "smt-qwen35-4l-q4km": ["--outtype", "q4_k_m", "--no-verify"],
              "smt-qwen35-4l": ["--outtype", "q8_0"], "smt-qwen35-8l": ["--outtype", "q8_0"]}.get(case, [])
@@ -604,7 +633,7 @@ def print_report(res: dict[str, dict], targets: list[dict]) -> None:
 
 # ---- main ----------------------------------------------------------------------------------------------------
 
-MODEL_GROUPS = {"asr", "paddle", "qwen35", "qvl"}
+MODEL_GROUPS = {"asr", "paddle", "qwen35", "qvl", "qvlmoe"}
 
 
 def select(only: str | None) -> list[str]:

@@ -195,3 +195,27 @@ def _as4(positions: np.ndarray) -> np.ndarray:
     from smt_convert.runtime.decoders.blocks import as_mrope_positions
 
     return as_mrope_positions(positions)
+
+
+@pytest.mark.slow
+def test_config_json_mutations_are_one_line(tmp_path):
+    """The Qwen3-VL config reader under issue 21's document mutations (tests/test_document_fuzz.py): every field
+    dropped or swapped to each JSON type gives one line and exit 2, or a bundle; never a traceback."""
+    import shutil
+
+    from tests.test_document_fuzz import assert_one_line, mutated, mutations, run
+
+    source = tmp_path / "hf"
+    make_tiny_qwen3_vl(source, moe=True)
+    document = json.loads((source / "config.json").read_text())
+    for i, (path, value) in enumerate(mutations(document, 80)):
+        ckpt = tmp_path / f"hf{i}"
+        shutil.copytree(source, ckpt)
+        (ckpt / "config.json").write_text(json.dumps(mutated(document, path, value)))
+        out = tmp_path / f"out{i}"
+        assert_one_line(*run(["inspect", ckpt]))
+        code, stderr, seconds = run(["-q", "qwen3-vl-moe", ckpt, out, "--no-verify"])
+        assert_one_line(code, stderr, seconds)
+        assert code == 0 or not out.exists()
+        shutil.rmtree(ckpt)
+        shutil.rmtree(out, ignore_errors=True)

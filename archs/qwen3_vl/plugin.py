@@ -57,7 +57,7 @@ class Qwen3VLPlugin(ArchPlugin):
 
     def facts(self, hp: Hparams) -> ModelFacts:
         return ModelFacts(
-            layout=hp.layout if hp.experts == "native" else "released experts",
+            layout=hp.layout if hp.experts == "native" else "released (transposed experts)",
             vocab_size=hp.text.vocab_size,
             text_arch=hp.text.gguf_arch,
             modality="image",
