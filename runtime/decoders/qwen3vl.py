@@ -38,6 +38,8 @@ from smt_convert.runtime.errors import SmtError, where
 from smt_convert.runtime.gguf_model import GGUFModel
 from smt_convert.runtime.weights import Experts, Linear, WeightStore
 
+MAX_DEEPSTACK = 64  # a bound for hostile files (the released models have 3)
+
 # ---- config -------------------------------------------------------------------------------
 
 
@@ -109,8 +111,8 @@ class Qwen3VLConfig:
             bad("{arch}.rope.dimension_count", f"{self.n_rot} must be even and <= key_length {self.head_dim}")
         if sum(self.sections) <= 0:
             bad("{arch}.rope.dimension_sections", f"{self.sections} has no pairs")
-        if not 0 <= self.n_deepstack < self.n_layer:
-            bad("{arch}.n_deepstack_layers", f"{self.n_deepstack} not in 0..{self.n_layer - 1}")
+        if not 0 <= self.n_deepstack <= MAX_DEEPSTACK:  # more than the layers is fine: the extra slices go unused
+            bad("{arch}.n_deepstack_layers", f"{self.n_deepstack} not in 0..{MAX_DEEPSTACK}")
         if model.arch == "qwen3vlmoe" and not 0 < self.n_expert_used <= self.n_expert:
             bad("{arch}.expert_used_count", f"{self.n_expert_used} not in 1..expert_count {self.n_expert}")
 
