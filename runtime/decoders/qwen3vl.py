@@ -14,6 +14,7 @@ Deepstack (Qwen3-VL vision features added to early layers) is not implemented: e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -110,7 +111,15 @@ def as_mrope_positions(positions: np.ndarray) -> np.ndarray:
     return pos.astype(np.int64)
 
 
-def rope_angles(positions: np.ndarray, cfg: Qwen3VLConfig, streams=imrope_streams) -> tuple[np.ndarray, np.ndarray]:
+class RopeConfig(Protocol):
+    """What rope_angles reads: Qwen3VLConfig, and the configs of the decoders that reuse it."""
+
+    rope_base: float
+    sections: list[int]
+    n_rot: int
+
+
+def rope_angles(positions: np.ndarray, cfg: RopeConfig, streams=imrope_streams) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin [n, n_rot/2]: pair i turns by pos[stream_i] * base^(-2i/n_rot). `streams(n_pairs, sections)`
     says which position stream each pair reads (interleaved for qwen3vl/qwen35, contiguous for paddleocr)."""
     n_pairs = cfg.n_rot // 2
