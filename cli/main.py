@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -94,7 +95,7 @@ class SmtGroup(click.Group):
     def main(self, *args, **kwargs):
         try:
             kwargs.pop("standalone_mode", None)
-            result = super().main(*args, standalone_mode=False, **kwargs)
+            result = super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[call-overload]  # click overloads on standalone_mode; forwarded *args match no overload
             sys.stdout.flush()  # a full or closed stdout fails here, not in the interpreter's exit
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
@@ -523,7 +524,11 @@ def run(ctx, bundle, audio, image, prompt, language, context, max_new_tokens, th
     if kind in given and given[kind] is None:
         article = "an" if kind[0] in "aeiou" else "a"
         raise SmtError(f"{bundle}: this is {article} {kind} bundle; pass --{kind} FILE")
-    media = MODALITIES[kind].load(given[kind]) if kind in given else None  # decoded and checked before loading
+    media: Any = None
+    if kind in given:
+        load = MODALITIES[kind].load
+        assert load is not None  # audio and image have a loader
+        media = load(given[kind])  # decoded and checked before loading
     if kind == "audio" and ctx.obj["verbosity"] >= 1:
         from smt_convert.runtime.host import audio_warnings
 

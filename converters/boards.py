@@ -184,7 +184,7 @@ def choose(board: str | None, outtype: str | None, onnx_dtype: str | None, modal
     if not accelerated(profile_, main_type(chosen.outtype)):
         warnings.append(
             f"--outtype {chosen.outtype}: {profile_.name.upper()} does not accelerate "
-            f"{main_type(chosen.outtype)} (it accelerates {', '.join(sorted(profile_.accelerated_types))});"
+            f"{main_type(chosen.outtype)} (it accelerates {', '.join(sorted(profile_.accelerated_types or ()))});"
             " it runs on the slower vector path"
         )
     return Choice(chosen.outtype, chosen.onnx_dtype, profile_, tuple(warnings))

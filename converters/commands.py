@@ -45,6 +45,7 @@ def board_record(
             "llama-server": shlex.join(["llama-server", *model, *flags]),
         }
     else:
+        assert golden_input is not None  # every medium has a golden input
         smt = [*model, "--smt-config-dir", BUNDLE_DIR, *flags]
         cli_prompt = prompt if prompt else MEDIA_MARKER
         commands = {

@@ -45,6 +45,7 @@ from smt_convert.converters.text_gguf import (
 from smt_convert.converters.tokenizer import build_vocab, export_runtime_tokenizer, find_tokenizer, write_vocab
 from smt_convert.converters.validate import check_tensors
 from smt_convert.runtime import verify as V
+from smt_convert.runtime.quality import Quality
 from smt_convert.runtime.bundle import BOARD_CONFIG, GOLDEN_DIR, MANIFEST, MANIFEST_FORMAT, sha256_file
 from smt_convert.runtime.errors import SmtError, Terminated
 from smt_convert.runtime.media import modality
@@ -116,6 +117,7 @@ def make_plan(plugin: ArchPlugin, checkpoint_dir: Path, opts: ConvertOptions) ->
     facts = plugin.facts(hp)
     choice = boards.choose(opts.board, opts.outtype, opts.onnx_dtype, facts.modality)
     opts = dataclasses.replace(opts, outtype=choice.outtype, onnx_dtype=choice.onnx_dtype)
+    assert opts.outtype is not None and opts.onnx_dtype is not None  # settled by the choice
     to_ckpt = plugin.canonical_to_checkpoint(hp)
     expected = {to_ckpt(name): shape for name, shape in plugin.expected_tensors(hp).items()}
     plugin.check_weights(ckpt, hp)
@@ -199,7 +201,7 @@ def make_plan(plugin: ArchPlugin, checkpoint_dir: Path, opts: ConvertOptions) ->
 
 
 WRITABLE = {OUTTYPES[t][0] for t in OUTTYPES}  # what gguf-py writes
-Q_TYPES = gguf.GGMLQuantizationType
+Q_TYPES: type[gguf.GGMLQuantizationType] = gguf.GGMLQuantizationType
 
 
 def source_float_type(ckpt: Checkpoint, expected: dict) -> str:
@@ -215,7 +217,7 @@ def _vocab(plugin: ArchPlugin, tokenizer, vocab_size: int):
     vocab = build_vocab(tokenizer, vocab_size, rules.pre, eot_token=rules.eot, eos_token=rules.eos)
     if rules.bos:
         if rules.bos == rules.eos:
-            vocab.special_ids["bos"] = vocab.special_ids.get("eos")
+            vocab.special_ids["bos"] = vocab.special_ids["eos"]  # eos_token is rules.eos: resolved or refused
         elif rules.bos in vocab.tokens:
             vocab.special_ids["bos"] = vocab.tokens.index(rules.bos)
         else:
@@ -514,7 +516,7 @@ def _write_side_files(plan: Plan, files: dict[str, str], tmp: Path) -> list[str]
 
 def _verify_and_store_goldens(
     plan: Plan, ckpt: Checkpoint, tmp: Path, opts: ConvertOptions, report: Reporter, golden_answer: dict
-) -> tuple[list, str | None, object, int | None]:
+) -> tuple[list, str | None, Quality | None, int | None]:
     """Run the bundle on the golden input, store what it produced, and compare with HF (unless --no-verify)."""
     from smt_convert.runtime.pipeline import BundleRunner
 
@@ -525,6 +527,7 @@ def _verify_and_store_goldens(
     kind = modality(plan.modality)
     media = None
     if kind.has_media:
+        assert kind.load is not None and kind.save is not None and kind.golden_file is not None  # has_media
         media = kind.load(opts.golden_input) if opts.golden_input else plugin.golden_media(hp)
         kind.save(media, golden / kind.golden_file)
     fields = opts.fields or plugin.golden_fields()
@@ -535,6 +538,7 @@ def _verify_and_store_goldens(
         media, fields=fields, language=opts.language, max_new_tokens=opts.max_new_tokens, keep_encoder=False
     )
     if media is not None:
+        assert result.media_embeds is not None  # a run with media has its embeddings
         np.save(golden / "encoder.npy", result.media_embeds.astype(np.float32))
     top = np.argsort(-result.first_logits)[:10]
     expected = {
@@ -544,6 +548,7 @@ def _verify_and_store_goldens(
         "text": result.text,
         "top_logits": {"ids": top.tolist(), "values": result.first_logits[top].astype(float).tolist()},
     }
+    rows: list[V.Row]
     rows, reference, quality = [], None, None
     if opts.verify:
         _quiet_library_logs()
@@ -555,7 +560,7 @@ def _verify_and_store_goldens(
             media,
             result,
             plan.outtype,
-            opts.onnx_dtype,
+            plan.onnx_dtype,
             opts.max_new_tokens,
             opts.thresholds,
             cache=opts.shared.references if opts.shared else None,
@@ -571,6 +576,7 @@ def _verify_and_store_goldens(
     # Re-running the goldens here would repeat the whole run (minutes for a large vision tower) to compare it
     # with itself; `smt-convert verify` re-runs them on the target, which is where they can fail.
     if hf_embeds is not None:
+        assert result.media_embeds is not None  # as above
         rows += V.host_path_rows(result.media_embeds, hf_embeds, kind.name)
     stored = len(list(golden.iterdir()))
     rows.append(

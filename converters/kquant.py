@@ -50,7 +50,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import gguf
 
@@ -160,8 +160,8 @@ def _override_array(llama_cpp, tensor_types: dict[str, str], where: str):
             raise SmtError(f"{where}: tensor type {type_name!r} for {pattern!r} is not one of {known}")
         items.append((pattern.encode(), int(qtype)))
     array = (llama_cpp.llama_model_tensor_override * (len(items) + 1))()
-    for slot, (pattern, qtype) in zip(array, items):
-        slot.pattern, slot.type = pattern, qtype
+    for slot, (pattern_bytes, type_id) in zip(array, items):
+        slot.pattern, slot.type = pattern_bytes, type_id
     array[len(items)].pattern = None  # the terminator llama.cpp's loop stops at
     array[len(items)].type = getattr(llama_cpp, "GGML_TYPE_COUNT", 0)  # as llama-quantize writes it
     return array
@@ -178,7 +178,7 @@ def _llama_logs(llama_cpp, log: Callable[[str], None] | None):
     ERROR lines, so a failure can say why. The ctypes callback is kept referenced until llama.cpp has been
     given the binding's own callback back (the one `Llama(verbose=...)` relies on)."""
     errors: list[str] = []
-    pending = {"text": "", "level": 0}
+    pending: dict[str, Any] = {"text": "", "level": 0}
 
     def emit(text: str, level: int) -> None:
         if level == LOG_ERROR:
@@ -236,7 +236,7 @@ def quantize_gguf(
     if dst.resolve() == src.resolve():
         raise SmtError(f"{dst}: the quantised GGUF cannot replace its source")
     for name, type_name in gguf_tensor_types(src).items():
-        if Q[type_name] not in SOURCE_TYPES:
+        if Q[type_name] not in SOURCE_TYPES:  # type: ignore[misc, valid-type]  # an Enum lookup, not a type application
             raise SmtError(f"{src}: tensor {name} is {type_name}; K-quants are made from an f32/f16/bf16 GGUF")
 
     params = llama_cpp.llama_model_quantize_default_params()

@@ -66,6 +66,7 @@ def save_graph(graph: EncoderGraph, path: Path, progress: Callable[[str], None] 
     _remove(path, path.with_name(data))
 
     def callback(tensor, info):  # noqa: ANN001 - onnx-ir's callback signature
+        assert progress is not None  # passed only with a progress
         progress(str(tensor.name))
 
     try:

@@ -358,8 +358,8 @@ def held_signals():
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        for s in dict.fromkeys(pending):
-            signal.raise_signal(s)
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)
 
 
 # ---- atomic renames -------------------------------------------------------------------------------------

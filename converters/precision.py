@@ -40,7 +40,7 @@ def bits_per_weight(qtype: Q) -> float:
 def ggml_type(name: str, where: str) -> Q:
     """A ggml type from its name as users write it (q8_0, F16, q6_k), or one line naming `where`."""
     try:
-        return Q[name.upper()]
+        return Q[name.upper()]  # type: ignore[misc]  # an Enum lookup; mypy reads indexing the alias as a type application
     except KeyError:
         known = ", ".join(t.name.lower() for t in Q if t.name[0] in "FBQ" and not t.name.startswith("Q8_1"))
         raise SmtError(f"{where}: '{name}' is not a ggml type ({known})") from None

@@ -9,7 +9,7 @@ import fnmatch
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from smt_convert.runtime.errors import SmtError
 
@@ -53,6 +53,10 @@ class ConfigReader:
     path: Path
     prefix: str = ""
 
+    @overload
+    def sub(self, key: str, required: Literal[True] = True) -> "ConfigReader": ...
+    @overload
+    def sub(self, key: str, required: bool) -> "ConfigReader | None": ...
     def sub(self, key: str, required: bool = True) -> "ConfigReader | None":
         value = self.data.get(key, _MISSING)
         if value is _MISSING or value is None:
@@ -63,8 +67,8 @@ class ConfigReader:
             raise SmtError(f"{self.path}: {self.prefix}{key}: expected an object, found {type(value).__name__}")
         return ConfigReader(value, self.path, f"{self.prefix}{key}.")
 
-    def get(self, key: str, kind: type = int, default: Any = _MISSING) -> Any:
-        value = self.data.get(key, _MISSING)
+    def get(self, key: str, kind: type[Any] = int, default: Any = _MISSING) -> Any:
+        value: Any = self.data.get(key, _MISSING)
         if value is _MISSING or value is None:
             if default is _MISSING:
                 raise SmtError(f"{self.path}: {self.prefix}{key}: required field is missing")

@@ -46,7 +46,10 @@ def reference_rows_for_bundle(runner, reference_dir: Path, max_new_tokens: int, 
         )
     golden = manifest["golden"]
     kind = modality(manifest["modality"])
-    media = kind.load(runner.bundle.root / GOLDEN_DIR / golden["input"]) if golden.get("input") else None
+    media = None
+    if golden.get("input"):
+        assert kind.load is not None  # a golden input belongs to a medium
+        media = kind.load(runner.bundle.root / GOLDEN_DIR / golden["input"])
     expected = read_json(runner.bundle.root / GOLDEN_DIR / "expected.json")
     result = runner.run(
         media, fields=expected.get("fields"), language=expected.get("language"), max_new_tokens=max_new_tokens

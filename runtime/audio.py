@@ -80,7 +80,7 @@ class MelParams:
         return cls(**{k: int(v) for k, v in data.items() if k in known})
 
 
-def _hz_to_mel_slaney(freq: np.ndarray) -> np.ndarray:
+def _hz_to_mel_slaney(freq: np.ndarray | float) -> np.ndarray:
     freq = np.asarray(freq, dtype=np.float64)
     mels = 3.0 * freq / 200.0
     log_region = freq >= 1000.0

@@ -24,6 +24,7 @@ def prefill(decoder, embeds: np.ndarray, positions: np.ndarray, cache, chunk: in
     for start in range(0, len(embeds), chunk):
         end = start + chunk
         last = decoder.forward(embeds[start:end], positions[start:end], cache, logits="last")
+    assert last is not None  # the prompt is never empty
     return last[-1]
 
 

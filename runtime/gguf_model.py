@@ -57,7 +57,7 @@ class _LazyStrings:
 
     def __init__(self, buf, offset: int, count: int):
         self.buf, self.offset, self.count = buf, offset, count
-        self._value = None
+        self._value: list[str] | None = None
 
     def value(self) -> list[str]:
         if self._value is None:
@@ -80,7 +80,7 @@ class _TensorInfo:
 def _parse(path: Path):
     """(metadata dict, {name: _TensorInfo}, file map). Values: python scalars/str, lists, or lazy strings."""
     mapped = np.memmap(path, mode="r")
-    buf = memoryview(mapped)
+    buf = memoryview(mapped)  # type: ignore[arg-type]  # numpy declares the buffer protocol to mypy only for Python 3.12+
     if bytes(buf[:4]) != b"GGUF":
         raise ValueError("bad magic")
     (version,) = struct.unpack_from("<I", buf, 4)

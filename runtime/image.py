@@ -72,7 +72,7 @@ def resize_rgb(img, width: int, height: int) -> np.ndarray:
         raise ValueError(f"target size must be positive, got {width}x{height}")
     arr = _as_rgb_uint8(img)
     if arr.shape[:2] != (height, width):
-        arr = np.asarray(Image.fromarray(arr).resize((width, height), Image.BILINEAR), dtype=np.uint8)
+        arr = np.asarray(Image.fromarray(arr).resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
     return np.ascontiguousarray(arr.transpose(2, 0, 1)[None], dtype=np.float32)
 
 

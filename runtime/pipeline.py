@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +63,7 @@ class BundleRunner:
         self.tokenizer = RuntimeTokenizer(self.bundle.root)
         self._decoder = load_decoder(GGUFModel(self.bundle.text_gguf))
         self.threads = threads
-        self._encoder = None
+        self._encoder: Any = None  # SplitAudioEncoder or VisionEncoder, loaded on first use
         self.encoder_peak_bytes: int | None = None
         self.load_seconds = time.perf_counter() - t0
 

@@ -36,6 +36,8 @@ Measured RAM per session ~= its packed bytes (after dropping the python wrapper'
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 
@@ -90,7 +92,7 @@ def _value_info(name: str, elem_type: int, dims) -> list:
 def _tensor(name: str, arr: np.ndarray) -> list:
     elem = {np.dtype(np.float32): _FLOAT, np.dtype(np.uint8): _UINT8}[arr.dtype]
     dims = [c for d in arr.shape for c in _int(1, d)]
-    raw = memoryview(np.ascontiguousarray(arr)).cast("B")
+    raw = memoryview(np.ascontiguousarray(arr)).cast("B")  # type: ignore[arg-type]  # numpy declares the buffer protocol to mypy only for Python 3.12+
     return dims + _int(2, elem) + _msg(8, name) + _msg(9, raw)
 
 
@@ -154,7 +156,7 @@ def to_matmulnbits(raw: np.ndarray, qtype: Q, K: int, mode: str = "exact"):
     N, nb = raw.shape[0], K // QBLOCK
     if qtype == Q.Q8_0 and mode == "int8":
         blocks = raw.reshape(N, nb, 34)
-        d = np.ascontiguousarray(blocks[:, :, :2]).view(np.float16).reshape(-1).astype(np.float32)
+        d: np.ndarray = np.ascontiguousarray(blocks[:, :, :2]).view(np.float16).reshape(-1).astype(np.float32)
         return blocks[:, :, 2:] ^ np.uint8(0x80), d, None, False, 8
     if qtype == Q.Q8_0:
         blocks = raw.reshape(N, nb, 34)
@@ -259,7 +261,7 @@ class HalfMatMul:
     `release`, each slab's file pages are dropped from the process after use (they stay in the page cache), so
     RSS does not grow to the file's size as a token touches every layer. One session per K, shared."""
 
-    _sessions: dict[tuple[int, int], object] = {}
+    _sessions: dict[tuple[int, int], Any] = {}
 
     def __init__(self, w: np.ndarray, threads: int, release=None):
         self.w = w
@@ -294,7 +296,7 @@ class HalfMatMul:
 
 
 _AVAILABLE: bool | None = None
-_LIBC = None
+_LIBC: Any = None  # ctypes.CDLL once loaded; False without glibc
 
 
 def trim_heap() -> None:

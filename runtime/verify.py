@@ -100,7 +100,7 @@ def nmse(x: np.ndarray, ref: np.ndarray) -> float:
 
 def cosine(x: np.ndarray, ref: np.ndarray) -> float:
     a, b = x.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
-    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+    return float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-30))
 
 
 def rel_max_abs(x: np.ndarray, ref: np.ndarray) -> float:

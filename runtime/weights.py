@@ -202,7 +202,7 @@ class Linear:
         self.out_features = sum(p.rows for p in parts)
         self.sizes = [p.rows for p in parts]
         self._allow_qmm = allow_quant_matmul
-        self._kernels = None
+        self._kernels: list | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

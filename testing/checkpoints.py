@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import save_file
@@ -20,7 +21,7 @@ from safetensors.torch import save_file
 from smt_convert.testing.tokenizers import CHATML_TEMPLATE, build_qwen_bpe_tokenizer
 
 TINY_VOCAB = 512
-TINY_BUILDERS = {}  # recipe source "tiny:<name>" -> builder(out_dir); filled below
+TINY_BUILDERS: dict[str, Callable] = {}  # recipe source "tiny:<name>" -> builder(out_dir); filled below
 
 
 def tiny_builder(name: str):
@@ -37,7 +38,7 @@ def tiny_qwen3_asr_config(audio_token_id: int, tie: bool = True, **text_override
     disagree (top true, text_config false), as users' checkpoints do."""
     from transformers import Qwen3ASRConfig
 
-    audio = dict(
+    audio: dict[str, Any] = dict(
         num_mel_bins=128,
         d_model=64,
         encoder_layers=2,
@@ -49,7 +50,7 @@ def tiny_qwen3_asr_config(audio_token_id: int, tie: bool = True, **text_override
         n_window_infer=400,
         initializer_range=0.1,
     )
-    text = dict(
+    text: dict[str, Any] = dict(
         model_type="qwen3",
         vocab_size=TINY_VOCAB,
         hidden_size=64,
@@ -70,7 +71,7 @@ def tiny_qwen3_asr_config(audio_token_id: int, tie: bool = True, **text_override
         text_config=text,
         audio_token_id=audio_token_id,
         initializer_range=0.1,
-        **({} if tie else {"tie_word_embeddings": False}),
+        **({} if tie else {"tie_word_embeddings": False}),  # type: ignore[arg-type]  # the one key is a bool field
     )
 
 
@@ -299,9 +300,9 @@ def tiny_qwen3_5_config(
     if text_only:
         cls = transformers.Qwen3_5MoeTextConfig if moe else transformers.Qwen3_5TextConfig
         return cls(**text)
-    cls = transformers.Qwen3_5MoeConfig if moe else transformers.Qwen3_5Config
+    full_cls = transformers.Qwen3_5MoeConfig if moe else transformers.Qwen3_5Config
     vision = tiny_qwen3_5_vision_config(TINY_QWEN3_5_HIDDEN if vision_out_hidden is None else vision_out_hidden)
-    return cls(
+    return full_cls(
         text_config=text,
         vision_config=vision,
         tie_word_embeddings=tie,
@@ -564,7 +565,7 @@ def make_tiny_paddleocr_vl(
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = build_spm_tokenizer(out_dir, layout=tokenizer_layout)
     vocab = max(ids.values()) + 1 + 16
-    text = dict(
+    text: dict[str, Any] = dict(
         vocab_size=vocab,
         hidden_size=64,
         intermediate_size=96,
@@ -589,7 +590,7 @@ def make_tiny_paddleocr_vl(
         patch_size=14,
         spatial_merge_size=2,
     )
-    tokens = dict(
+    tokens: dict[str, Any] = dict(
         image_token_id=ids["<|IMAGE_PLACEHOLDER|>"],
         vision_start_token_id=ids["<|IMAGE_START|>"],
         vision_end_token_id=ids["<|IMAGE_END|>"],

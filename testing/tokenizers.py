@@ -8,7 +8,9 @@ real checkpoint, without any network access.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -116,7 +118,7 @@ def build_qwen_bpe_tokenizer(
     specials: list[str] = QWEN3_ASR_SPECIALS,
     layout: str = "tokenizer.json",
     vocab_target: int = 400,
-    user_defined: list[str] = (),
+    user_defined: Sequence[str] = (),
     chat_template: str | None = CHATML_TEMPLATE,
 ) -> dict[str, int]:
     """Write a tiny Qwen-like tokenizer in `layout` ("tokenizer.json" | "vocab+merges" | "both").
@@ -134,7 +136,7 @@ def build_qwen_bpe_tokenizer(
         write_vocab_merges(tok, out_dir)
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     tok.add_tokens([AddedToken(s, special=False, normalized=False) for s in user_defined])
-    ids = {s: tok.token_to_id(s) for s in [*specials, *user_defined]}
+    ids = cast(dict[str, int], {s: tok.token_to_id(s) for s in [*specials, *user_defined]})  # all just added
     assert sorted(ids.values()) == list(range(base, base + len(ids))), ids
     if layout in ("tokenizer.json", "both"):
         tok.save(str(out_dir / "tokenizer.json"))
@@ -237,7 +239,7 @@ def spm_tokenizer_json(
     by piece score, Metaspace, byte-fallback decoder; `added` are (content, special) tokens past the pieces."""
     from sentencepiece import sentencepiece_model_pb2
 
-    proto = sentencepiece_model_pb2.ModelProto()
+    proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]  # generated protobuf module: no class declarations for mypy
     proto.ParseFromString(proto_bytes)
     vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
     normal = {p.piece: (p.score, i) for i, p in enumerate(proto.pieces) if p.type == 1}
@@ -277,7 +279,7 @@ def build_spm_tokenizer(
     specials: list[str] = PADDLEOCR_SPECIALS,
     layout: str = "tokenizer.model",
     vocab_size: int = 600,
-    user_defined: list[str] = (),
+    user_defined: Sequence[str] = (),
     chat_template: str | None = PADDLEOCR_CHAT_TEMPLATE,
     add_prefix_space: bool = False,
     add_bos_token: bool = False,
@@ -304,7 +306,9 @@ def build_spm_tokenizer(
         (out_dir / "tokenizer.model").write_bytes(proto)
     tok = spm_tokenizer_json(proto, [(s, True) for s in after], add_prefix_space, add_bos_token)
     base = tok.get_vocab_size(with_added_tokens=False)
-    ids = {s: tok.token_to_id(s) for s in [*SPM_META, *in_model, *user_defined, *after]}
+    ids = cast(
+        dict[str, int], {s: tok.token_to_id(s) for s in [*SPM_META, *in_model, *user_defined, *after]}
+    )  # all present
     assert [ids[s] for s in after] == list(range(base, base + len(after))), ids
     if layout in ("tokenizer.json", "both"):
         tok.save(str(out_dir / "tokenizer.json"))

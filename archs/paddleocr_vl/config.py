@@ -262,7 +262,7 @@ def vision_to_ckpt(layout: str):
 # ---- vision config and preprocessing -----------------------------------------------------------------------
 
 
-def pixel_limits(pre: dict) -> tuple[int, int]:
+def pixel_limits(pre: dict | None) -> tuple[int, int]:
     """(min_pixels, max_pixels) from preprocessor_config.json: top-level `min_pixels`/`max_pixels` (the released
     file), else `size.shortest_edge`/`size.longest_edge` (transformers 5 save format) or `size.min_pixels`/
     `size.max_pixels`, else HF's class defaults 384^2 / 1536^2."""
@@ -277,7 +277,7 @@ def pixel_limits(pre: dict) -> tuple[int, int]:
     return lo, hi
 
 
-def vision_preprocess(pre: dict) -> dict:
+def vision_preprocess(pre: dict | None) -> dict:
     """The board's `vision_preprocess` block: rescale_factor, image_mean, image_std (HF class defaults if absent)."""
     pre = pre or {}
     rescale = pre.get("rescale_factor", PADDLEOCR_RESCALE_FACTOR)
@@ -298,7 +298,7 @@ def vision_preprocess(pre: dict) -> dict:
     return {"rescale_factor": float(rescale), "image_mean": mean, "image_std": std}
 
 
-def default_image_size(pre: dict, multiple: int) -> int:
+def default_image_size(pre: dict | None, multiple: int) -> int:
     """Square side of the default static input: 812 for the released PaddleOCR-VL (29 x 29 = 841 image tokens).
 
     - square, because the board lays an image's N tokens out as the closest-to-square factor pair with

@@ -82,6 +82,7 @@ class PaddleOCRVLPlugin(ArchPlugin):
         path = ckpt.config_path
         text = read_text_hparams(ckpt.config, path)
         text_layout = detect_text_layout(ckpt.tensors)
+        assert text.tie_config is not None  # read_text_hparams sets it
         decision = settle_tie(text.tie_config, ckpt, text_layout.prefix + "embed_tokens.weight", LM_HEAD)
         text = replace(text, tie_embeddings=decision.tied, tie_note=decision.note)
         layout = detect_vision_layout(ckpt.tensors)

@@ -63,8 +63,8 @@ def hf_config(hp: Hparams):
     cfg = PaddleOCRVLConfig(
         text_config=text, vision_config=vision, tie_word_embeddings=t.tie_embeddings, image_token_id=hp.image_token_id
     )
-    cfg.text_config._attn_implementation = ATTENTION
-    cfg.vision_config._attn_implementation = ATTENTION
+    cfg.text_config._attn_implementation = ATTENTION  # type: ignore[union-attr]  # transformers types sub-configs loosely (dict | config | None)
+    cfg.vision_config._attn_implementation = ATTENTION  # type: ignore[union-attr]  # as above
     return cfg
 
 
@@ -202,7 +202,7 @@ def text_logits(cfg, hp: Hparams, load, ids: list[int], image_rows: torch.Tensor
         position_embeddings = rotary(h, position_ids)
         causal = create_causal_mask(config=tcfg, inputs_embeds=h, attention_mask=None, cache=None, position_ids=None)
         for i in range(t.num_layers):
-            layer = build_module(lambda i=i: M.PaddleOCRDecoderLayer(tcfg, i), load, f"{TEXT_PREFIX}layers.{i}.")
+            layer = build_module(lambda i=i: M.PaddleOCRDecoderLayer(tcfg, i), load, f"{TEXT_PREFIX}layers.{i}.")  # type: ignore[misc]  # mypy cannot infer a lambda with a default argument
             h = layer(h, attention_mask=causal, position_embeddings=position_embeddings)
             del layer
         norm = build_module(lambda: M.PaddleOCRRMSNorm(t.hidden_size, eps=t.rms_norm_eps), load, TEXT_PREFIX + "norm.")

@@ -137,7 +137,7 @@ def self_attention(ctx: GraphContext, x, prefix: str, v: VisionHparams, rope):
 
     def project(name, rotary):  # -> [heads, S, hd]
         y = op.Reshape(linear(ctx, x, f"{prefix}.{name}"), ctx.ints([-1, heads, hd]))
-        y = apply_rotary(ctx, y, *rope, hd) if rotary else y
+        y = apply_rotary(ctx, y, *rope, hd) if rotary else y  # type: ignore[call-arg]  # rope is (cos, sin); mypy counts *rope as filling head_dim
         return op.Transpose(y, perm=[1, 0, 2])
 
     out = blocked_attention(

@@ -122,8 +122,8 @@ class VisionHparams:
     rope_theta: float
     gelu: str  # "tanh" or "none": the blocks' MLP activation
     image_size: tuple[int, int]  # (height, width) of the static ONNX input
-    image_mean: tuple[float, float, float]
-    image_std: tuple[float, float, float]
+    image_mean: tuple[float, ...]  # three values (read_vision checks)
+    image_std: tuple[float, ...]
     rescale_factor: float
     preprocessor_source: str  # file the normalisation came from, or "defaults"
     deepstack_indexes: tuple[int, ...] = ()  # blocks whose output a DeepStack merger reads (Qwen3-VL; none here)
@@ -177,7 +177,7 @@ def _text_reader(config: dict, path: Path) -> tuple[ConfigReader, ConfigReader]:
 
 def is_moe_config(config: dict) -> bool:
     """MoE if the model type or the architectures say so, or the text config has experts."""
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    text = config["text_config"] if isinstance(config.get("text_config"), dict) else config
     types = {str(config.get("model_type", "")), str(text.get("model_type", ""))}
     archs = set(config.get("architectures") or [])
     return bool(
@@ -371,7 +371,7 @@ def read_vision(
         f"'{act}' is not supported (expected one of {', '.join(VISION_ACTIVATIONS)})",
     )
     rope = v.sub("rope_parameters", required=False) or ConfigReader({}, path, v.field("rope_parameters") + ".")
-    size = pre.get("size") if isinstance(pre, dict) and isinstance(pre.get("size"), dict) else {}
+    size = pre["size"] if isinstance(pre, dict) and isinstance(pre.get("size"), dict) else {}
     max_pixels = (
         (pre or {}).get("max_pixels") or size.get("longest_edge") or size.get("max_pixels") or DEFAULT_MAX_PIXELS
     )
@@ -384,6 +384,7 @@ def read_vision(
         "the model's processor never makes more (preprocessor_config.json max_pixels)",
     )
     if pre is not None:
+        assert pre_path is not None  # given with pre
         pr = ConfigReader(pre, pre_path)
         mean = tuple(
             float(finite(x, pre_path, f"image_mean[{i}]", -1e3, 1e3))
@@ -484,6 +485,7 @@ def read_hparams(ckpt, opts, moe: bool) -> Hparams:
             f"{image_token} is outside the vocabulary ({text.vocab_size})",
         )
     experts = detect_expert_layout(ckpt.tensors, prefix) if text.moe else "fused"
+    assert text.tie_config is not None  # read_text_hparams sets it
     decision = settle_tie(text.tie_config, ckpt, prefix + "embed_tokens.weight")
     text = replace(text, tie_embeddings=decision.tied, tie_note=decision.note)
     return Hparams(text, vision, prefix, experts, hf_class, image_token)

@@ -67,5 +67,6 @@ def golden_image(height: int, width: int) -> np.ndarray:
 
 def golden_media(hp: Hparams) -> np.ndarray:
     """Not the encoder's size: the host resize is exercised too."""
+    assert hp.vision is not None  # an image model
     h, w = hp.vision.image_size
     return golden_image(int(h * 1.5), int(w * 1.25))

@@ -42,17 +42,17 @@ class Classes:
 
 def classes(moe: bool) -> Classes:
     if moe:
-        from transformers.models.qwen3_5_moe import modeling_qwen3_5_moe as m
+        from transformers.models.qwen3_5_moe import modeling_qwen3_5_moe as moe_m
 
         return Classes(
-            m.Qwen3_5MoeConfig,
-            m.Qwen3_5MoeTextConfig,
-            m.Qwen3_5MoeModel,
-            m.Qwen3_5MoeVisionModel,
-            m.Qwen3_5MoeVisionBlock,
-            m.Qwen3_5MoeDecoderLayer,
-            m.Qwen3_5MoeRMSNorm,
-            m.Qwen3_5MoeTextRotaryEmbedding,
+            moe_m.Qwen3_5MoeConfig,
+            moe_m.Qwen3_5MoeTextConfig,
+            moe_m.Qwen3_5MoeModel,
+            moe_m.Qwen3_5MoeVisionModel,
+            moe_m.Qwen3_5MoeVisionBlock,
+            moe_m.Qwen3_5MoeDecoderLayer,
+            moe_m.Qwen3_5MoeRMSNorm,
+            moe_m.Qwen3_5MoeTextRotaryEmbedding,
         )
     from transformers.models.qwen3_5 import modeling_qwen3_5 as m
 
@@ -113,6 +113,7 @@ def hf_patches(host_input: np.ndarray, hp: Hparams):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     v = hp.vision
+    assert v is not None  # an image model
     proc = Qwen2VLImageProcessorPil(
         do_resize=False,
         image_mean=list(v.image_mean),
@@ -180,7 +181,8 @@ def text_logits(text_config, cls: Classes, load: Callable, hp: Hparams, ids: lis
     if not hp.text.tie_embeddings:
         del embedding
     if image_rows is not None:
-        placeholders = ids_t == hp.image_token_id
+        assert hp.image_token_id is not None  # an image model
+        placeholders = ids_t.eq(hp.image_token_id)
         if int(placeholders.sum()) != image_rows.shape[0]:
             raise ValueError(f"{int(placeholders.sum())} image placeholders for {image_rows.shape[0]} encoder rows")
         h[0, placeholders] = torch.from_numpy(image_rows)
@@ -191,7 +193,7 @@ def text_logits(text_config, cls: Classes, load: Callable, hp: Hparams, ids: lis
             config=text_config, inputs_embeds=h, attention_mask=None, cache=None, position_ids=None
         )
         for i in range(hp.text.num_layers):
-            layer = build_module(lambda i=i: cls.decoder_layer(text_config, i), load, f"{prefix}layers.{i}.")
+            layer = build_module(lambda i=i: cls.decoder_layer(text_config, i), load, f"{prefix}layers.{i}.")  # type: ignore[misc]  # mypy cannot infer a lambda with a default argument
             h = layer(h, position_embeddings=cos_sin, attention_mask=None if hp.text.is_linear(i) else mask)
             del layer
         norm = build_module(lambda: cls.norm(hp.text.hidden_size, eps=hp.text.rms_norm_eps), load, prefix + "norm.")

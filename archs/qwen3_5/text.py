@@ -89,7 +89,7 @@ def _ffn_shapes(hp: TextHparams, experts: str) -> dict[str, tuple[int, ...]]:
         F = hp.intermediate_size
         return {"mlp.gate_proj.weight": (F, H), "mlp.up_proj.weight": (F, H), "mlp.down_proj.weight": (H, F)}
     E, F, S = hp.num_experts, hp.moe_intermediate_size, hp.shared_expert_intermediate_size
-    shapes = {
+    shapes: dict[str, tuple[int, ...]] = {
         "mlp.gate.weight": (E, H),
         "mlp.shared_expert.gate_proj.weight": (S, H),
         "mlp.shared_expert.up_proj.weight": (S, H),
@@ -117,7 +117,7 @@ def expected_text_tensors(
     shapes = {prefix + "embed_tokens.weight": (hp.vocab_size, H), prefix + "norm.weight": (H,)}
     ffn = _ffn_shapes(hp, experts)
     for i in range(hp.num_layers):
-        layer = {"input_layernorm.weight": (H,), "post_attention_layernorm.weight": (H,)}
+        layer: dict[str, tuple[int, ...]] = {"input_layernorm.weight": (H,), "post_attention_layernorm.weight": (H,)}
         layer.update(_linear_shapes(hp) if hp.is_linear(i) else _attention_shapes(hp))
         layer.update(ffn)
         shapes.update({f"{prefix}layers.{i}.{k}": v for k, v in layer.items()})

@@ -154,8 +154,8 @@ def build_vision(ctx: GraphContext, v: VisionHparams) -> None:
     h = op.Gather(x, ctx.const(pos[:, 0] * gw + pos[:, 1]), axis=0)  # merge-block order
     h = op.Add(h, ctx.param(VISION + "pos_embed.weight", transform=position_table(v), shape=(s, d)))
 
-    cos, sin = rotary_tables(v)
-    cos, sin = ctx.const(cos[None]), ctx.const(sin[None])  # [1, S, hd], broadcast over heads
+    cos_table, sin_table = rotary_tables(v)
+    cos, sin = ctx.const(cos_table[None]), ctx.const(sin_table[None])  # [1, S, hd], broadcast over heads
     deepstack = []
     for i in range(v.depth):
         h = _block(ctx, h, v, f"{VISION}blocks.{i}.", cos, sin)

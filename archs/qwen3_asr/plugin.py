@@ -60,6 +60,7 @@ class Qwen3ASRPlugin(ArchPlugin):
     def read_hparams(self, ckpt, opts=None) -> Hparams:
         hp = config.read_hparams(ckpt, opts, self.name)
         to_ckpt = text.canonical_to_checkpoint(hp)
+        assert hp.tie_config is not None  # read_hparams sets it
         decision = settle_tie(
             hp.tie_config, ckpt, to_ckpt(text.TEXT + "embed_tokens.weight"), to_ckpt("lm_head.weight")
         )

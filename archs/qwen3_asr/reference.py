@@ -63,8 +63,8 @@ def hf_config(hp: Hparams):
     config = Qwen3ASRConfig(
         audio_config=audio, text_config=text, audio_token_id=hp.audio_token_id, tie_word_embeddings=hp.tie_embeddings
     )
-    config.audio_config._attn_implementation = ATTENTION
-    config.text_config._attn_implementation = ATTENTION
+    config.audio_config._attn_implementation = ATTENTION  # type: ignore[union-attr]  # transformers types sub-configs loosely (dict | config | None)
+    config.text_config._attn_implementation = ATTENTION  # type: ignore[union-attr]  # as above
     return config
 
 
@@ -138,7 +138,7 @@ def text_logits(
         cos_sin = rope(h, positions)
         mask = create_causal_mask(config=text, inputs_embeds=h, attention_mask=None, cache=None, position_ids=positions)
         for i in range(text.num_hidden_layers):
-            layer = build_module(lambda i=i: Qwen3DecoderLayer(text, i), load, f"{TEXT}layers.{i}.")
+            layer = build_module(lambda i=i: Qwen3DecoderLayer(text, i), load, f"{TEXT}layers.{i}.")  # type: ignore[misc]  # mypy cannot infer a lambda with a default argument
             h = layer(h, attention_mask=mask, position_ids=positions, position_embeddings=cos_sin)
             del layer
         norm = build_module(lambda: Qwen3RMSNorm(text.hidden_size, eps=text.rms_norm_eps), load, TEXT + "norm.")
@@ -169,6 +169,7 @@ def reference(ckpt, hp: Hparams, to_ckpt: Callable[[str], str], request: Referen
     def load(canonical: str):
         return ckpt.load(to_ckpt(canonical))
 
+    assert request.host_input is not None  # the runtime's host path ran
     board = zero_padded(request.host_input, hp)
     processor = hf_extractor(request.media, hp)
     encoder, processor_path = audio_features_pair(config, load, board, processor)

@@ -42,7 +42,7 @@ def qwen2_tokenizer_json(parts: BpeParts, config: dict) -> str:
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     merges = [tuple(m.split(" ")) for m in parts.merges]
-    tok = Tokenizer(models.BPE(vocab=parts.vocab, merges=merges, unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok = Tokenizer(models.BPE(vocab=parts.vocab, merges=merges, unk_token=None, fuse_unk=False, byte_fallback=False))  # type: ignore[arg-type]  # each merge is two tokens
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [

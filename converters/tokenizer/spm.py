@@ -62,7 +62,7 @@ def spm_model_proto(path: Path):
         raise SmtError(
             f"{path}: tokenizer: reading a SentencePiece model needs sentencepiece and protobuf ({e})"
         ) from None
-    proto = sentencepiece_model_pb2.ModelProto()
+    proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]  # generated protobuf module: no class declarations for mypy
     try:
         proto.ParseFromString(path.read_bytes())
     except Exception as e:  # protobuf raises DecodeError, or silently yields an empty model

@@ -116,11 +116,11 @@ class PaddleOCRDecoder(Qwen3VLDecoder):
     llama.cpp) or [n, 4] (t, h, w, e)."""
 
     config_type = PaddleOCRConfig
-    _load_layer = staticmethod(_load_layer)
+    _load_layer = staticmethod(_load_layer)  # type: ignore[assignment]  # this family's own LayerWeights, used only by its _attention
 
     rope_streams = staticmethod(mrope_streams)
 
-    def _attention(self, x, w: LayerWeights, cos, sin, mask, cache: KVCache, layer: int) -> np.ndarray:
+    def _attention(self, x, w: LayerWeights, cos, sin, mask, cache: KVCache, layer: int) -> np.ndarray:  # type: ignore[override]  # as _load_layer
         cfg = self.config
         n, d = x.shape[0], cfg.head_dim
         qkv = _linear(x, w.qkv, w.bqkv)
