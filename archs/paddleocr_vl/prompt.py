@@ -54,12 +54,6 @@ def plan_notes(hp: Hparams) -> list[str]:
     return notes
 
 
-def golden_media(hp: Hparams) -> np.ndarray:
-    """A document-like page a little larger than the input, so the host's resize is exercised."""
-    h, w = hp.vision.image_size
-    return raw_check_images(int(h * 1.25), int(w * 1.1))["document"]
-
-
 def raw_check_images(height: int, width: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Deterministic uint8 [H, W, 3] RGB test images: document-like, photo-like, random, gradient."""
     rng = np.random.default_rng(seed)

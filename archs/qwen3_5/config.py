@@ -9,6 +9,7 @@ No torch is imported here (numpy only, through the runtime's M-RoPE rule): board
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 from pathlib import Path
 
 from smt_convert.runtime.documents import finite
@@ -146,6 +147,17 @@ class VisionHparams:
     def side(self) -> int:
         """Side of the learned square position table."""
         return int(round(self.num_position_embeddings**0.5))
+
+
+class ImageModel(Protocol):
+    """What the image helpers shared with Qwen3-VL read (prompt.py, reference.hf_patches): Qwen3.5's Hparams or
+    Qwen3-VL's."""
+
+    @property
+    def vision(self) -> VisionHparams | None: ...
+
+    @property
+    def image_token_id(self) -> int | None: ...
 
 
 @dataclass

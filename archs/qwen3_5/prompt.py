@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from smt_convert.archs.qwen3_5.config import Hparams
+from smt_convert.archs.qwen3_5.config import ImageModel
 from smt_convert.runtime.positions import guess_grid
 
 IMAGE_PROMPT = "<|im_start|>user\n<__media__>{prompt}<|im_end|>\n<|im_start|>assistant\n"
 TEXT_PROMPT = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def prompt_record(hp: Hparams) -> dict:
+def prompt_record(hp: ImageModel) -> dict:
     """Image prompts: `<|vision_start|>` + N rows + `<|vision_end|>`, M-RoPE positions (runtime/positions.py)."""
     record = {
         "template_fields": {"prompt": "Describe the image." if hp.vision else "Hello"},
@@ -32,7 +32,7 @@ def prompt_record(hp: Hparams) -> dict:
     }
 
 
-def preprocessing(hp: Hparams) -> dict:
+def preprocessing(hp: ImageModel) -> dict:
     """The host only decodes and resizes; normalisation is in the graph. The board guesses the grid from N."""
     if hp.vision is None:
         return {}
@@ -63,10 +63,3 @@ def golden_image(height: int, width: int) -> np.ndarray:
     b = np.where(disc, 230.0, 40.0) + 30 * ((x // 8 + y // 8) % 2)
     noise = np.random.default_rng(7).normal(0, 6, (height, width, 3))
     return np.clip(np.stack([r, g, b], -1) + noise, 0, 255).astype(np.uint8)
-
-
-def golden_media(hp: Hparams) -> np.ndarray:
-    """Not the encoder's size: the host resize is exercised too."""
-    assert hp.vision is not None  # an image model
-    h, w = hp.vision.image_size
-    return golden_image(int(h * 1.5), int(w * 1.25))

@@ -14,16 +14,23 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from smt_convert.archs.qwen3_5.config import TEXT_PREFIX, VISION, Hparams
+from smt_convert.archs.qwen3_5.config import TEXT_PREFIX, VISION, Hparams, ImageModel
 from smt_convert.converters.plugin import ReferenceRequest, ReferenceResult
 from smt_convert.converters.reference_stream import build_module, streamed
 
 ATTENTION = "sdpa"  # what transformers picks by default for these classes on CPU
 EXPERTS = "grouped_mm"  # likewise for the MoE experts (set explicitly: a standalone layer has no default)
+
+
+class HasModel(Protocol):
+    """What `rope_positions` reads: the model class that holds `get_rope_index` (Qwen3.5's or Qwen3-VL's)."""
+
+    @property
+    def model(self) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -107,7 +114,7 @@ def checkpoint_loader(ckpt, hp: Hparams) -> Callable[[str], Any]:
 # ---- vision ----------------------------------------------------------------------------------------------
 
 
-def hf_patches(host_input: np.ndarray, hp: Hparams):
+def hf_patches(host_input: np.ndarray, hp: ImageModel):
     """HF's image processor on the image the runtime fed its encoder ([1, 3, H, W] 0..255, already resized):
     (pixel_values, image_grid_thw)."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -148,7 +155,7 @@ def vision_rows(vision_config, cls: Classes, load: Callable, pixel_values, grid_
 # ---- text ------------------------------------------------------------------------------------------------
 
 
-def rope_positions(whole_config, cls: Classes, ids: list[int], image_token: int | None, grid_thw):
+def rope_positions(whole_config, cls: HasModel, ids: list[int], image_token: int | None, grid_thw):
     """[3, 1, L] (t, h, w) positions: HF's own `get_rope_index` when the prompt holds an image, else 0..L-1."""
     import torch
 

@@ -188,6 +188,7 @@ def read_hparams(ckpt, opts, moe: bool) -> Hparams:
     vision = read_vision(config, path, text.hidden_size, image_size, pre, pre_path)
     image_token = ConfigReader(config, path).get("image_token_id", int, 151655)
     require(0 <= image_token < text.vocab_size, path, "image_token_id", f"{image_token} is outside the vocabulary")
+    assert text.tie_config is not None  # read_text always reads it
     decision = settle_tie(text.tie_config, ckpt, TEXT + "embed_tokens.weight")
     text = replace(text, tie_embeddings=decision.tied, tie_note=decision.note)
     experts = expert_layout(ckpt, text) if moe else "native"

@@ -37,16 +37,16 @@ class Classes:
 
 def classes(moe: bool) -> Classes:
     if moe:
-        from transformers.models.qwen3_vl_moe import modeling_qwen3_vl_moe as m
+        from transformers.models.qwen3_vl_moe import modeling_qwen3_vl_moe as moe_m
 
         return Classes(
-            m.Qwen3VLMoeConfig,
-            m.Qwen3VLMoeModel,
-            m.Qwen3VLMoeVisionModel,
-            m.Qwen3VLMoeVisionBlock,
-            m.Qwen3VLMoeTextDecoderLayer,
-            m.Qwen3VLMoeTextRMSNorm,
-            m.Qwen3VLMoeTextRotaryEmbedding,
+            moe_m.Qwen3VLMoeConfig,
+            moe_m.Qwen3VLMoeModel,
+            moe_m.Qwen3VLMoeVisionModel,
+            moe_m.Qwen3VLMoeVisionBlock,
+            moe_m.Qwen3VLMoeTextDecoderLayer,
+            moe_m.Qwen3VLMoeTextRMSNorm,
+            moe_m.Qwen3VLMoeTextRotaryEmbedding,
         )
     from transformers.models.qwen3_vl import modeling_qwen3_vl as m
 
@@ -116,7 +116,7 @@ def text_logits(text_config, cls: Classes, load: Callable, hp: Hparams, ids: lis
             config=text_config, inputs_embeds=h, attention_mask=None, cache=None, position_ids=None
         )
         for i in range(t.num_layers):
-            layer = build_module(lambda i=i: cls.decoder_layer(text_config, i), load, f"{TEXT}layers.{i}.")
+            layer = build_module(lambda i=i: cls.decoder_layer(text_config, i), load, f"{TEXT}layers.{i}.")  # type: ignore[misc]  # mypy cannot infer a lambda with a default argument
             h = layer(h, attention_mask=mask, position_embeddings=cos_sin)
             del layer
             if i < len(deepstack):

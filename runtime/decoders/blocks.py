@@ -5,12 +5,13 @@ board runs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from smt_convert.runtime.errors import SmtError
-from smt_convert.runtime.weights import Linear
+from smt_convert.runtime.weights import Experts, Linear
 
 
 class RopeConfig(Protocol):
@@ -114,6 +115,32 @@ def moe_ffn(x: np.ndarray, router: Linear, gate_exps, up_exps, down_exps, k: int
         xe = x[rows]
         out[rows] += down_exps[e](silu(gate_exps[e](xe)) * up_exps[e](xe)) * weights[rows, slot, None]
     return out
+
+
+@dataclass
+class SwiGLU:
+    """The dense FFN: gate and up stacked in one Linear (one matmul), silu(gate) * up, then down."""
+
+    gate_up: Linear  # rows [gate (ff); up (ff)], in = hidden
+    down: Linear  # [hidden, ff]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        gate, up = self.gate_up.split(x)
+        return self.down(silu(gate) * up)
+
+
+@dataclass
+class TopKMoE:
+    """The MoE FFN without a shared expert (llama.cpp's qwen3moe / qwen3vlmoe): `moe_ffn` over these experts."""
+
+    router: Linear  # [n_expert, hidden]
+    gate_exps: Experts  # [n_expert, ff_exp, hidden]
+    up_exps: Experts
+    down_exps: Experts  # [n_expert, hidden, ff_exp]
+    k: int
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return moe_ffn(x, self.router, self.gate_exps, self.up_exps, self.down_exps, self.k)
 
 
 def embed_rows(table: Linear, token_ids) -> np.ndarray:

@@ -23,20 +23,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from smt_convert.runtime.decoders.blocks import (
+    SwiGLU,
+    TopKMoE,
     apply_rope,
     causal_mask,
     check_inputs,
     embed_rows,
     grouped_attention,
     imrope_streams,
-    moe_ffn,
     rms_norm,
     rope_angles,
-    silu,
 )
 from smt_convert.runtime.errors import SmtError, where
 from smt_convert.runtime.gguf_model import GGUFModel
-from smt_convert.runtime.weights import Experts, Linear, WeightStore
+from smt_convert.runtime.weights import Linear, WeightStore
 
 MAX_DEEPSTACK = 64  # a bound for hostile files (the released models have 3)
 
@@ -165,39 +165,27 @@ class LayerWeights:
     q_norm: np.ndarray  # [head_dim]
     k_norm: np.ndarray
     ffn_norm: np.ndarray
-    gate_up: Linear | None  # rows [gate (ff); up (ff)], in = hidden (dense)
-    down: Linear | None  # [hidden, ff]
-    moe: "MoeWeights | None" = None
-
-
-@dataclass
-class MoeWeights:
-    router: Linear  # [n_expert, hidden]
-    gate_exps: Experts  # [n_expert, ff_exp, hidden]
-    up_exps: Experts
-    down_exps: Experts  # [n_expert, hidden, ff_exp]
+    ffn: SwiGLU | TopKMoE  # dense (qwen3vl) or experts (qwen3vlmoe)
 
 
 def _load_layer(store: WeightStore, cfg: Qwen3VLConfig, i: int) -> LayerWeights:
     """Check shapes and wrap the tensors; nothing is read or dequantised until first use."""
     h, q, kv, d = cfg.hidden, cfg.n_head * cfg.head_dim, cfg.n_kv * cfg.head_dim, cfg.head_dim
     b = f"blk.{i}."
+    ffn: SwiGLU | TopKMoE
     if cfg.n_expert:
         E, F = cfg.n_expert, cfg.ff_exp
-        ffn = dict(
-            gate_up=None,
-            down=None,
-            moe=MoeWeights(
-                router=store.linear(b + "ffn_gate_inp.weight", shapes=[(E, h)]),
-                gate_exps=store.experts(b + "ffn_gate_exps.weight", E, F, h),
-                up_exps=store.experts(b + "ffn_up_exps.weight", E, F, h),
-                down_exps=store.experts(b + "ffn_down_exps.weight", E, h, F),
-            ),
+        ffn = TopKMoE(
+            router=store.linear(b + "ffn_gate_inp.weight", shapes=[(E, h)]),
+            gate_exps=store.experts(b + "ffn_gate_exps.weight", E, F, h),
+            up_exps=store.experts(b + "ffn_up_exps.weight", E, F, h),
+            down_exps=store.experts(b + "ffn_down_exps.weight", E, h, F),
+            k=cfg.n_expert_used,
         )
     else:
-        ffn = dict(
-            gate_up=store.linear(b + "ffn_gate.weight", b + "ffn_up.weight", shapes=[(cfg.ff, h), (cfg.ff, h)]),
-            down=store.linear(b + "ffn_down.weight", shapes=[(h, cfg.ff)]),
+        ffn = SwiGLU(
+            store.linear(b + "ffn_gate.weight", b + "ffn_up.weight", shapes=[(cfg.ff, h), (cfg.ff, h)]),
+            store.linear(b + "ffn_down.weight", shapes=[(h, cfg.ff)]),
         )
     return LayerWeights(
         attn_norm=store.vector(b + "attn_norm.weight", h),
@@ -208,7 +196,7 @@ def _load_layer(store: WeightStore, cfg: Qwen3VLConfig, i: int) -> LayerWeights:
         q_norm=store.vector(b + "attn_q_norm.weight", d),
         k_norm=store.vector(b + "attn_k_norm.weight", d),
         ffn_norm=store.vector(b + "ffn_norm.weight", h),
-        **ffn,
+        ffn=ffn,
     )
 
 
@@ -252,7 +240,7 @@ class Qwen3VLDecoder:
         mask = causal_mask(x.shape[0], cache.length)
         for i, layer in enumerate(self.layers):
             x = x + self._attention(rms_norm(x, layer.attn_norm, cfg.eps), layer, cos, sin, mask, cache, i)
-            x = x + self._mlp(rms_norm(x, layer.ffn_norm, cfg.eps), layer)
+            x = x + layer.ffn(rms_norm(x, layer.ffn_norm, cfg.eps))
             if i < cfg.n_deepstack:
                 x = x + rows[:, hd * (i + 1) : hd * (i + 2)]
         cache.length += x.shape[0]
@@ -270,9 +258,3 @@ class Qwen3VLDecoder:
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys, values = cache.extend(layer, k.transpose(1, 0, 2), v.transpose(1, 0, 2))  # [n_kv, T, d]
         return w.wo(grouped_attention(q, keys, values, mask))
-
-    def _mlp(self, x, w: LayerWeights) -> np.ndarray:
-        if self.config.n_expert:
-            return moe_ffn(x, w.moe.router, w.moe.gate_exps, w.moe.up_exps, w.moe.down_exps, self.config.n_expert_used)
-        gate, up = w.gate_up.split(x)
-        return w.down(silu(gate) * up)
