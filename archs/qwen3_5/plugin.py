@@ -8,7 +8,6 @@ GGUF types and metadata), `vision_graph` (the ONNX graph), `prompt` (prompt, pre
 
 from __future__ import annotations
 
-import numpy as np
 
 from smt_convert.archs.qwen3_5 import config, prompt, text
 from smt_convert.archs.qwen3_5.config import Hparams
@@ -22,7 +21,6 @@ from smt_convert.converters.plugin import (
     TokenRules,
     register,
 )
-from smt_convert.converters.validate import board_grid_notes
 
 __all__ = ["Hparams", "Qwen35MoePlugin", "Qwen35Plugin"]
 
@@ -94,24 +92,9 @@ class Qwen35Plugin(ArchPlugin):
     # ---- encoder ----------------------------------------------------------------------------------------
 
     def encoder_outputs(self, hp: Hparams, stem: str) -> list[EncoderOutput]:
-        v = hp.vision
-        if v is None:
-            return []
-        h, w = v.image_size
-        ny, nx = v.grid
         from smt_convert.archs.qwen3_5 import vision_graph
 
-        params = sum(int(np.prod(s)) for s in vision_graph.vision_shapes(v).values())
-        size = f"{h}" if h == w else f"{h}x{w}"
-        return [
-            EncoderOutput(
-                "vision",
-                f"{stem}-vision-{size}.onnx",
-                params,
-                [{"name": "pixel_values", "shape": [1, 3, h, w], "dtype": "float32"}],
-                [{"name": "image_embeds", "shape": [ny * nx, v.out_hidden_size], "dtype": "float32"}],
-            )
-        ]
+        return [] if hp.vision is None else [vision_graph.encoder_output(hp.vision, stem)]
 
     def build_encoders(self, weights, hp: Hparams, precision: str):
         from smt_convert.archs.qwen3_5 import vision_graph
@@ -132,9 +115,7 @@ class Qwen35Plugin(ArchPlugin):
             "text_model": {"hidden_size": hp.text.hidden_size, "model_path": files["text"]},
         }
         if hp.vision is not None:
-            h, w = hp.vision.image_size
-            size = {"input_size": h} if h == w else {"input_width": w, "input_height": h}
-            board["vision_model"] = {"model_path": files["vision"], **size}
+            board["vision_model"] = prompt.vision_model_block(hp.vision, files["vision"])
         return board
 
     def prompt_record(self, hp: Hparams) -> dict:
@@ -147,12 +128,7 @@ class Qwen35Plugin(ArchPlugin):
         return {"prompt": "Describe the image."}
 
     def plan_notes(self, hp: Hparams) -> list[str]:
-        notes = board_grid_notes(*hp.vision.grid) if hp.vision is not None else []
-        if hp.vision is not None and hp.vision.preprocessor_source == "defaults":
-            notes.append(
-                "preprocessor_config.json not found: the vision graph normalises with Qwen3.5's "
-                "defaults (rescale 1/255, mean 0.5, std 0.5)"
-            )
+        notes = prompt.vision_notes(hp.vision) if hp.vision is not None else []
         if hp.text.mtp_layers:
             notes.append(f"{hp.text.mtp_layers} MTP layer(s) not converted (speculative decoding only)")
         return notes

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from smt_convert.archs.qwen3_5.config import ImageModel
+from smt_convert.archs.qwen3_5.config import ImageModel, VisionHparams
+from smt_convert.converters.validate import board_grid_notes
 from smt_convert.runtime.positions import guess_grid
 
 IMAGE_PROMPT = "<|im_start|>user\n<__media__>{prompt}<|im_end|>\n<|im_start|>assistant\n"
@@ -63,3 +64,21 @@ def golden_image(height: int, width: int) -> np.ndarray:
     b = np.where(disc, 230.0, 40.0) + 30 * ((x // 8 + y // 8) % 2)
     noise = np.random.default_rng(7).normal(0, 6, (height, width, 3))
     return np.clip(np.stack([r, g, b], -1) + noise, 0, 255).astype(np.uint8)
+
+
+def vision_model_block(v: VisionHparams, model_path: str) -> dict:
+    """config.json's `vision_model`: the file and the static input size the board checks."""
+    h, w = v.image_size
+    size = {"input_size": h} if h == w else {"input_width": w, "input_height": h}
+    return {"model_path": model_path, **size}
+
+
+def vision_notes(v: VisionHparams) -> list[str]:
+    """Plan notes about the vision input: a grid the board would guess differently, default normalisation."""
+    notes = board_grid_notes(*v.grid)
+    if v.preprocessor_source == "defaults":
+        notes.append(
+            "preprocessor_config.json not found: the vision graph normalises with the family's defaults "
+            "(rescale 1/255, mean 0.5, std 0.5)"
+        )
+    return notes

@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from smt_convert.archs.qwen3_5.config import VISION, Hparams, VisionHparams
+from smt_convert.converters.plugin import EncoderOutput
 from smt_convert.converters.onnx_graph import (
     EncoderGraph,
     GraphContext,
@@ -241,6 +242,23 @@ def check_images(height: int, width: int, seed: int = 0) -> dict[str, np.ndarray
     photo = photo + 20 * np.sin(40 * xx + 25 * yy) + 8 * rng.standard_normal((3, height, width))
     images = {"random": rng.random((3, height, width)) * 255, "gradient": gradient, "photo": photo}
     return {k: np.clip(np.rint(a), 0, 255).astype(np.float32)[None] for k, a in images.items()}
+
+
+def encoder_output(v: VisionHparams, stem: str) -> EncoderOutput:
+    """The vision ONNX file as the plan describes it: one raw-pixel input, `image_embeds` and any DeepStack outputs,
+    each [N, out_hidden_size]."""
+    h, w = v.image_size
+    rows = [v.grid[0] * v.grid[1], v.out_hidden_size]
+    names = ["image_embeds"] + [f"deepstack_{j}" for j in range(len(v.deepstack_indexes))]
+    params = sum(int(np.prod(s)) for s in vision_shapes(v).values())
+    size = f"{h}" if h == w else f"{h}x{w}"
+    return EncoderOutput(
+        "vision",
+        f"{stem}-vision-{size}.onnx",
+        params,
+        [{"name": "pixel_values", "shape": [1, 3, h, w], "dtype": "float32"}],
+        [{"name": n, "shape": rows, "dtype": "float32"} for n in names],
+    )
 
 
 def build_encoders(weights: Weights, hp: Hparams, precision: str) -> list[EncoderGraph]:

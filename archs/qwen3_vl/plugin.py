@@ -7,7 +7,6 @@ Most of it is shared: the vision graph, its config reader, the prompt and the pr
 
 from __future__ import annotations
 
-import numpy as np
 
 from smt_convert.archs.qwen3_5 import prompt
 from smt_convert.archs.qwen3_vl import config, text
@@ -22,7 +21,6 @@ from smt_convert.converters.plugin import (
     TokenRules,
     register,
 )
-from smt_convert.converters.validate import board_grid_notes
 
 __all__ = ["Hparams", "Qwen3VLMoePlugin", "Qwen3VLPlugin"]
 
@@ -89,22 +87,7 @@ class Qwen3VLPlugin(ArchPlugin):
     def encoder_outputs(self, hp: Hparams, stem: str) -> list[EncoderOutput]:
         from smt_convert.archs.qwen3_5 import vision_graph
 
-        v = hp.vision
-        h, w = v.image_size
-        ny, nx = v.grid
-        rows = [ny * nx, v.out_hidden_size]
-        names = ["image_embeds"] + [f"deepstack_{j}" for j in range(hp.deepstack_layers)]
-        params = sum(int(np.prod(s)) for s in vision_graph.vision_shapes(v).values())
-        size = f"{h}" if h == w else f"{h}x{w}"
-        return [
-            EncoderOutput(
-                "vision",
-                f"{stem}-vision-{size}.onnx",
-                params,
-                [{"name": "pixel_values", "shape": [1, 3, h, w], "dtype": "float32"}],
-                [{"name": n, "shape": rows, "dtype": "float32"} for n in names],
-            )
-        ]
+        return [vision_graph.encoder_output(hp.vision, stem)]
 
     def build_encoders(self, weights, hp: Hparams, precision: str):
         from smt_convert.archs.qwen3_5.vision_graph import build_vision
@@ -118,12 +101,10 @@ class Qwen3VLPlugin(ArchPlugin):
 
     def board_config(self, hp: Hparams, files: dict[str, str]) -> dict:
         """`architectures[0]` is the board's own name for the family (see BOARD_ARCHITECTURE), the class second."""
-        h, w = hp.vision.image_size
-        size = {"input_size": h} if h == w else {"input_width": w, "input_height": h}
         return {
             "architectures": [BOARD_ARCHITECTURE, hp.hf_class],
             "text_model": {"hidden_size": hp.text.hidden_size, "model_path": files["text"]},
-            "vision_model": {"model_path": files["vision"], **size},
+            "vision_model": prompt.vision_model_block(hp.vision, files["vision"]),
         }
 
     def prompt_record(self, hp: Hparams) -> dict:
@@ -135,9 +116,7 @@ class Qwen3VLPlugin(ArchPlugin):
         return prompt.preprocessing(hp)
 
     def plan_notes(self, hp: Hparams) -> list[str]:
-        notes = board_grid_notes(*hp.vision.grid)
-        if hp.vision.preprocessor_source == "defaults":
-            notes.append("preprocessor_config.json not found: the graph normalises with mean 0.5, std 0.5")
+        notes = prompt.vision_notes(hp.vision)
         sections = config.sections_note(hp)
         if sections:
             notes.append(sections)
