@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from smt_convert.runtime.decoders.blocks import apply_rope, grouped_attention
+from smt_convert.runtime.decoders.blocks import SwiGLU, apply_rope, grouped_attention
 from smt_convert.runtime.decoders.qwen3vl import KVCache, Qwen3VLConfig, Qwen3VLDecoder
 from smt_convert.runtime.errors import SmtError, where
 from smt_convert.runtime.gguf_model import GGUFModel
@@ -66,8 +66,7 @@ class LayerWeights:
     wo: Linear  # [hidden, n_head*head_dim]
     bo: np.ndarray | None
     ffn_norm: np.ndarray
-    gate_up: Linear  # rows [gate (ff); up (ff)]
-    down: Linear  # [hidden, ff]
+    ffn: SwiGLU
 
 
 def _load_layer(store: WeightStore, cfg: PaddleOCRConfig, i: int) -> LayerWeights:
@@ -97,8 +96,10 @@ def _load_layer(store: WeightStore, cfg: PaddleOCRConfig, i: int) -> LayerWeight
         wo=store.linear(b + "attn_output.weight", shapes=[(h, q)]),
         bo=opt("attn_output.bias", h),
         ffn_norm=store.vector(b + "ffn_norm.weight", h),
-        gate_up=store.linear(b + "ffn_gate.weight", b + "ffn_up.weight", shapes=[(cfg.ff, h), (cfg.ff, h)]),
-        down=store.linear(b + "ffn_down.weight", shapes=[(h, cfg.ff)]),
+        ffn=SwiGLU(
+            store.linear(b + "ffn_gate.weight", b + "ffn_up.weight", shapes=[(cfg.ff, h), (cfg.ff, h)]),
+            store.linear(b + "ffn_down.weight", shapes=[(h, cfg.ff)]),
+        ),
     )
 
 
