@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from smt_convert.converters.checkpoint import Checkpoint
 from smt_convert.converters.convert import ConvertOptions, _json_default
 from smt_convert.converters.plugin import detect_plugin, get_plugin
 from smt_convert.converters.reference import compare_with_reference
+from smt_convert.converters.trace_reference import trace_recorder
 from smt_convert.runtime.bundle import GOLDEN_DIR, read_json
 from smt_convert.runtime.errors import SmtError
 from smt_convert.runtime.media import modality
+from smt_convert.runtime.trace import ActivationStore, bundle_trace
 
 
 # How a checkpoint is laid out and how its tie flags were written may differ between copies of the same model
@@ -26,6 +29,11 @@ def _model_identity(record):
 
 
 def reference_rows_for_bundle(runner, reference_dir: Path, max_new_tokens: int, report) -> list:
+    return reference_rows_and_trace(runner, reference_dir, max_new_tokens, report)[0]
+
+
+def reference_rows_and_trace(runner, reference_dir: Path, max_new_tokens: int, report, trace: bool = False):
+    """The reference rows and, with `trace`, the block-by-block trace from the same reference pass."""
     manifest = runner.manifest
     plugin = get_plugin(manifest["architecture"])
     ckpt = Checkpoint.open(reference_dir)
@@ -51,7 +59,22 @@ def reference_rows_for_bundle(runner, reference_dir: Path, max_new_tokens: int, 
     result = runner.run(
         media, fields=expected.get("fields"), language=expected.get("language"), max_new_tokens=max_new_tokens
     )
-    rows, _, _ = compare_with_reference(
+    if not trace:
+        rows, _, _ = _compare(plugin, ckpt, hp, runner, media, result, max_new_tokens, report, None)
+        return rows, None
+    with tempfile.TemporaryDirectory(prefix="smt-trace-") as tmp:
+        recorder = trace_recorder(plugin, hp, ActivationStore(Path(tmp)), result)
+        rows, _, _ = _compare(plugin, ckpt, hp, runner, media, result, max_new_tokens, report, recorder)
+        if report is not None:
+            report.step("tracing the bundle block by block")
+        traced = bundle_trace(runner, result, recorder.store, manifest["text"]["outtype"], manifest["onnx_dtype"])
+        runner.release()
+    return rows, traced
+
+
+def _compare(plugin, ckpt, hp, runner, media, result, max_new_tokens, report, recorder):
+    manifest = runner.manifest
+    return compare_with_reference(
         plugin,
         ckpt,
         hp,
@@ -62,5 +85,5 @@ def reference_rows_for_bundle(runner, reference_dir: Path, max_new_tokens: int, 
         manifest["onnx_dtype"],
         max_new_tokens,
         report=report,
+        recorder=recorder,
     )
-    return rows

@@ -252,8 +252,11 @@ class Qwen3VLDecoder:
     def new_cache(self) -> KVCache:
         return KVCache.empty(self.config)
 
-    def forward(self, embeds: np.ndarray, positions: np.ndarray, cache: KVCache, logits: str = "all") -> np.ndarray:
-        """Run new tokens after those in `cache` (appending to it); return logits [n or 1, vocab] float32."""
+    def forward(
+        self, embeds: np.ndarray, positions: np.ndarray, cache: KVCache, logits: str = "all", observe=None
+    ) -> np.ndarray:
+        """Run new tokens after those in `cache` (appending to it); return logits [n or 1, vocab] float32.
+        `observe(i, hidden)`, when given, sees each layer's output (the divergence trace, runtime/trace.py)."""
         cfg = self.config
         x = check_inputs(embeds, positions, cfg.hidden, logits)
         cos, sin = self._rope(positions)
@@ -261,6 +264,8 @@ class Qwen3VLDecoder:
         for i, layer in enumerate(self.layers):
             x = x + self._attention(rms_norm(x, layer.attn_norm, cfg.eps), layer, cos, sin, mask, cache, i)
             x = x + self._mlp(rms_norm(x, layer.ffn_norm, cfg.eps), layer)
+            if observe is not None:
+                observe(i, x)
         cache.length += x.shape[0]
         if logits == "last":
             x = x[-1:]

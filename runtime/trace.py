@@ -1,0 +1,284 @@
+"""The divergence trace: block by block, how far the bundle's activations are from the Hugging Face model's.
+
+Verification says whether the bundle's encoder rows, logits and tokens match; when they do not, the trace says
+where the difference starts. The reference side (converters/trace_reference.py, torch) writes each block's output
+to an `ActivationStore` as it runs; this side (no torch) runs the bundle with the same inputs and compares one
+block at a time, so neither side ever holds more than one block's activations of the other.
+
+Per block: relative error ||x - ref|| / ||ref|| (the tolerance is on it), cosine, the largest absolute difference
+and where it is (row = sequence position or encoder row, channel). The first block outside its tolerance is the
+one the report names; the growth column (this block's relative error over the previous one's) shows whether the
+error is made there or carried in.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+# Relative error tolerated per text block (decoder layer, embeddings, logits) by GGUF --outtype. Measured on the
+# clean tiny bundles of all three families (README, "Reading a trace"): the largest layer's relative error was
+# f32 3e-6, f16 2e-3, bf16 1.6e-2, q8_0 1.5e-2, q5 0.09, q4 0.33 (Qwen3.5 tiny q4_0). Each bound sits 10x or
+# more above the f32/f16/bf16/q8_0 measurement and ~2x above the 4/5-bit ones: a wrong tensor, a scaled norm or an
+# overflow gives relative errors of order 1.
+TEXT_BLOCK_TOLERANCE = {
+    "f32": 1e-4,
+    "f16": 2e-2,
+    "bf16": 0.15,
+    "q8_0": 0.15,
+    "q6_k": 0.3,
+    "q5_k_m": 0.4,
+    "q5_k_s": 0.4,
+    "q5_1": 0.4,
+    "q5_0": 0.4,
+}
+LOSSY_TEXT_BLOCK_TOLERANCE = 0.8  # 4 bits and below: only a gross error (order 1) stands out
+# Encoder blocks by --onnx-dtype. Measured on the clean tiny encoders: fp32 2e-6, fp16 1.5e-3, int8 0.06.
+ENCODER_BLOCK_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.3}
+
+
+def text_tolerance(outtype: str) -> float:
+    return TEXT_BLOCK_TOLERANCE.get(outtype, LOSSY_TEXT_BLOCK_TOLERANCE)
+
+
+@dataclass
+class BlockRow:
+    """One block's comparison. `float_rel_error` (quantised bundles) is the same block against the float
+    bundle: conversion error is the float bundle's column, quantisation error the difference."""
+
+    part: str  # "encoder" or "text"
+    block: str  # "layer 3", "embeddings", "logits", an encoder stage's name
+    rel_error: float
+    cosine: float
+    max_abs: float
+    where: tuple[int, int]  # (row, channel) of max_abs
+    tolerance: float
+    float_rel_error: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.rel_error <= self.tolerance)  # NaN is outside
+
+    def to_dict(self) -> dict:
+        return {
+            "part": self.part,
+            "block": self.block,
+            "rel_error": _num(self.rel_error),
+            "cosine": _num(self.cosine),
+            "max_abs": _num(self.max_abs),
+            "where": list(self.where),
+            "tolerance": self.tolerance,
+            "ok": self.ok,
+            "float_rel_error": None if self.float_rel_error is None else _num(self.float_rel_error),
+        }
+
+
+def _num(x: float) -> float | str:
+    return float(x) if np.isfinite(x) else str(x)
+
+
+@dataclass
+class Trace:
+    """Every block's row in run order (encoder stages, then embeddings, decoder layers, logits)."""
+
+    rows: list[BlockRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def first_out(self) -> BlockRow | None:
+        return next((r for r in self.rows if not r.ok), None)
+
+    @property
+    def ok(self) -> bool:
+        return self.first_out is None
+
+    def to_dict(self) -> dict:
+        first = self.first_out
+        return {
+            "ok": self.ok,
+            "first_out_of_tolerance": None if first is None else f"{first.part} {first.block}",
+            "rows": [r.to_dict() for r in self.rows],
+            "notes": list(self.notes),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def summary(self) -> str:
+        """One line: the short form for a failing conversion's output and the manifest."""
+        first = self.first_out
+        if first is None:
+            return f"trace: all {len(self.rows)} blocks within tolerance"
+        return (
+            f"trace: first block outside tolerance: {first.part} {first.block} (relative error "
+            f"{first.rel_error:.3g} > {first.tolerance:g}, max abs {first.max_abs:.3g} at row {first.where[0]}, "
+            f"channel {first.where[1]})"
+        )
+
+    def format(self) -> str:
+        """The table: one row per block, growth over the previous block of the same part, the first block
+        outside tolerance marked `<-- first`."""
+        quantised = any(r.float_rel_error is not None for r in self.rows)
+        header = ["part", "block", "rel error", "growth", "cosine", "max abs", "at (row, ch)", "tolerance", ""]
+        if quantised:
+            header.insert(3, "vs float")
+        first = self.first_out
+        body, prev = [], {}
+        for r in self.rows:
+            before = prev.get(r.part)
+            growth = f"x{r.rel_error / before:.2f}" if before and np.isfinite(r.rel_error) else "-"
+            prev[r.part] = r.rel_error if r.rel_error > 0 else None
+            mark = "<-- first" if r is first else ("out" if not r.ok else "")
+            cells = [
+                r.part,
+                r.block,
+                f"{r.rel_error:.3g}",
+                growth,
+                f"{r.cosine:.6f}",
+                f"{r.max_abs:.3g}",
+                f"({r.where[0]}, {r.where[1]})",
+                f"<= {r.tolerance:g}",
+                mark,
+            ]
+            if quantised:
+                cells.insert(3, "-" if r.float_rel_error is None else f"{r.float_rel_error:.3g}")
+            body.append(cells)
+        widths = [max(len(c) for c in col) for col in zip(header, *body)]
+        line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+        out = [line(header), line(["-" * w for w in widths])] + [line(b) for b in body]
+        return "\n".join(out + [self.summary()] + [f"note: {n}" for n in self.notes])
+
+
+def compare(part: str, block: str, x: np.ndarray, ref: np.ndarray, tolerance: float) -> BlockRow:
+    """One block: x and ref as [rows, channels] (leading axes folded into rows)."""
+    a = np.asarray(x, dtype=np.float64)
+    b = np.asarray(ref, dtype=np.float64)
+    if a.shape != b.shape:
+        a, b = _fold(a), _fold(b)
+    if a.shape != b.shape:
+        return BlockRow(
+            part, f"{block} (shape {list(a.shape)} vs {list(b.shape)})", np.inf, 0.0, np.inf, (0, 0), tolerance
+        )
+    a, b = _fold(a), _fold(b)
+    diff = a - b
+    ref_norm = float(np.linalg.norm(b))
+    rel = float(np.linalg.norm(diff)) / max(ref_norm, 1e-30)
+    cos = float((a.ravel() @ b.ravel()) / max(float(np.linalg.norm(a)) * ref_norm, 1e-30))
+    bad = ~np.isfinite(diff)
+    if bad.any():  # an overflow: its first non-finite value is where the block broke
+        flat = int(np.flatnonzero(bad)[0])
+        rel, cos, max_abs = np.inf, cos if np.isfinite(cos) else 0.0, np.inf
+    else:
+        flat = int(np.argmax(np.abs(diff))) if diff.size else 0
+        max_abs = float(np.abs(diff).ravel()[flat]) if diff.size else 0.0
+    row, col = divmod(flat, a.shape[1]) if a.size else (0, 0)
+    return BlockRow(part, block, rel, cos, max_abs, (int(row), int(col)), tolerance)
+
+
+def _fold(x: np.ndarray) -> np.ndarray:
+    """[..., channels] -> [rows, channels], dropping leading axes of size 1 (a batch of one)."""
+    x = np.atleast_2d(x)
+    return x.reshape(-1, x.shape[-1])
+
+
+class ActivationStore:
+    """Block outputs on disk, one .npy per block: the reference writes them as it runs, the bundle's side reads
+    one at a time."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, name: str) -> Path:
+        return self.root / (re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".npy")
+
+    def put(self, name: str, value: np.ndarray) -> None:
+        np.save(self._path(name), np.ascontiguousarray(value, dtype=np.float32), allow_pickle=False)
+
+    def has(self, name: str) -> bool:
+        return self._path(name).is_file()
+
+    def get(self, name: str) -> np.ndarray:
+        return np.load(self._path(name), allow_pickle=False)
+
+
+# Block names the two sides share.
+ENCODER_OUTPUT = "encoder.output"
+EMBEDDINGS = "text.embeddings"
+LOGITS = "text.logits"
+
+
+def text_layer(i: int) -> str:
+    return f"text.layer.{i}"
+
+
+def decoder_trace(
+    decoder,
+    embeds: np.ndarray,
+    positions: np.ndarray,
+    continuation: list[int],
+    reference: ActivationStore,
+    tolerance: float,
+    keep: Callable[[str, np.ndarray], None] | None = None,
+) -> list[BlockRow]:
+    """The runtime decoder over prompt + continuation (teacher-forced, one pass) against the reference's
+    embeddings, each layer's hidden state and the logits. `keep(name, x)` also receives each block (the float
+    bundle's activations, kept for a quantised bundle's third column)."""
+    from smt_convert.runtime.decoders.qwen3vl import as_mrope_positions
+
+    x = np.asarray(embeds, dtype=np.float32)
+    pos = np.asarray(positions)
+    if continuation:
+        x = np.concatenate([x, decoder.embed(np.asarray(continuation))])
+        start = int(pos.max()) + 1
+        more = np.arange(start, start + len(continuation), dtype=np.int64)
+        pos = np.concatenate([as_mrope_positions(pos), as_mrope_positions(more)]) if pos.ndim == 2 else np.r_[pos, more]
+    rows = []
+
+    def seen(name: str, label: str, value: np.ndarray) -> None:
+        if keep is not None:
+            keep(name, value)
+        if reference.has(name):
+            rows.append(compare("text", label, value, reference.get(name), tolerance))
+
+    seen(EMBEDDINGS, "embeddings", x)
+    logits = decoder.forward(
+        x, pos, decoder.new_cache(), logits="all", observe=lambda i, h: seen(text_layer(i), f"layer {i}", h)
+    )
+    seen(LOGITS, "logits", logits)
+    return rows
+
+
+def with_float_column(rows: list[BlockRow], float_rows: dict[str, BlockRow]) -> list[BlockRow]:
+    """Add the third column: each block of the quantised bundle against the float bundle (same block name)."""
+    for r in rows:
+        match = float_rows.get(f"{r.part} {r.block}")
+        if match is not None:
+            r.float_rel_error = match.rel_error
+    return rows
+
+
+def bundle_trace(runner, result, reference: ActivationStore, outtype: str, onnx_dtype: str) -> Trace:
+    """The bundle's blocks against the reference's, on the run `result` (its prompt and greedy tokens, which the
+    reference scored by teacher forcing). The decoder is fed the reference's encoder rows when the reference has
+    them, so its rows measure the text decoder alone; the encoder's own rows come first."""
+    trace = Trace()
+    embeds = np.array(result.prompt.embeds, dtype=np.float32)
+    start, end = result.prompt.media_span
+    if result.media_embeds is not None and reference.has(ENCODER_OUTPUT):
+        ref_rows = reference.get(ENCODER_OUTPUT)
+        trace.rows.append(
+            compare("encoder", "output", result.media_embeds, ref_rows, ENCODER_BLOCK_TOLERANCE[onnx_dtype])
+        )
+        if ref_rows.shape == (end - start, embeds.shape[1]):
+            embeds[start:end] = ref_rows
+            trace.notes.append("the text decoder was fed the reference's encoder rows: its rows are its own error")
+    trace.rows += decoder_trace(
+        runner.decoder, embeds, result.prompt.positions, list(result.tokens), reference, text_tolerance(outtype)
+    )
+    return trace
