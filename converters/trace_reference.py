@@ -1,10 +1,9 @@
 """The reference side of the divergence trace: the Hugging Face model's block outputs, written as they appear.
 
 Every family's reference builds its transformers modules through `reference_stream.build_module`; while a trace
-runs, `Recorder` watches those builds and hooks the outputs of the blocks the bundle also has: each decoder layer
-(`<text prefix>layers.<i>.`, the prefix of the checkpoint's token embedding), the embeddings entering layer 0,
-and each encoder block (`...layers.<i>.` / `...blocks.<i>.` outside the text prefix). Each output goes to disk
-the moment its block has run, so the trace holds one block at a time, like the reference itself.
+runs, `Recorder` watches those builds and hooks the output of every block (`...layers.<i>.` / `...blocks.<i>.`)
+and the input of each tower's first block (an encoder's stem, the decoder's embeddings). Each goes to disk the
+moment its block has run, so the trace holds one block at a time, like the reference itself.
 """
 
 from __future__ import annotations
@@ -12,79 +11,87 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from smt_convert.converters.encoder_trace import encoder_point
 from smt_convert.runtime.trace import EMBEDDINGS, ENCODER_OUTPUT, LOGITS, ActivationStore, text_layer
 
-ENCODER_BLOCK = re.compile(r"(?:^|\.)(?:layers|blocks)\.(\d+)\.$")
-
-
-def encoder_block(i: int) -> str:
-    return f"encoder.block.{i}"
-
-
-def text_prefix(expected_tensors: dict) -> str:
-    """The decoder's prefix in canonical names: where `embed_tokens.weight` lives (every family's decoder is a
-    transformers `...Model` with `embed_tokens` and `layers`)."""
-    names = [n for n in expected_tensors if n.endswith("embed_tokens.weight")]
-    if len(names) != 1:
-        raise ValueError(f"expected one token embedding among the canonical tensors, found {names}")
-    return names[0][: -len("embed_tokens.weight")]
+BLOCK = re.compile(r"^(.*?)(?:layers|blocks)\.(\d+)\.$")
 
 
 @dataclass
 class Recorder:
-    """A `watching_builds` watcher: hooks the blocks' outputs into `store`. An encoder block run on a batch of
-    several inputs (Qwen3-ASR's reference encodes the board's and HF's host paths together) keeps the first
-    `encoder_rows` rows of the packed output: the input the bundle's encoder saw."""
+    """A `watching_builds` watcher: hooks every block's output (and the first block's input) into `store`
+    under its prefix. Blocks group by the prefix before `layers.<i>.`/`blocks.<i>.`; the group built last is the
+    text decoder (every reference runs its encoders first: their rows go into the decoder's input), whose
+    entries `result` renames to the text names the runtime's side uses.
+
+    An audio tower run on a batch (Qwen3-ASR's reference encodes the board's and HF's host paths together) keeps
+    the first `encoder_rows` rows of its packed output: the input the bundle's encoder saw."""
 
     store: ActivationStore
-    text: str  # canonical text prefix
     encoder_rows: int | None = None
-    seen: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)  # block groups in build order
+    seen: dict[str, set[int]] = field(default_factory=dict)  # group -> block indices
 
     def __call__(self, prefix: str, module) -> None:
-        if prefix.startswith(self.text):
-            m = re.fullmatch(r"layers\.(\d+)\.", prefix[len(self.text) :])
-            if m:
-                i = int(m.group(1))
-                if i == 0:
-                    module.register_forward_pre_hook(self._pre(EMBEDDINGS), with_kwargs=True)
-                module.register_forward_hook(self._post(text_layer(i)))
+        m = BLOCK.match(prefix)
+        if m is None:
             return
-        m = ENCODER_BLOCK.search(prefix)
-        if m:
-            module.register_forward_hook(self._post(encoder_block(int(m.group(1))), self.encoder_rows))
+        group, index = m.group(1), int(m.group(2))
+        if group not in self.groups:
+            self.groups.append(group)
+        self.seen.setdefault(group, set()).add(index)
+        if index == 0:
+            module.register_forward_pre_hook(self._pre(encoder_point(prefix, "input")), with_kwargs=True)
+        module.register_forward_hook(self._post(encoder_point(prefix, "output")))
 
     def result(self, ref) -> None:
-        """The reference's answers the trace also compares: logits and the encoder's final rows."""
+        """After the reference: the last group's entries become the text decoder's; then the reference's own
+        answers the trace also compares (logits, the encoder's final rows)."""
+        for group in self.groups[:-1]:
+            for i in self.seen[group]:
+                for what in ("input", "output") if i == 0 else ("output",):
+                    self._trim(encoder_point(f"{group}layers.{i}.", what))
+                    self._trim(encoder_point(f"{group}blocks.{i}.", what))
+        if self.groups:
+            text = self.groups[-1]
+            self.store.rename(encoder_point(f"{text}layers.0.", "input"), EMBEDDINGS)
+            self.store.rename(encoder_point(f"{text}blocks.0.", "input"), EMBEDDINGS)
+            for i in self.seen[text]:
+                for kind in ("layers", "blocks"):
+                    self.store.rename(encoder_point(f"{text}{kind}.{i}.", "output"), text_layer(i))
         self.store.put(LOGITS, ref.logits)
         if ref.encoder is not None:
             self.store.put(ENCODER_OUTPUT, ref.encoder)
 
+    def _trim(self, name: str) -> None:
+        if self.encoder_rows is not None and self.store.has(name):
+            value = self.store.get(name)
+            if value.shape[0] > self.encoder_rows:
+                self.store.put(name, value[: self.encoder_rows])
+
     def _pre(self, name: str):
         def hook(module, args, kwargs):
-            self._put(name, args[0] if args else kwargs["hidden_states"], None)
+            self._put(name, args[0] if args else kwargs["hidden_states"])
 
         return hook
 
-    def _post(self, name: str, rows: int | None = None):
+    def _post(self, name: str):
         def hook(module, args, output):
-            self._put(name, output, rows)
+            self._put(name, output)
 
         return hook
 
-    def _put(self, name: str, value, rows: int | None) -> None:
+    def _put(self, name: str, value) -> None:
         if isinstance(value, (tuple, list)):
             value = value[0]
         array = value.detach().float().numpy()
         array = array.reshape(-1, array.shape[-1])
-        if rows is not None and array.shape[0] > rows:
-            array = array[:rows]
         self.store.put(name, array)
-        self.seen.append(name)
 
 
 def trace_recorder(plugin, hp, store: ActivationStore, result) -> Recorder:
-    """The recorder for one run of the bundle: its text prefix from the plugin's canonical tensors, its encoder
-    rows from the run (the first item of a batched reference encoder)."""
-    rows = None if result.media_embeds is None else int(result.media_embeds.shape[0])
-    return Recorder(store, text_prefix(plugin.expected_tensors(hp)), encoder_rows=rows)
+    """The recorder for one run of the bundle. An audio tower's rows are the encoder's output rows (its
+    projector works row by row): what is kept of a reference that encodes several inputs as one batch. A vision
+    tower's blocks have more rows than it outputs (the merger joins them) and its reference encodes one image."""
+    audio = result.media_embeds is not None and plugin.facts(hp).modality == "audio"
+    return Recorder(store, int(result.media_embeds.shape[0]) if audio else None)

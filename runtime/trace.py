@@ -203,6 +203,11 @@ class ActivationStore:
     def has(self, name: str) -> bool:
         return self._path(name).is_file()
 
+    def rename(self, name: str, new: str) -> None:
+        """`name` (if stored) becomes `new`."""
+        if self.has(name):
+            self._path(name).replace(self._path(new))
+
     def get(self, name: str) -> np.ndarray:
         return np.load(self._path(name), allow_pickle=False)
 
@@ -263,11 +268,14 @@ def with_float_column(rows: list[BlockRow], float_rows: dict[str, BlockRow]) -> 
     return rows
 
 
-def bundle_trace(runner, result, reference: ActivationStore, outtype: str, onnx_dtype: str) -> Trace:
+def bundle_trace(
+    runner, result, reference: ActivationStore, outtype: str, onnx_dtype: str, encoder_blocks: Trace | None = None
+) -> Trace:
     """The bundle's blocks against the reference's, on the run `result` (its prompt and greedy tokens, which the
     reference scored by teacher forcing). The decoder is fed the reference's encoder rows when the reference has
-    them, so its rows measure the text decoder alone; the encoder's own rows come first."""
-    trace = Trace()
+    them, so its rows measure the text decoder alone. `encoder_blocks`: the encoder's stem and block rows (read
+    from a copy of its graph, converters/encoder_trace.py), which come first."""
+    trace = encoder_blocks or Trace()
     embeds = np.array(result.prompt.embeds, dtype=np.float32)
     start, end = result.prompt.media_span
     if result.media_embeds is not None and reference.has(ENCODER_OUTPUT):

@@ -1,0 +1,162 @@
+"""The bundle's side of the encoder trace: each block's output read from a copy of the ONNX graph.
+
+The graph writers name every initializer after its checkpoint tensor (`model.visual.blocks.3.attn.qkv.weight.5`),
+so a graph's blocks are found from its weights: block k is the run of nodes that read `<...>layers.k.` or
+`<...>blocks.k.` weights. Its input is the activation the first of those nodes reads (a pre-norm block starts
+with its LayerNorm); its output is what the next stage reads first: the next block's LayerNorm, or the tower's
+final norm after the last block. Those values become extra outputs of a copy of the graph (in memory; the
+weights are read from the bundle's file), and the runtime's own encoder code runs the copy, so the host logic
+(the board's chunking and window padding) is the one verification runs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from smt_convert.runtime.trace import ENCODER_BLOCK_TOLERANCE, ActivationStore, BlockRow, compare
+
+BLOCK_WEIGHT = re.compile(r"^(.*?(?:layers|blocks)\.\d+\.)")
+
+
+def encoder_point(prefix: str, what: str = "output") -> str:
+    """Store name of a block's input or output; `prefix` is the block's canonical prefix (`...layers.3.`)."""
+    return f"block:{prefix}{what}"
+
+
+@dataclass
+class TracePoint:
+    label: str  # "stem" or "block 3"
+    store_name: str  # the reference's name for it (encoder_point)
+    value: str  # the ONNX value holding it
+
+
+def trace_points(graph) -> list[TracePoint]:
+    """The stem (input of the first block) and each block's output, from the weights the nodes read."""
+    weights = {i.name for i in graph.initializer}
+    constants = {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+
+    def data_input(node) -> str | None:
+        return next((x for x in node.input if x and x not in weights and x not in constants), None)
+
+    def block_of(node) -> str | None:
+        for name in node.input:
+            m = BLOCK_WEIGHT.match(name) if name in weights else None
+            if m:
+                return m.group(1)
+        return None
+
+    def reads_other_weight(node) -> bool:  # a named checkpoint tensor outside every block (final norm, merger)
+        return any(x in weights and "." in x and not BLOCK_WEIGHT.match(x) for x in node.input)
+
+    points, current = [], None
+    blocks = 0
+    for node in graph.node:
+        block = block_of(node)
+        if block is not None and block != current:
+            value = data_input(node)
+            if value is None:
+                continue
+            if current is None:
+                points.append(TracePoint("stem", encoder_point(block, "input"), value))
+            else:
+                points.append(TracePoint(f"block {blocks - 1}", encoder_point(current, "output"), value))
+            current, blocks = block, blocks + 1
+        elif block is None and current is not None and reads_other_weight(node):
+            value = data_input(node)
+            if value is not None:
+                points.append(TracePoint(f"block {blocks - 1}", encoder_point(current, "output"), value))
+            current = None
+    return points
+
+
+def exposed_session(path: Path, threads: int | None = None):
+    """An onnxruntime session over a copy of the ONNX file at `path` (held in memory, its weights read from the
+    bundle's external data file) with the trace points as extra outputs after the real ones. Returns the
+    session and its points (none: the graph has no blocks to trace)."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path), load_external_data=False)
+    points = trace_points(model.graph)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    for p in points:
+        model.graph.output.append(
+            onnx.helper.make_tensor_value_info(p.value, types.get(p.value, onnx.TensorProto.FLOAT), None)
+        )
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = False  # as runtime/onnx_session.py
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent.resolve()))
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return session, points
+
+
+class RecordingSession:
+    """An onnxruntime session over the exposed copy that answers like the original (its outputs only) and keeps
+    the extra outputs of its last run."""
+
+    def __init__(self, session, points: list[TracePoint]):
+        self.session = session
+        self.points = points
+        self.real = len(session.get_outputs()) - len(points)
+        self.recorded: dict[str, np.ndarray] = {}
+
+    def get_inputs(self):
+        return self.session.get_inputs()
+
+    def get_outputs(self):
+        return self.session.get_outputs()[: self.real]
+
+    def run(self, output_names, feeds):
+        outs = self.session.run(None, feeds)
+        self.recorded = {p.store_name: outs[self.real + i] for i, p in enumerate(self.points)}
+        return outs[: self.real]
+
+
+def encoder_block_rows(
+    runner, features: np.ndarray, reference: ActivationStore, onnx_dtype: str
+) -> tuple[list[BlockRow], list[str]]:
+    """The bundle's encoder on `features` with its blocks exposed, against the reference's blocks. Returns the
+    rows (stem, blocks in order) and notes."""
+    from smt_convert.runtime.audio_encoder import SplitAudioEncoder
+    from smt_convert.runtime.vision_encoder import VisionEncoder
+
+    encoder = runner.encoder()
+    if isinstance(encoder, SplitAudioEncoder):
+        recording = RecordingSession(*exposed_session(encoder.backend_path, runner.threads))
+        encoder.backend = recording
+    elif isinstance(encoder, VisionEncoder):
+        recording = RecordingSession(*exposed_session(encoder.path, runner.threads))
+        encoder.session = recording
+    else:
+        return [], [f"no encoder trace for {type(encoder).__name__}"]
+    try:
+        encoder.encode(features)
+    finally:
+        runner.release()  # the next use opens the bundle's own sessions again
+    rows, notes = [], []
+    tolerance = ENCODER_BLOCK_TOLERANCE[onnx_dtype]
+    for p in recording.points:
+        if not reference.has(p.store_name):
+            notes.append(f"encoder {p.label}: the reference has no {p.store_name}")
+            continue
+        ours, ref = _2d(recording.recorded[p.store_name]), _2d(reference.get(p.store_name))
+        if ours.shape[0] > ref.shape[0] and ours.shape[1:] == ref.shape[1:]:  # the bundle's window padding
+            note = f"encoder blocks: the first {ref.shape[0]} rows compared (the rest are the graph's window padding)"
+            if note not in notes:
+                notes.append(note)
+            ours = ours[: ref.shape[0]]
+        rows.append(compare("encoder", p.label, ours, ref, tolerance))
+    return rows, notes
+
+
+def _2d(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x.reshape(-1, x.shape[-1])
