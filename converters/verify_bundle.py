@@ -68,7 +68,7 @@ def reference_rows_and_trace(runner, reference_dir: Path, max_new_tokens: int, r
         rows, _, _ = _compare(plugin, ckpt, hp, runner, media, result, max_new_tokens, report, recorder)
         if report is not None:
             report.step("tracing the bundle block by block")
-        traced = trace_run(runner, media, result, recorder.store)
+        traced = trace_run(runner, media, result, recorder.store, plugin.lossy_nmse_scale)
         runner.release()
     return rows, traced
 
@@ -90,10 +90,10 @@ def _compare(plugin, ckpt, hp, runner, media, result, max_new_tokens, report, re
     )
 
 
-def trace_run(runner, media, result, store: ActivationStore) -> Trace:
+def trace_run(runner, media, result, store: ActivationStore, scale: float = 1.0) -> Trace:
     """The bundle's side of a trace: encoder blocks (from an exposed copy of the graph), then the decoder."""
     manifest = runner.manifest
     blocks = Trace()
     if media is not None:
         blocks.rows, blocks.notes = encoder_block_rows(runner, runner.features(media), store, manifest["onnx_dtype"])
-    return bundle_trace(runner, result, store, manifest["text"]["outtype"], manifest["onnx_dtype"], blocks)
+    return bundle_trace(runner, result, store, manifest["text"]["outtype"], manifest["onnx_dtype"], blocks, scale)

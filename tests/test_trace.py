@@ -1,0 +1,173 @@
+"""The divergence trace names the block a fault is in, for every family's encoder and decoder.
+
+Faults are injected into a copy of a converted bundle (a GGUF tensor or an ONNX initializer edited in place, the
+manifest's hashes updated so `verify` runs), and the reference is the untouched checkpoint through transformers:
+the trace must name exactly the faulty block first, and a clean bundle must report no block outside tolerance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from smt_convert.main import cli
+from smt_convert.testing.checkpoints import make_tiny_paddleocr_vl, make_tiny_qwen3_5, make_tiny_qwen3_asr
+
+# family -> (command, builder, extra options)
+FAMILIES = {
+    "qwen3-asr": ("qwen3-asr", make_tiny_qwen3_asr, []),
+    "qwen3.5": ("qwen3.5", make_tiny_qwen3_5, []),
+    "paddleocr-vl": ("paddleocr-vl", make_tiny_paddleocr_vl, ["--image-size", "112"]),
+}
+# family -> encoder block 1's (first LayerNorm weight, MLP output projection weight), canonical names
+ENCODER_BLOCK_1 = {
+    "qwen3-asr": ("model.audio_tower.layers.1.self_attn_layer_norm.weight", "model.audio_tower.layers.1.fc2.weight"),
+    "qwen3.5": ("model.visual.blocks.1.norm1.weight", "model.visual.blocks.1.mlp.linear_fc2.weight"),
+    "paddleocr-vl": (
+        "model.visual.vision_model.encoder.layers.1.layer_norm1.weight",
+        "model.visual.vision_model.encoder.layers.1.mlp.fc2.weight",
+    ),
+}
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """name -> (checkpoint, {(outtype, onnx_dtype): bundle}), converted once per module."""
+    root = tmp_path_factory.mktemp("trace")
+    made = {}
+
+    def get(name: str, outtype: str = "f32", onnx_dtype: str = "fp32"):
+        command, build, extra = FAMILIES[name]
+        ckpt, bundles = made.setdefault(name, (root / f"ckpt-{name}", {}))
+        if not ckpt.exists():
+            build(ckpt)
+        key = (outtype, onnx_dtype)
+        if key not in bundles:
+            out = root / f"{name}-{outtype}-{onnx_dtype}"
+            result = invoke(
+                "-q", command, ckpt, out, "--outtype", outtype, "--onnx-dtype", onnx_dtype, "--no-verify", *extra
+            )
+            assert result.exit_code == 0, result.output
+            bundles[key] = out
+        return ckpt, bundles[key]
+
+    return get
+
+
+def faulty_copy(bundle: Path, dest: Path, edit) -> Path:
+    """A copy of `bundle` with `edit(copy)` applied and the manifest's sizes and hashes updated."""
+    shutil.copytree(bundle, dest)
+    edit(dest)
+    manifest_path = dest / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for entry in manifest["files"]:
+        data = (dest / entry["path"]).read_bytes()
+        entry["size"], entry["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    manifest_path.write_text(json.dumps(manifest, indent=1))
+    return dest
+
+
+def gguf_edit(names_fn):
+    """An edit of the bundle's GGUF: `names_fn(tensors)` changes f32 tensors (name -> array view) in place."""
+
+    def edit(bundle: Path):
+        from gguf import GGUFReader
+
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        reader = GGUFReader(bundle / manifest["text"]["file"], "r+")
+        names_fn({t.name: t.data for t in reader.tensors})
+        reader.data.flush()
+        del reader
+
+    return edit
+
+
+def onnx_edit(prefix: str, change):
+    """An edit of the ONNX file holding the initializer starting with `prefix`: `change(array) -> array`."""
+
+    def edit(bundle: Path):
+        import onnx
+        from onnx import numpy_helper
+
+        for path in sorted(bundle.glob("*.onnx")):
+            model = onnx.load(str(path))
+            hits = [i for i in model.graph.initializer if i.name.startswith(prefix)]
+            if not hits:
+                continue
+            init = hits[0]
+            array = numpy_helper.to_array(init)
+            init.CopyFrom(numpy_helper.from_array(change(array).astype(array.dtype), init.name))
+            data = path.with_name(path.name + ".data")
+            data.unlink(missing_ok=True)
+            onnx.save(model, str(path), save_as_external_data=True, location=data.name, all_tensors_to_one_file=True)
+            return
+        raise AssertionError(f"no initializer {prefix}*")
+
+    return edit
+
+
+def trace_of(bundle: Path, ckpt: Path) -> tuple[int, dict]:
+    result = invoke("-q", "verify", bundle, "--reference", ckpt, "--trace", "--json", "--max-new-tokens", 6)
+    return result.exit_code, json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_clean_bundle_has_no_block_outside_tolerance(converted, name):
+    ckpt, bundle = converted(name)
+    code, doc = trace_of(bundle, ckpt)
+    trace = doc["trace"]
+    assert code == 0 and trace["ok"] and trace["first_out_of_tolerance"] is None, trace
+    blocks = [(r["part"], r["block"]) for r in trace["rows"]]
+    assert ("text", "layer 0") in blocks and ("text", "logits") in blocks
+    assert ("encoder", "stem") in blocks and ("encoder", "block 1") in blocks and ("encoder", "output") in blocks
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_scaled_norm_in_a_decoder_layer_is_named_first(converted, name, tmp_path):
+    ckpt, bundle = converted(name)
+
+    def scale(tensors):
+        tensors["blk.1.attn_norm.weight"][...] *= 1.5
+
+    code, doc = trace_of(faulty_copy(bundle, tmp_path / "bad", gguf_edit(scale)), ckpt)
+    assert code == 1 and doc["trace"]["first_out_of_tolerance"] == "text layer 1", doc["trace"]
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_swapped_weight_in_a_decoder_layer_is_named_first(converted, name, tmp_path):
+    ckpt, bundle = converted(name)
+
+    def swap(tensors):  # layer 0's FFN down projection replaced by layer 1's
+        tensors["blk.0.ffn_down.weight"][...] = np.array(tensors["blk.1.ffn_down.weight"])
+
+    code, doc = trace_of(faulty_copy(bundle, tmp_path / "bad", gguf_edit(swap)), ckpt)
+    assert code == 1 and doc["trace"]["first_out_of_tolerance"] == "text layer 0", doc["trace"]
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_scaled_norm_in_an_encoder_block_is_named_first(converted, name, tmp_path):
+    ckpt, bundle = converted(name)
+    norm, _ = ENCODER_BLOCK_1[name]
+    code, doc = trace_of(faulty_copy(bundle, tmp_path / "bad", onnx_edit(norm, lambda w: w * 1.5)), ckpt)
+    assert code == 1 and doc["trace"]["first_out_of_tolerance"] == "encoder block 1", doc["trace"]
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_fp16_overflow_in_an_encoder_block_is_named_first(converted, name, tmp_path):
+    """An fp16 encoder whose block 1 overflows (its MLP output made 3e4 times larger: beyond fp16's 65504)."""
+    ckpt, bundle = converted(name, "f16", "fp16")
+    _, fc2 = ENCODER_BLOCK_1[name]
+    code, doc = trace_of(faulty_copy(bundle, tmp_path / "bad", onnx_edit(fc2, lambda w: w * 3e4)), ckpt)
+    first = next(r for r in doc["trace"]["rows"] if not r["ok"])
+    assert code == 1 and (first["part"], first["block"]) == ("encoder", "block 1"), doc["trace"]
+    assert first["rel_error"] == "inf" or first["rel_error"] > 1.0
