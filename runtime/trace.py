@@ -137,7 +137,7 @@ class Trace:
         body, prev = [], {}
         for r in self.rows:
             before = prev.get(r.part)
-            growth = f"x{r.rel_error / before:.2f}" if before and np.isfinite(r.rel_error) else "-"
+            growth = f"x{r.rel_error / before:.3g}" if before and np.isfinite(r.rel_error) else "-"
             prev[r.part] = r.rel_error if r.rel_error > 0 else None
             mark = "<-- first" if r is first else ("out" if not r.ok else "")
             cells = [

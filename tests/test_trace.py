@@ -164,10 +164,10 @@ def test_scaled_norm_in_an_encoder_block_is_named_first(converted, name, tmp_pat
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_fp16_overflow_in_an_encoder_block_is_named_first(converted, name, tmp_path):
-    """An fp16 encoder whose block 1 overflows (its MLP output made 3e4 times larger: beyond fp16's 65504)."""
+    """An fp16 encoder whose block 1 overflows (its MLP output made 1e5 times larger: beyond fp16's 65504)."""
     ckpt, bundle = converted(name, "f16", "fp16")
     _, fc2 = ENCODER_BLOCK_1[name]
-    code, doc = trace_of(faulty_copy(bundle, tmp_path / "bad", onnx_edit(fc2, lambda w: w * 3e4)), ckpt)
+    code, doc = trace_of(faulty_copy(bundle, tmp_path / "bad", onnx_edit(fc2, lambda w: w * 1e5)), ckpt)
     first = next(r for r in doc["trace"]["rows"] if not r["ok"])
     assert code == 1 and (first["part"], first["block"]) == ("encoder", "block 1"), doc["trace"]
-    assert first["rel_error"] == "inf" or first["rel_error"] > 1.0
+    assert first["rel_error"] == "inf", first  # the overflow itself, where it happened
