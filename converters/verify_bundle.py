@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 
 from smt_convert.converters.checkpoint import Checkpoint
-from smt_convert.converters.encoder_trace import encoder_block_rows
 from smt_convert.converters.convert import ConvertOptions, _json_default
 from smt_convert.converters.plugin import detect_plugin, get_plugin
 from smt_convert.converters.reference import compare_with_reference
@@ -15,7 +14,8 @@ from smt_convert.converters.trace_reference import trace_recorder
 from smt_convert.runtime.bundle import GOLDEN_DIR, read_json
 from smt_convert.runtime.errors import SmtError
 from smt_convert.runtime.media import modality
-from smt_convert.runtime.trace import ActivationStore, Trace, bundle_trace
+from smt_convert.converters.trace_bundle import trace_run
+from smt_convert.runtime.trace import ActivationStore
 
 
 # How a checkpoint is laid out and how its tie flags were written may differ between copies of the same model
@@ -88,12 +88,3 @@ def _compare(plugin, ckpt, hp, runner, media, result, max_new_tokens, report, re
         report=report,
         recorder=recorder,
     )
-
-
-def trace_run(runner, media, result, store: ActivationStore, scale: float = 1.0) -> Trace:
-    """The bundle's side of a trace: encoder blocks (from an exposed copy of the graph), then the decoder."""
-    manifest = runner.manifest
-    blocks = Trace()
-    if media is not None:
-        blocks.rows, blocks.notes = encoder_block_rows(runner, runner.features(media), store, manifest["onnx_dtype"])
-    return bundle_trace(runner, result, store, manifest["text"]["outtype"], manifest["onnx_dtype"], blocks, scale)

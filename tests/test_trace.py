@@ -171,3 +171,29 @@ def test_fp16_overflow_in_an_encoder_block_is_named_first(converted, name, tmp_p
     first = next(r for r in doc["trace"]["rows"] if not r["ok"])
     assert code == 1 and (first["part"], first["block"]) == ("encoder", "block 1"), doc["trace"]
     assert first["rel_error"] == "inf", first  # the overflow itself, where it happened
+
+
+def test_failing_conversion_names_the_block_in_its_table_and_manifest(converted, tmp_path, monkeypatch):
+    """A conversion whose GGUF gets a scaled norm in layer 1 (the plugin's transform patched) fails verification,
+    and its table and manifest say where: text layer 1."""
+    from smt_convert.converters.plugin import get_plugin
+
+    plugin_cls = type(get_plugin("qwen3-asr"))
+    original = plugin_cls.text_tensors
+
+    def faulty(self, hp):
+        tensors = original(self, hp)
+        for t in tensors:
+            if t.name == "blk.1.attn_norm.weight":
+                t.transform = lambda *arrays, base=t.transform: (base(*arrays) if base else arrays[0]) * 1.5
+        return tensors
+
+    monkeypatch.setattr(plugin_cls, "text_tensors", faulty)
+    ckpt, _ = converted("qwen3-asr")
+    out = tmp_path / "bad"
+    result = invoke("-q", "qwen3-asr", ckpt, out, "--outtype", "f32")
+    assert result.exit_code == 1, result.output
+    assert "text layer 1" in result.stdout
+    rows = json.loads((out / "manifest.json").read_text())["verification"]["rows"]
+    trace = next(r for r in rows if r["check"] == "trace")
+    assert trace["value"] == "text layer 1" and not trace["gate"], trace
