@@ -627,10 +627,17 @@ def _run_segments(ctx, runner, wave, pieces, context, language, max_new_tokens, 
     help="With --reference: also compare every block (encoder stages, decoder layers) with the Hugging Face "
     "model's and name the first outside tolerance.",
 )
+@click.option(
+    "--float-bundle",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --trace on a quantised bundle: a float bundle of the same checkpoint, run alongside; the trace "
+    "then separates conversion error (float vs the reference) from quantisation error (this bundle vs float).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the rows (and the trace) as JSON.")
 @_verbosity_options
 @click.pass_context
-def verify(ctx, bundle, reference, revision, max_new_tokens, trace, as_json):
+def verify(ctx, bundle, reference, revision, max_new_tokens, trace, float_bundle, as_json):
     """Re-verify BUNDLE: file hashes, golden vectors, and optionally the Hugging Face reference."""
     from smt_convert.runtime.bundle import Bundle
     from smt_convert.runtime.errors import VerificationFailed
@@ -640,6 +647,8 @@ def verify(ctx, bundle, reference, revision, max_new_tokens, trace, as_json):
         raise SmtError("--revision: applies to a Hugging Face repo id given as --reference")
     if trace and reference is None:
         raise SmtError("--trace: needs --reference CHECKPOINT (the model to trace the bundle against)")
+    if float_bundle is not None and not trace:
+        raise SmtError("--float-bundle: applies to --trace")
     if reference is not None:  # resolved (fetched) first: a wrong repo id fails before the goldens run
         reference = _resolve_checkpoint(ctx, reference, revision, what="--reference").directory
     rows = hash_rows(Bundle.open(bundle))
@@ -652,7 +661,9 @@ def verify(ctx, bundle, reference, revision, max_new_tokens, trace, as_json):
         if reference is not None:
             from smt_convert.converters.verify_bundle import reference_rows_and_trace
 
-            more, traced = reference_rows_and_trace(runner, reference, max_new_tokens, _reporter(ctx), trace)
+            more, traced = reference_rows_and_trace(
+                runner, reference, max_new_tokens, _reporter(ctx), trace, float_bundle
+            )
             rows += more
     if as_json:
         document = {"rows": [r.to_dict() for r in rows], "passed": all(r.ok for r in rows)}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smt_convert.runtime.trace import ENCODER_BLOCK_TOLERANCE, ActivationStore, BlockRow, compare
+from smt_convert.runtime.trace import ENCODER_BLOCK_TOLERANCE, ActivationStore, BlockRow, against_float, compare
 
 BLOCK_WEIGHT = re.compile(r"^(.*?(?:layers|blocks)\.\d+\.)")
 
@@ -121,10 +121,16 @@ class RecordingSession:
 
 
 def encoder_block_rows(
-    runner, features: np.ndarray, reference: ActivationStore, onnx_dtype: str
-) -> tuple[list[BlockRow], list[str]]:
+    runner,
+    features: np.ndarray,
+    reference: ActivationStore,
+    onnx_dtype: str,
+    keep: ActivationStore | None = None,
+    float_blocks: ActivationStore | None = None,
+) -> tuple[list[BlockRow], list[str], np.ndarray]:
     """The bundle's encoder on `features` with its blocks exposed, against the reference's blocks. Returns the
-    rows (stem, blocks in order) and notes."""
+    rows (stem, blocks in order), notes and the encoder's output rows. `keep` and `float_blocks`: as
+    runtime/trace.py's decoder_trace."""
     from smt_convert.runtime.audio_encoder import SplitAudioEncoder
     from smt_convert.runtime.vision_encoder import VisionEncoder
 
@@ -136,9 +142,9 @@ def encoder_block_rows(
         recording = RecordingSession(*exposed_session(encoder.path, runner.threads))
         encoder.session = recording
     else:
-        return [], [f"no encoder trace for {type(encoder).__name__}"]
+        return [], [f"no encoder trace for {type(encoder).__name__}"], runner.encode(features)
     try:
-        encoder.encode(features)
+        output = encoder.encode(features)
     finally:
         runner.release()  # the next use opens the bundle's own sessions again
     rows, notes = [], []
@@ -153,8 +159,10 @@ def encoder_block_rows(
             if note not in notes:
                 notes.append(note)
             ours = ours[: ref.shape[0]]
-        rows.append(compare("encoder", p.label, ours, ref, tolerance))
-    return rows, notes
+        if keep is not None:
+            keep.put(p.store_name, ours)
+        rows.append(against_float(compare("encoder", p.label, ours, ref, tolerance), p.store_name, ours, float_blocks))
+    return rows, notes, output
 
 
 def _2d(x: np.ndarray) -> np.ndarray:

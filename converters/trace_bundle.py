@@ -7,6 +7,7 @@ trace's one-line summary (the first block outside tolerance) in its table and ma
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -18,13 +19,41 @@ from smt_convert.runtime.trace import ActivationStore, Trace, bundle_trace
 from smt_convert.runtime.verify import Row
 
 
-def trace_run(runner, media, result, store: ActivationStore, scale: float = 1.0) -> Trace:
-    """The bundle's side of a trace: encoder blocks (from an exposed copy of the graph), then the decoder."""
+def trace_run(
+    runner,
+    media,
+    result,
+    store: ActivationStore,
+    scale: float = 1.0,
+    keep: ActivationStore | None = None,
+    float_blocks: ActivationStore | None = None,
+) -> Trace:
+    """The bundle's side of a trace: encoder blocks (from an exposed copy of the graph), then the decoder.
+    `keep`/`float_blocks`: runtime/trace.py's decoder_trace."""
     manifest = runner.manifest
     blocks = Trace()
-    if media is not None:
-        blocks.rows, blocks.notes = encoder_block_rows(runner, runner.features(media), store, manifest["onnx_dtype"])
-    return bundle_trace(runner, result, store, manifest["text"]["outtype"], manifest["onnx_dtype"], blocks, scale)
+    if media is not None:  # this bundle's encoder output (a float bundle's differs from the run's)
+        blocks.rows, blocks.notes, encoded = encoder_block_rows(
+            runner, runner.features(media), store, manifest["onnx_dtype"], keep, float_blocks
+        )
+        result = dataclasses.replace(result, media_embeds=encoded)
+    outtype, onnx_dtype = manifest["text"]["outtype"], manifest["onnx_dtype"]
+    return bundle_trace(runner, result, store, outtype, onnx_dtype, blocks, scale, keep, float_blocks)
+
+
+def trace_with_float(runner, float_runner, media, result, store: ActivationStore, scale: float = 1.0) -> Trace:
+    """A quantised bundle's trace with its float bundle alongside: the float bundle runs the same input first
+    (its blocks kept on disk, one at a time), then each of this bundle's blocks is compared with the reference
+    and with the float bundle's. The float bundle's own errors become the conversion-error column."""
+    from smt_convert.runtime.trace import with_conversion_error
+
+    floats = ActivationStore(store.root / "float")
+    float_trace = trace_run(float_runner, media, result, store, scale, keep=floats)
+    float_runner.release()
+    traced = trace_run(runner, media, result, store, scale, float_blocks=floats)
+    with_conversion_error(traced.rows, float_trace.rows)
+    traced.notes.append(f"float bundle: {float_runner.bundle.root} ({float_runner.manifest['text']['outtype']})")
+    return traced
 
 
 def trace_after_failure(plugin, ckpt, hp, runner, media, result) -> Trace:

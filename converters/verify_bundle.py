@@ -14,7 +14,7 @@ from smt_convert.converters.trace_reference import trace_recorder
 from smt_convert.runtime.bundle import GOLDEN_DIR, read_json
 from smt_convert.runtime.errors import SmtError
 from smt_convert.runtime.media import modality
-from smt_convert.converters.trace_bundle import trace_run
+from smt_convert.converters.trace_bundle import trace_run, trace_with_float
 from smt_convert.runtime.trace import ActivationStore
 
 
@@ -33,8 +33,11 @@ def reference_rows_for_bundle(runner, reference_dir: Path, max_new_tokens: int, 
     return reference_rows_and_trace(runner, reference_dir, max_new_tokens, report)[0]
 
 
-def reference_rows_and_trace(runner, reference_dir: Path, max_new_tokens: int, report, trace: bool = False):
-    """The reference rows and, with `trace`, the block-by-block trace from the same reference pass."""
+def reference_rows_and_trace(
+    runner, reference_dir: Path, max_new_tokens: int, report, trace: bool = False, float_bundle: Path | None = None
+):
+    """The reference rows and, with `trace`, the block-by-block trace from the same reference pass; with
+    `float_bundle` (a float conversion of the same checkpoint) the trace's conversion/quantisation columns."""
     manifest = runner.manifest
     plugin = get_plugin(manifest["architecture"])
     ckpt = Checkpoint.open(reference_dir)
@@ -68,7 +71,11 @@ def reference_rows_and_trace(runner, reference_dir: Path, max_new_tokens: int, r
         rows, _, _ = _compare(plugin, ckpt, hp, runner, media, result, max_new_tokens, report, recorder)
         if report is not None:
             report.step("tracing the bundle block by block")
-        traced = trace_run(runner, media, result, recorder.store, plugin.lossy_nmse_scale)
+        if float_bundle is None:
+            traced = trace_run(runner, media, result, recorder.store, plugin.lossy_nmse_scale)
+        else:
+            float_runner = float_bundle_runner(float_bundle, runner)
+            traced = trace_with_float(runner, float_runner, media, result, recorder.store, plugin.lossy_nmse_scale)
         runner.release()
     return rows, traced
 
@@ -88,3 +95,23 @@ def _compare(plugin, ckpt, hp, runner, media, result, max_new_tokens, report, re
         report=report,
         recorder=recorder,
     )
+
+
+FLOAT_TYPES = ("f32", "f16", "bf16")
+
+
+def float_bundle_runner(path: Path, runner):
+    """The runner of `--float-bundle`: a float text type, the same model and host path as the traced bundle."""
+    from smt_convert.runtime.pipeline import BundleRunner
+
+    other = BundleRunner(path, host=runner.host)
+    where = path / "manifest.json"
+    outtype = other.manifest["text"]["outtype"]
+    if outtype not in FLOAT_TYPES:
+        raise SmtError(f"{where}: text.outtype: {outtype} is not a float type ({', '.join(FLOAT_TYPES)})")
+    for key in ("architecture", "hparams", "prompt"):
+        if _model_identity(other.manifest[key]) != _model_identity(runner.manifest[key]):
+            raise SmtError(
+                f"{where}: {key}: differs from the traced bundle's; --float-bundle must convert the same model"
+            )
+    return other

@@ -17,7 +17,6 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -54,8 +53,9 @@ def text_tolerance(outtype: str, scale: float = 1.0) -> float:
 
 @dataclass
 class BlockRow:
-    """One block's comparison. `float_rel_error` (quantised bundles) is the same block against the float
-    bundle: conversion error is the float bundle's column, quantisation error the difference."""
+    """One block's comparison. With a float bundle alongside a quantised one (`verify --float-bundle`):
+    `conversion_error` is the float bundle's relative error against the reference (what conversion alone
+    costs), `quantisation_error` this bundle's against the float bundle (what quantisation adds)."""
 
     part: str  # "encoder" or "text"
     block: str  # "layer 3", "embeddings", "logits", an encoder stage's name
@@ -64,7 +64,8 @@ class BlockRow:
     max_abs: float
     where: tuple[int, int]  # (row, channel) of max_abs
     tolerance: float
-    float_rel_error: float | None = None
+    conversion_error: float | None = None
+    quantisation_error: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -80,7 +81,8 @@ class BlockRow:
             "where": list(self.where),
             "tolerance": self.tolerance,
             "ok": self.ok,
-            "float_rel_error": None if self.float_rel_error is None else _num(self.float_rel_error),
+            "conversion_error": None if self.conversion_error is None else _num(self.conversion_error),
+            "quantisation_error": None if self.quantisation_error is None else _num(self.quantisation_error),
         }
 
 
@@ -129,10 +131,10 @@ class Trace:
     def format(self) -> str:
         """The table: one row per block, growth over the previous block of the same part, the first block
         outside tolerance marked `<-- first`."""
-        quantised = any(r.float_rel_error is not None for r in self.rows)
+        quantised = any(r.quantisation_error is not None for r in self.rows)
         header = ["part", "block", "rel error", "growth", "cosine", "max abs", "at (row, ch)", "tolerance", ""]
         if quantised:
-            header.insert(3, "vs float")
+            header[3:3] = ["float vs ref", "vs float"]
         first = self.first_out
         body, prev = [], {}
         for r in self.rows:
@@ -152,12 +154,16 @@ class Trace:
                 mark,
             ]
             if quantised:
-                cells.insert(3, "-" if r.float_rel_error is None else f"{r.float_rel_error:.3g}")
+                cells[3:3] = [_g(r.conversion_error), _g(r.quantisation_error)]
             body.append(cells)
         widths = [max(len(c) for c in col) for col in zip(header, *body)]
         line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
         out = [line(header), line(["-" * w for w in widths])] + [line(b) for b in body]
         return "\n".join(out + [self.summary()] + [f"note: {n}" for n in self.notes])
+
+
+def _g(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
 
 
 def compare(part: str, block: str, x: np.ndarray, ref: np.ndarray, tolerance: float) -> BlockRow:
@@ -235,11 +241,12 @@ def decoder_trace(
     continuation: list[int],
     reference: ActivationStore,
     tolerance: float,
-    keep: Callable[[str, np.ndarray], None] | None = None,
+    keep: ActivationStore | None = None,
+    float_blocks: ActivationStore | None = None,
 ) -> list[BlockRow]:
     """The runtime decoder over prompt + continuation (teacher-forced, one pass) against the reference's
-    embeddings, each layer's hidden state and the logits. `keep(name, x)` also receives each block (the float
-    bundle's activations, kept for a quantised bundle's third column)."""
+    embeddings, each layer's hidden state and the logits. `keep` also stores each block (a float bundle's, for a
+    quantised bundle's columns); `float_blocks` are those, compared as the quantisation error."""
     from smt_convert.runtime.decoders.qwen3vl import as_mrope_positions
 
     x = np.asarray(embeds, dtype=np.float32)
@@ -253,9 +260,11 @@ def decoder_trace(
 
     def seen(name: str, label: str, value: np.ndarray) -> None:
         if keep is not None:
-            keep(name, value)
+            keep.put(name, value)
         if reference.has(name):
-            rows.append(compare("text", label, value, reference.get(name), tolerance))
+            rows.append(
+                against_float(compare("text", label, value, reference.get(name), tolerance), name, value, float_blocks)
+            )
 
     seen(EMBEDDINGS, "embeddings", x)
     logits = decoder.forward(
@@ -265,13 +274,29 @@ def decoder_trace(
     return rows
 
 
-def with_float_column(rows: list[BlockRow], float_rows: dict[str, BlockRow]) -> list[BlockRow]:
-    """Add the third column: each block of the quantised bundle against the float bundle (same block name)."""
+def against_float(row: BlockRow, name: str, value: np.ndarray, float_blocks: ActivationStore | None) -> BlockRow:
+    """`row` with its quantisation error: `value` against the float bundle's block `name`, when there is one."""
+    if float_blocks is not None and float_blocks.has(name):
+        row.quantisation_error = compare(row.part, row.block, value, float_blocks.get(name), row.tolerance).rel_error
+    return row
+
+
+def with_conversion_error(rows: list[BlockRow], float_rows: list[BlockRow]) -> list[BlockRow]:
+    """Each block's conversion error: the float bundle's relative error on the same block."""
+    errors = {(r.part, r.block): r.rel_error for r in float_rows}
     for r in rows:
-        match = float_rows.get(f"{r.part} {r.block}")
-        if match is not None:
-            r.float_rel_error = match.rel_error
+        r.conversion_error = errors.get((r.part, r.block))
     return rows
+
+
+def decoder_inputs(decoder, prompt, media_rows: np.ndarray | None) -> np.ndarray:
+    """The prompt's embeddings from `decoder`'s own table with `media_rows` at the media span: the same input
+    for every bundle compared (a quantised bundle and its float one differ in their token embeddings)."""
+    embeds = decoder.embed(np.asarray(prompt.placeholder_ids))
+    start, end = prompt.media_span
+    if media_rows is not None and end > start:
+        embeds[start:end] = media_rows
+    return embeds
 
 
 def bundle_trace(
@@ -282,23 +307,36 @@ def bundle_trace(
     onnx_dtype: str,
     encoder_blocks: Trace | None = None,
     scale: float = 1.0,
+    keep: ActivationStore | None = None,
+    float_blocks: ActivationStore | None = None,
 ) -> Trace:
     """The bundle's blocks against the reference's, on the run `result` (its prompt and greedy tokens, which the
     reference scored by teacher forcing). The decoder is fed the reference's encoder rows when the reference has
     them, so its rows measure the text decoder alone. `scale`: text_tolerance's. `encoder_blocks`: the encoder's
-    stem and block rows (read from a copy of its graph, converters/encoder_trace.py), which come first."""
+    stem and block rows (read from a copy of its graph, converters/encoder_trace.py), which come first. `keep`
+    and `float_blocks`: see decoder_trace."""
     trace = encoder_blocks or Trace()
-    embeds = np.array(result.prompt.embeds, dtype=np.float32)
     start, end = result.prompt.media_span
-    if result.media_embeds is not None and reference.has(ENCODER_OUTPUT):
+    media = result.media_embeds
+    if media is not None and reference.has(ENCODER_OUTPUT):
         ref_rows = reference.get(ENCODER_OUTPUT)
-        trace.rows.append(
-            compare("encoder", "output", result.media_embeds, ref_rows, ENCODER_BLOCK_TOLERANCE[onnx_dtype])
-        )
-        if ref_rows.shape == (end - start, embeds.shape[1]):
-            embeds[start:end] = ref_rows
+        tolerance = ENCODER_BLOCK_TOLERANCE[onnx_dtype]
+        if keep is not None:
+            keep.put(ENCODER_OUTPUT, media)
+        row = compare("encoder", "output", media, ref_rows, tolerance)
+        trace.rows.append(against_float(row, ENCODER_OUTPUT, media, float_blocks))
+        if ref_rows.shape == (end - start, media.shape[1]):
+            media = ref_rows
             trace.notes.append("the text decoder was fed the reference's encoder rows: its rows are its own error")
+    decoder = runner.decoder
     trace.rows += decoder_trace(
-        runner.decoder, embeds, result.prompt.positions, list(result.tokens), reference, text_tolerance(outtype, scale)
+        decoder,
+        decoder_inputs(decoder, result.prompt, media),
+        result.prompt.positions,
+        list(result.tokens),
+        reference,
+        text_tolerance(outtype, scale),
+        keep,
+        float_blocks,
     )
     return trace
