@@ -197,3 +197,31 @@ def test_failing_conversion_names_the_block_in_its_table_and_manifest(converted,
     rows = json.loads((out / "manifest.json").read_text())["verification"]["rows"]
     trace = next(r for r in rows if r["check"] == "trace")
     assert trace["value"] == "text layer 1" and not trace["gate"], trace
+
+
+def test_quantised_trace_separates_conversion_from_quantisation(converted):
+    """A q8_0 / int8 Qwen3.5 bundle traced with its f32 / fp32 bundle alongside: the float bundle's column (the
+    conversion error) is at float rounding everywhere, this bundle's error against the float bundle (the
+    quantisation error) is what its error against the reference is made of."""
+    ckpt, quantised = converted("qwen3.5", "q8_0", "int8")
+    _, float_bundle = converted("qwen3.5")
+    result = invoke("-q", "verify", quantised, "--reference", ckpt, "--trace", "--json", "--float-bundle", float_bundle)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["trace"]["rows"]
+    assert {(r["part"], r["block"]) for r in rows} >= {("encoder", "block 1"), ("text", "layer 3")}
+    for r in rows:
+        assert r["conversion_error"] < 1e-4, r
+        if r["block"] not in ("stem", "embeddings"):  # int8 keeps the patch convolution float; q8_0 rows are near
+            assert r["quantisation_error"] > 1e-3, r
+            assert abs(r["quantisation_error"] - r["rel_error"]) < 0.1 * r["rel_error"], r
+
+
+def test_trace_options_need_their_companions(converted, tmp_path):
+    ckpt, bundle = converted("qwen3-asr")
+    result = invoke("verify", bundle, "--trace")
+    assert result.exit_code == 2 and "--trace: needs --reference" in result.output
+    result = invoke("verify", bundle, "--reference", ckpt, "--float-bundle", bundle)
+    assert result.exit_code == 2 and "--float-bundle: applies to --trace" in result.output
+    _, quantised = converted("qwen3-asr", "q8_0", "fp32")
+    result = invoke("verify", bundle, "--reference", ckpt, "--trace", "--float-bundle", quantised)
+    assert result.exit_code == 2 and "text.outtype: q8_0 is not a float type" in result.output
