@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from smt_convert.runtime.errors import SmtError, first_line
 from smt_convert.runtime.trace import ENCODER_BLOCK_TOLERANCE, ActivationStore, BlockRow, against_float, compare
 
 BLOCK_WEIGHT = re.compile(r"^(.*?(?:layers|blocks)\.\d+\.)")
@@ -35,41 +36,39 @@ class TracePoint:
 
 
 def trace_points(graph) -> list[TracePoint]:
-    """The stem (input of the first block) and each block's output, from the weights the nodes read."""
+    """The stem (input of the first block) and each block's output, from the weights the nodes read: block k's
+    output is what the first node after its last weight-reading node that reads a named weight (the next block's
+    norm, a final norm, a merger) takes as its activation; weights shared by every block (read inside them) and a
+    stage between blocks (read after one) leave that unchanged."""
     weights = {i.name for i in graph.initializer}
     constants = {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    nodes = list(graph.node)
 
     def data_input(node) -> str | None:
         return next((x for x in node.input if x and x not in weights and x not in constants), None)
 
-    def block_of(node) -> str | None:
-        for name in node.input:
-            m = BLOCK_WEIGHT.match(name) if name in weights else None
+    def named_weights(node) -> list[str]:  # checkpoint tensors (canonical dotted names), not "const_12"
+        return [x for x in node.input if x in weights and "." in x]
+
+    last, first = {}, {}  # block prefix -> index of its last / first weight-reading node
+    for i, node in enumerate(nodes):
+        for name in named_weights(node):
+            m = BLOCK_WEIGHT.match(name)
             if m:
-                return m.group(1)
-        return None
-
-    def reads_other_weight(node) -> bool:  # a named checkpoint tensor outside every block (final norm, merger)
-        return any(x in weights and "." in x and not BLOCK_WEIGHT.match(x) for x in node.input)
-
-    points, current = [], None
-    blocks = 0
-    for node in graph.node:
-        block = block_of(node)
-        if block is not None and block != current:
-            value = data_input(node)
-            if value is None:
-                continue
-            if current is None:
-                points.append(TracePoint("stem", encoder_point(block, "input"), value))
-            else:
-                points.append(TracePoint(f"block {blocks - 1}", encoder_point(current, "output"), value))
-            current, blocks = block, blocks + 1
-        elif block is None and current is not None and reads_other_weight(node):
-            value = data_input(node)
-            if value is not None:
-                points.append(TracePoint(f"block {blocks - 1}", encoder_point(current, "output"), value))
-            current = None
+                first.setdefault(m.group(1), i)
+                last[m.group(1)] = i
+    if not first:
+        return []
+    stem_block = min(first, key=first.get)
+    value = data_input(nodes[first[stem_block]])
+    points = [TracePoint("stem", encoder_point(stem_block, "input"), value)] if value else []
+    readers = [i for i, node in enumerate(nodes) if named_weights(node)]
+    for block in sorted(last, key=last.get):
+        after = next((i for i in readers if i > last[block]), None)
+        value = data_input(nodes[after]) if after is not None else None
+        if value is not None:
+            index = re.search(r"(\d+)\.$", block).group(1)
+            points.append(TracePoint(f"block {index}", encoder_point(block, "output"), value))
     return points
 
 
@@ -94,7 +93,12 @@ def exposed_session(path: Path, threads: int | None = None):
     if threads:
         opts.intra_op_num_threads = int(threads)
     opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent.resolve()))
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        raise SmtError(
+            f"{path}: onnxruntime (the trace's copy with block outputs exposed): {first_line(exc)}"
+        ) from None
     return session, points
 
 
