@@ -23,12 +23,14 @@ from smt_convert.testing.checkpoints import make_tiny_paddleocr_vl, make_tiny_qw
 FAMILIES = {
     "qwen3-asr": ("qwen3-asr", make_tiny_qwen3_asr, []),
     "qwen3.5": ("qwen3.5", make_tiny_qwen3_5, []),
+    "qwen3.5-moe": ("qwen3.5-moe", lambda out: make_tiny_qwen3_5(out, moe=True), []),
     "paddleocr-vl": ("paddleocr-vl", make_tiny_paddleocr_vl, ["--image-size", "112"]),
 }
 # family -> encoder block 1's (first LayerNorm weight, MLP output projection weight), canonical names
 ENCODER_BLOCK_1 = {
     "qwen3-asr": ("model.audio_tower.layers.1.self_attn_layer_norm.weight", "model.audio_tower.layers.1.fc2.weight"),
     "qwen3.5": ("model.visual.blocks.1.norm1.weight", "model.visual.blocks.1.mlp.linear_fc2.weight"),
+    "qwen3.5-moe": ("model.visual.blocks.1.norm1.weight", "model.visual.blocks.1.mlp.linear_fc2.weight"),
     "paddleocr-vl": (
         "model.visual.vision_model.encoder.layers.1.layer_norm1.weight",
         "model.visual.vision_model.encoder.layers.1.mlp.fc2.weight",
@@ -147,8 +149,10 @@ def test_scaled_norm_in_a_decoder_layer_is_named_first(converted, name, tmp_path
 def test_swapped_weight_in_a_decoder_layer_is_named_first(converted, name, tmp_path):
     ckpt, bundle = converted(name)
 
-    def swap(tensors):  # layer 0's FFN down projection replaced by layer 1's
-        tensors["blk.0.ffn_down.weight"][...] = np.array(tensors["blk.1.ffn_down.weight"])
+    down = "ffn_down_exps.weight" if name.endswith("-moe") else "ffn_down.weight"
+
+    def swap(tensors):  # layer 0's FFN down projection (the experts' for MoE) replaced by layer 1's
+        tensors[f"blk.0.{down}"][...] = np.array(tensors[f"blk.1.{down}"])
 
     code, doc = trace_of(faulty_copy(bundle, tmp_path / "bad", gguf_edit(swap)), ckpt)
     assert code == 1 and doc["trace"]["first_out_of_tolerance"] == "text layer 0", doc["trace"]
