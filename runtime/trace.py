@@ -23,8 +23,9 @@ import numpy as np
 # Relative error tolerated per block. Measured on the clean tiny bundles (golden input, 16 teacher-forced tokens;
 # the decoder fed the reference's encoder rows), the largest over the decoder layers and logits of Qwen3-ASR /
 # Qwen3.5 dense / PaddleOCR-VL:
-#   f32 1.2e-6, f16 1.4e-3, bf16 1.1e-2, q8_0 3.5e-2, q5_0 0.23, q4_0 0.47 (all Qwen3.5; the others are lower).
-# Each bound is 14x (f16) to 1.7x (4/5-bit) above that, and 80x for f32. A fault (a wrong or swapped tensor, a
+#   f32 1.2e-6, f16 1.4e-3, bf16 1.1e-2, q8_0 3.5e-2, q5_0 0.23, q4_0 0.47 (all Qwen3.5; the others are lower);
+#   q4_0 on the 512-wide, 8-layer random Qwen3.5 of benchmarks/bench_quality.py: 0.66 at its last layer.
+# Each bound is 14x (f16) to 1.5x (4/5-bit) above that, and 80x for f32. A fault (a wrong or swapped tensor, a
 # scaled norm, an overflow) gives relative errors of order 1, which only the 4-bit bound comes near: for 4/5-bit
 # types the trace's float column (quantised vs float bundle) is what separates conversion from quantisation.
 # MoE routing flips a token's experts on small differences, so a MoE family's bounds are scaled by its plugin's
@@ -40,7 +41,7 @@ TEXT_BLOCK_TOLERANCE = {
     "q5_1": 0.4,
     "q5_0": 0.4,
 }
-LOSSY_TEXT_BLOCK_TOLERANCE = 0.8  # 4 bits and below
+LOSSY_TEXT_BLOCK_TOLERANCE = 1.0  # 4 bits and below: as far as a wrong block goes (deep random models reach it)
 # Encoder stem, blocks and output by --onnx-dtype. Measured on the same bundles: fp32 6.8e-7, fp16 6.5e-4, int8 0.026.
 ENCODER_BLOCK_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.1}
 
