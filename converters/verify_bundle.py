@@ -60,6 +60,7 @@ def reference_rows_and_trace(
     kind = modality(manifest["modality"])
     media = kind.load(runner.bundle.root / GOLDEN_DIR / golden["input"]) if golden.get("input") else None
     expected = read_json(runner.bundle.root / GOLDEN_DIR / "expected.json")
+    float_runner = float_bundle_runner(float_bundle, runner) if float_bundle is not None else None  # checked first
     result = runner.run(
         media, fields=expected.get("fields"), language=expected.get("language"), max_new_tokens=max_new_tokens
     )
@@ -71,10 +72,9 @@ def reference_rows_and_trace(
         rows, _, _ = _compare(plugin, ckpt, hp, runner, media, result, max_new_tokens, report, recorder)
         if report is not None:
             report.step("tracing the bundle block by block")
-        if float_bundle is None:
+        if float_runner is None:
             traced = trace_run(runner, media, result, recorder.store, plugin.lossy_nmse_scale)
         else:
-            float_runner = float_bundle_runner(float_bundle, runner)
             traced = trace_with_float(runner, float_runner, media, result, recorder.store, plugin.lossy_nmse_scale)
         runner.release()
     return rows, traced
