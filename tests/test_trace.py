@@ -229,3 +229,39 @@ def test_trace_options_need_their_companions(converted, tmp_path):
     _, quantised = converted("qwen3-asr", "q8_0", "fp32")
     result = invoke("verify", bundle, "--reference", ckpt, "--trace", "--float-bundle", quantised)
     assert result.exit_code == 2 and "text.outtype: q8_0 is not a float type" in result.output
+
+
+def test_block_outputs_are_found_from_the_weights_nodes_read():
+    """A stage between blocks (a DeepStack-like merger reading block 0's output) and a final norm: the stem is
+    block 0's input, each block's output what the next weight-reading node takes."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from smt_convert.converters.encoder_trace import trace_points
+
+    def w(name):
+        return helper.make_tensor(name, TensorProto.FLOAT, [1], [1.0])
+
+    names = ["m.blocks.0.n.weight", "m.blocks.0.fc.weight", "m.stage.0.fc.weight", "m.blocks.1.n.weight"]
+    names += ["m.blocks.1.fc.weight", "m.norm.weight", "const_1"]
+    nodes = [
+        helper.make_node("Mul", ["x", "const_1"], ["x1"]),
+        helper.make_node("Mul", ["x1", "m.blocks.0.n.weight"], ["a"]),
+        helper.make_node("Mul", ["a", "m.blocks.0.fc.weight"], ["b"]),
+        helper.make_node("Add", ["x1", "b"], ["h0"]),
+        helper.make_node("Mul", ["h0", "m.stage.0.fc.weight"], ["s0"]),
+        helper.make_node("Mul", ["h0", "m.blocks.1.n.weight"], ["c"]),
+        helper.make_node("Mul", ["c", "m.blocks.1.fc.weight"], ["e"]),
+        helper.make_node("Add", ["h0", "e"], ["h1"]),
+        helper.make_node("Mul", ["h1", "m.norm.weight"], ["y0"]),
+        helper.make_node("Add", ["y0", "s0"], ["y"]),
+    ]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    graph = helper.make_graph(nodes, "g", [io[0]], [io[1]], [w(n) for n in names])
+    onnx.checker.check_graph(graph)
+    points = [(p.label, p.store_name, p.value) for p in trace_points(graph)]
+    assert points == [
+        ("stem", "block:m.blocks.0.input", "x1"),
+        ("block 0", "block:m.blocks.0.output", "h0"),
+        ("block 1", "block:m.blocks.1.output", "h1"),
+    ]
