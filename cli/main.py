@@ -626,9 +626,23 @@ def _run_segments(ctx, runner, wave, pieces, context, language, max_new_tokens, 
     type=click.IntRange(min=1),
     help="With --reference: greedy tokens compared with the Hugging Face model's greedy choice.",
 )
+@click.option(
+    "--trace",
+    is_flag=True,
+    help="With --reference: also compare every block (encoder stages, decoder layers) with the Hugging Face "
+    "model's and name the first outside tolerance.",
+)
+@click.option(
+    "--float-bundle",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --trace on a quantised bundle: a float bundle of the same checkpoint, run alongside; the trace "
+    "then separates conversion error (float vs the reference) from quantisation error (this bundle vs float).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the rows (and the trace) as JSON.")
 @_verbosity_options
 @click.pass_context
-def verify(ctx, bundle, reference, revision, max_new_tokens):
+def verify(ctx, bundle, reference, revision, max_new_tokens, trace, float_bundle, as_json):
     """Re-verify BUNDLE: file hashes, golden vectors, and optionally the Hugging Face reference."""
     from smt_convert.runtime.bundle import Bundle
     from smt_convert.runtime.errors import VerificationFailed
@@ -636,20 +650,36 @@ def verify(ctx, bundle, reference, revision, max_new_tokens):
 
     if revision is not None and reference is None:
         raise SmtError("--revision: applies to a Hugging Face repo id given as --reference")
+    if trace and reference is None:
+        raise SmtError("--trace: needs --reference CHECKPOINT (the model to trace the bundle against)")
+    if float_bundle is not None and not trace:
+        raise SmtError("--float-bundle: applies to --trace")
     if reference is not None:  # resolved (fetched) first: a wrong repo id fails before the goldens run
         reference = _resolve_checkpoint(ctx, reference, revision, what="--reference").directory
     rows = hash_rows(Bundle.open(bundle))
+    traced = None
     if all(r.ok for r in rows):
         from smt_convert.runtime.pipeline import BundleRunner
 
         runner = BundleRunner(bundle)
         rows += golden_rows(runner)
         if reference is not None:
-            from smt_convert.converters.verify_bundle import reference_rows_for_bundle
+            from smt_convert.converters.verify_bundle import reference_rows_and_trace
 
-            rows += reference_rows_for_bundle(runner, reference, max_new_tokens, _reporter(ctx))
-    click.echo(format_table(rows))
-    if not all(r.ok for r in rows):
+            more, traced = reference_rows_and_trace(
+                runner, reference, max_new_tokens, _reporter(ctx), trace, float_bundle
+            )
+            rows += more
+    if as_json:
+        document = {"rows": [r.to_dict() for r in rows], "passed": all(r.ok for r in rows)}
+        if traced is not None:
+            document["trace"] = traced.to_dict()
+        click.echo(json.dumps(document, indent=1))
+    else:
+        click.echo(format_table(rows))
+        if traced is not None:
+            click.echo("\n" + traced.format())
+    if not all(r.ok for r in rows):  # the trace says where, the rows decide (README, "Reading a trace")
         raise VerificationFailed(f"{bundle}: verification failed")
 
 

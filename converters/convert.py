@@ -567,6 +567,11 @@ def _verify_and_store_goldens(
             report=report,
         )
         reference = "transformers " + _transformers_version() + " (streamed layer by layer)"
+        if not all(r.ok for r in rows):  # say where: the first block outside tolerance (converters/trace_bundle.py)
+            from smt_convert.converters.trace_bundle import summary_row, trace_after_failure
+
+            report.step("verification failed: tracing the bundle block by block")
+            rows.append(summary_row(trace_after_failure(plugin, ckpt, hp, runner, media, result)))
     if media is not None and opts.golden_input is None:
         from smt_convert.converters.golden_inputs import text_of
 

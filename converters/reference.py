@@ -9,6 +9,7 @@ greedy tokens leave the path the reference was scored on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from smt_convert.converters.plugin import ArchPlugin, ReferenceRequest, ReferenceResult
-from smt_convert.converters.reference_stream import teacher_forced_tokens
+from smt_convert.converters.reference_stream import teacher_forced_tokens, watching_builds
 from smt_convert.runtime import quality as Q
 from smt_convert.runtime import verify as V
 from smt_convert.runtime.verify import Row
@@ -95,16 +96,18 @@ def compare_with_reference(
     thresholds: dict | None = None,
     cache: ReferenceCache | None = None,
     report=None,
+    recorder=None,
 ) -> tuple[list[Row], list[int], Q.Quality]:
     """Rows for the encoder, text logits and greedy tokens (plus the plugin's own rows); `result` is the
-    runtime's run on `media`. Returns the rows, the reference's greedy tokens and the quality report."""
+    runtime's run on `media`. Returns the rows, the reference's greedy tokens and the quality report.
+    `recorder` (converters/trace_reference.py) also writes the reference's block outputs for a trace."""
     host_input = runner.features(media) if media is not None else None
     prompt_ids = list(result.prompt.placeholder_ids)
     stop_ids = runner.stop_ids()
     ours = scored_logits(runner, result.prompt, result.tokens)
     runner.release()  # the runtime's encoder and decoder are not needed while the reference holds its layers
     key = ReferenceCache.key(ckpt.root, host_input, prompt_ids)
-    found = cache.find(key, result.tokens) if cache is not None else None
+    found = cache.find(key, result.tokens) if cache is not None and recorder is None else None
     if found is None:
         if report is not None:
             report.step("running the Hugging Face reference layer by layer")
@@ -116,7 +119,10 @@ def compare_with_reference(
             stop_ids=stop_ids,
             host=runner.host,
         )
-        ref, scored_on = plugin.reference(ckpt, hp, request), list(result.tokens)
+        with watching_builds(recorder) if recorder is not None else contextlib.nullcontext():
+            ref, scored_on = plugin.reference(ckpt, hp, request), list(result.tokens)
+        if recorder is not None:
+            recorder.result(ref)
         if cache is not None:
             cache.add(key, result.tokens, ref)
     else:

@@ -10,6 +10,7 @@ comparison needs.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -18,6 +19,20 @@ from smt_convert.runtime.errors import SmtError
 
 if TYPE_CHECKING:
     import torch
+
+# Watchers of every module `build_module` makes (prefix, module): the divergence trace hooks the blocks' outputs
+# this way (converters/trace_reference.py), so no family's reference code knows it is being traced.
+_WATCHERS: list[Callable[[str, "torch.nn.Module"], None]] = []
+
+
+@contextmanager
+def watching_builds(watch: Callable[[str, "torch.nn.Module"], None]):
+    """While active, `watch(prefix, module)` sees each module built from the checkpoint, before it runs."""
+    _WATCHERS.append(watch)
+    try:
+        yield
+    finally:
+        _WATCHERS.remove(watch)
 
 
 def build_module(
@@ -32,6 +47,8 @@ def build_module(
     with no_init_weights():
         module = factory()
     load_module(module, load, prefix, where)
+    for watch in _WATCHERS:
+        watch(prefix, module)
     return module.eval()
 
 

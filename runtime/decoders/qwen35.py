@@ -354,9 +354,12 @@ class Qwen35Decoder:
     def new_cache(self) -> HybridCache:
         return HybridCache.empty(self.config)
 
-    def forward(self, embeds: np.ndarray, positions: np.ndarray, cache: HybridCache, logits: str = "all") -> np.ndarray:
+    def forward(
+        self, embeds: np.ndarray, positions: np.ndarray, cache: HybridCache, logits: str = "all", observe=None
+    ) -> np.ndarray:
         """Run new tokens after those in `cache` (updating it); return logits [n or 1, vocab] float32.
-        positions: [n] (text, expanded to (p, p, p, 0)) or [n, 4] M-RoPE streams (t, h, w, e)."""
+        positions: [n] (text, expanded to (p, p, p, 0)) or [n, 4] M-RoPE streams (t, h, w, e).
+        `observe(i, hidden)`, when given, sees each layer's output (the divergence trace, runtime/trace.py)."""
         cfg = self.config
         x = check_inputs(embeds, positions, cfg.hidden, logits)
         cos, sin = rope_angles(positions, cfg)
@@ -369,6 +372,8 @@ class Qwen35Decoder:
                 x = x + self._attention(hn, layer.mix, cos, sin, mask, cache, i)
             hn = rms_norm(x, layer.post_norm, cfg.eps)
             x = x + (self._moe(hn, layer.ffn) if cfg.moe else self._mlp(hn, layer.ffn))
+            if observe is not None:
+                observe(i, x)
         cache.length += x.shape[0]
         if logits == "last":
             x = x[-1:]

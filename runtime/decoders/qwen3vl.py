@@ -231,8 +231,11 @@ class Qwen3VLDecoder:
     def new_cache(self) -> KVCache:
         return KVCache.empty(self.config)
 
-    def forward(self, embeds: np.ndarray, positions: np.ndarray, cache: KVCache, logits: str = "all") -> np.ndarray:
-        """Run new tokens after those in `cache` (appending to it); return logits [n or 1, vocab] float32."""
+    def forward(
+        self, embeds: np.ndarray, positions: np.ndarray, cache: KVCache, logits: str = "all", observe=None
+    ) -> np.ndarray:
+        """Run new tokens after those in `cache` (appending to it); return logits [n or 1, vocab] float32.
+        `observe(i, hidden)`, when given, sees each layer's output (the divergence trace, runtime/trace.py)."""
         cfg = self.config
         rows = check_inputs(embeds, positions, cfg.input_width, logits)
         x, hd = rows[:, : cfg.hidden], cfg.hidden
@@ -241,6 +244,8 @@ class Qwen3VLDecoder:
         for i, layer in enumerate(self.layers):
             x = x + self._attention(rms_norm(x, layer.attn_norm, cfg.eps), layer, cos, sin, mask, cache, i)
             x = x + layer.ffn(rms_norm(x, layer.ffn_norm, cfg.eps))
+            if observe is not None:  # the layer's own output, as the reference's hook sees it (before DeepStack)
+                observe(i, x)
             if i < cfg.n_deepstack:
                 x = x + rows[:, hd * (i + 1) : hd * (i + 2)]
         cache.length += x.shape[0]
