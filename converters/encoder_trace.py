@@ -64,8 +64,11 @@ def trace_points(graph) -> list[TracePoint]:
     value = data_input(nodes[first[stem_block]])
     points = [TracePoint("stem", encoder_point(stem_block, "input"), value)] if value else []
     readers = [i for i, node in enumerate(nodes) if named_weights(node)]
-    for block in sorted(last, key=lambda b: last[b]):
-        after = next((i for i in readers if i > last[block]), None)
+    order = sorted(last, key=lambda b: last[b])
+    for k, block in enumerate(order):
+        # the next block's first node reads this block's output as it is (a DeepStack merger after the block
+        # reads it reshaped); after the last block, the first node that reads a weight (a final norm, a merger)
+        after = first[order[k + 1]] if k + 1 < len(order) else next((i for i in readers if i > last[block]), None)
         value = data_input(nodes[after]) if after is not None else None
         if value is not None:
             index = re.search(r"(\d+)\.$", block)

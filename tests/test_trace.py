@@ -17,7 +17,12 @@ import pytest
 from click.testing import CliRunner
 
 from smt_convert.main import cli
-from smt_convert.testing.checkpoints import make_tiny_paddleocr_vl, make_tiny_qwen3_5, make_tiny_qwen3_asr
+from smt_convert.testing.checkpoints import (
+    make_tiny_paddleocr_vl,
+    make_tiny_qwen3_5,
+    make_tiny_qwen3_asr,
+    make_tiny_qwen3_vl,
+)
 
 # family -> (command, builder, extra options)
 FAMILIES = {
@@ -25,12 +30,17 @@ FAMILIES = {
     "qwen3.5": ("qwen3.5", make_tiny_qwen3_5, []),
     "qwen3.5-moe": ("qwen3.5-moe", lambda out: make_tiny_qwen3_5(out, moe=True), []),
     "paddleocr-vl": ("paddleocr-vl", make_tiny_paddleocr_vl, ["--image-size", "112"]),
+    # DeepStack: encoder blocks 0 and 1 feed a merger of their own; decoder layers 0 and 1 get DeepStack rows added
+    "qwen3-vl": ("qwen3-vl", make_tiny_qwen3_vl, []),
+    "qwen3-vl-moe": ("qwen3-vl-moe", lambda out: make_tiny_qwen3_vl(out, moe=True), []),
 }
 # family -> encoder block 1's (first LayerNorm weight, MLP output projection weight), canonical names
 ENCODER_BLOCK_1 = {
     "qwen3-asr": ("model.audio_tower.layers.1.self_attn_layer_norm.weight", "model.audio_tower.layers.1.fc2.weight"),
     "qwen3.5": ("model.visual.blocks.1.norm1.weight", "model.visual.blocks.1.mlp.linear_fc2.weight"),
     "qwen3.5-moe": ("model.visual.blocks.1.norm1.weight", "model.visual.blocks.1.mlp.linear_fc2.weight"),
+    "qwen3-vl": ("model.visual.blocks.1.norm1.weight", "model.visual.blocks.1.mlp.linear_fc2.weight"),
+    "qwen3-vl-moe": ("model.visual.blocks.1.norm1.weight", "model.visual.blocks.1.mlp.linear_fc2.weight"),
     "paddleocr-vl": (
         "model.visual.vision_model.encoder.layers.1.layer_norm1.weight",
         "model.visual.vision_model.encoder.layers.1.mlp.fc2.weight",
