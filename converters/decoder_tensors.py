@@ -10,7 +10,7 @@ Qwen3-like text side is a few lines.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 from gguf import MODEL_TENSOR as T
 from gguf import TENSOR_NAMES
@@ -42,6 +42,19 @@ HF_LAYER: dict[T, str] = {
 QK_NORM = (T.ATTN_Q_NORM, T.ATTN_K_NORM)
 
 
+class DecoderHparams(Protocol):
+    """The text hyperparameters every family's record names the same way."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    tie_embeddings: bool
+
+
 @dataclass(frozen=True)
 class DecoderShape:
     """The sizes that fix every standard decoder tensor's shape."""
@@ -55,6 +68,21 @@ class DecoderShape:
     head_dim: int
     qk_norm: bool  # Qwen3: per-head RMSNorm on q and k
     tied: bool  # no lm_head: the token embedding doubles as the output
+
+    @classmethod
+    def of(cls, hp: DecoderHparams, qk_norm: bool) -> "DecoderShape":
+        """From a family's text hyperparameters (no biases: none of these decoders has any)."""
+        return cls(
+            hp.vocab_size,
+            hp.hidden_size,
+            hp.intermediate_size,
+            hp.num_layers,
+            hp.num_heads * hp.head_dim,
+            hp.num_kv_heads * hp.head_dim,
+            hp.head_dim,
+            qk_norm=qk_norm,
+            tied=hp.tie_embeddings,
+        )
 
 
 def layer_shapes(s: DecoderShape) -> dict[T, tuple[int, ...]]:

@@ -46,17 +46,7 @@ def expected_text_tensors(hp: TextHparams, layout: TextLayout = NATIVE_LAYOUT) -
 
 def decoder_shape(hp: TextHparams) -> DecoderShape:
     """ERNIE-4.5's text side is the standard decoder (no q/k norm, no biases)."""
-    return DecoderShape(
-        hp.vocab_size,
-        hp.hidden_size,
-        hp.intermediate_size,
-        hp.num_layers,
-        hp.q_dim,
-        hp.kv_dim,
-        hp.head_dim,
-        qk_norm=False,
-        tied=hp.tie_embeddings,
-    )
+    return DecoderShape.of(hp, qk_norm=False)
 
 
 def ignored_text_tensors(hp: TextHparams, layout: TextLayout = NATIVE_LAYOUT) -> dict[str, str]:

@@ -41,17 +41,7 @@ def expected_tensors(hp: Hparams) -> dict[str, tuple[int, ...]]:
 
 def decoder_shape(hp: Hparams) -> DecoderShape:
     """The text side is a standard Qwen3 decoder (q/k norms, no biases)."""
-    return DecoderShape(
-        hp.vocab_size,
-        hp.hidden_size,
-        hp.intermediate_size,
-        hp.num_layers,
-        hp.num_heads * hp.head_dim,
-        hp.num_kv_heads * hp.head_dim,
-        hp.head_dim,
-        qk_norm=True,
-        tied=hp.tie_embeddings,
-    )
+    return DecoderShape.of(hp, qk_norm=True)
 
 
 def encoder_tensors(hp: Hparams) -> dict[str, tuple[int, ...]]:

@@ -19,17 +19,7 @@ EXPERTS = TEXT + "layers.{i}.mlp."
 
 
 def decoder_shape(t: TextHparams) -> DecoderShape:
-    return DecoderShape(
-        t.vocab_size,
-        t.hidden_size,
-        t.intermediate_size,
-        t.num_layers,
-        t.num_heads * t.head_dim,
-        t.num_kv_heads * t.head_dim,
-        t.head_dim,
-        qk_norm=True,
-        tied=t.tie_embeddings,
-    )
+    return DecoderShape.of(t, qk_norm=True)
 
 
 def expert_shapes(hp: Hparams) -> dict[str, tuple[int, int, int]]:
