@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import numpy as np
 
@@ -26,16 +26,9 @@ ATTENTION = "sdpa"  # what transformers picks by default for these classes on CP
 EXPERTS = "grouped_mm"  # likewise for the MoE experts (set explicitly: a standalone layer has no default)
 
 
-class HasModel(Protocol):
-    """What `rope_positions` reads: the model class that holds `get_rope_index` (Qwen3.5's or Qwen3-VL's)."""
-
-    @property
-    def model(self) -> Any: ...
-
-
 @dataclass(frozen=True)
 class Classes:
-    """The transformers classes of one variant (dense or MoE)."""
+    """The transformers classes of one variant (dense or MoE; Qwen3-VL's fill the same record)."""
 
     config: Any  # the multimodal config class
     text_config: Any
@@ -135,12 +128,12 @@ def hf_patches(host_input: np.ndarray, hp: ImageModel):
     return batch["pixel_values"], batch["image_grid_thw"]
 
 
-def vision_rows(vision_config, cls: Classes, load: Callable, pixel_values, grid_thw) -> np.ndarray:
-    """HF's vision model on the patches, blocks streamed: [N, out_hidden_size]."""
+def streamed_tower(vision_config, cls: Classes, load: Callable):
+    """HF's vision model with each block built from the checkpoint just before it runs (Qwen3-VL's too)."""
     import torch
 
     stem = copy.deepcopy(vision_config)
-    stem.depth = 0  # patch embedding, position table, rotary and merger; the blocks are streamed below
+    stem.depth = 0  # patch embedding, position table, rotary and mergers; the blocks are streamed below
     tower = build_module(lambda: cls.vision(stem), load, VISION)
     tower.blocks = torch.nn.ModuleList(
         [
@@ -148,14 +141,21 @@ def vision_rows(vision_config, cls: Classes, load: Callable, pixel_values, grid_
             for i in range(vision_config.depth)
         ]
     )
+    return tower
+
+
+def vision_rows(vision_config, cls: Classes, load: Callable, pixel_values, grid_thw) -> np.ndarray:
+    """HF's vision model on the patches, blocks streamed: [N, out_hidden_size]."""
+    import torch
+
     with torch.no_grad():
-        return tower(pixel_values, grid_thw=grid_thw).pooler_output.numpy()
+        return streamed_tower(vision_config, cls, load)(pixel_values, grid_thw=grid_thw).pooler_output.numpy()
 
 
 # ---- text ------------------------------------------------------------------------------------------------
 
 
-def rope_positions(whole_config, cls: HasModel, ids: list[int], image_token: int | None, grid_thw):
+def rope_positions(whole_config, cls: Classes, ids: list[int], image_token: int | None, grid_thw):
     """[3, 1, L] (t, h, w) positions: HF's own `get_rope_index` when the prompt holds an image, else 0..L-1."""
     import torch
 

@@ -9,30 +9,17 @@ image positions (`Qwen3VLTextModel._deepstack_process`); final norm and lm_head.
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-from smt_convert.archs.qwen3_5.reference import hf_patches, rope_positions
-from smt_convert.archs.qwen3_vl.config import TEXT, VISION, Hparams
+from smt_convert.archs.qwen3_5.reference import Classes, hf_patches, rope_positions, streamed_tower
+from smt_convert.archs.qwen3_vl.config import TEXT, Hparams
 from smt_convert.converters.plugin import ReferenceRequest, ReferenceResult
-from smt_convert.converters.reference_stream import build_module, streamed
+from smt_convert.converters.reference_stream import build_module
 
 ATTENTION = "sdpa"
 EXPERTS = "grouped_mm"
-
-
-@dataclass(frozen=True)
-class Classes:
-    config: Any
-    model: Any  # holds get_rope_index
-    vision: Any
-    vision_block: Any
-    decoder_layer: Any
-    norm: Any
-    rotary: Any
 
 
 def classes(moe: bool) -> Classes:
@@ -41,6 +28,7 @@ def classes(moe: bool) -> Classes:
 
         return Classes(
             moe_m.Qwen3VLMoeConfig,
+            moe_m.Qwen3VLMoeTextConfig,
             moe_m.Qwen3VLMoeModel,
             moe_m.Qwen3VLMoeVisionModel,
             moe_m.Qwen3VLMoeVisionBlock,
@@ -52,6 +40,7 @@ def classes(moe: bool) -> Classes:
 
     return Classes(
         m.Qwen3VLConfig,
+        m.Qwen3VLTextConfig,
         m.Qwen3VLModel,
         m.Qwen3VLVisionModel,
         m.Qwen3VLVisionBlock,
@@ -77,17 +66,8 @@ def vision_rows(vision_config, cls: Classes, load: Callable, pixel_values, grid_
     """[N, out_hidden x (1 + k)]: the merger's rows, then each DeepStack merger's, side by side."""
     import torch
 
-    stem = copy.deepcopy(vision_config)
-    stem.depth = 0  # patch embedding, position table, rotary, mergers; the blocks are streamed below
-    tower = build_module(lambda: cls.vision(stem), load, VISION)
-    tower.blocks = torch.nn.ModuleList(
-        [
-            streamed(lambda: cls.vision_block(vision_config), load, f"{VISION}blocks.{i}.")
-            for i in range(vision_config.depth)
-        ]
-    )
     with torch.no_grad():
-        out = tower(pixel_values, grid_thw=grid_thw)
+        out = streamed_tower(vision_config, cls, load)(pixel_values, grid_thw=grid_thw)
         return torch.cat([out.pooler_output, *out.deepstack_features], dim=1).numpy()
 
 
