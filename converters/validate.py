@@ -101,6 +101,33 @@ def require(condition: bool, path: Path, field_name: str, message: str) -> None:
         raise SmtError(f"{path}: {field_name}: {message}")
 
 
+def require_grouped_heads(num_heads: int, num_kv_heads: int, path: Path, text: "ConfigReader") -> None:
+    """Grouped-query attention: every key/value head serves the same number of query heads (llama.cpp and the
+    runtime's GQA assume it)."""
+    require(
+        num_heads % num_kv_heads == 0,
+        path,
+        text.field("num_key_value_heads"),
+        f"{num_kv_heads} does not divide num_attention_heads {num_heads}",
+    )
+
+
+def require_silu_without_biases(text: "ConfigReader", path: Path, gguf_arch: str) -> None:
+    """The decoders llama.cpp's Qwen graphs build: SiLU-gated FFNs, attention without biases."""
+    require(
+        text.data.get("hidden_act", "silu") == "silu",
+        path,
+        text.field("hidden_act"),
+        f"'{text.data.get('hidden_act')}' is not supported (expected silu)",
+    )
+    require(
+        not text.data.get("attention_bias", False),
+        path,
+        text.field("attention_bias"),
+        f"attention biases are not supported by llama.cpp's {gguf_arch}",
+    )
+
+
 @dataclass
 class TensorCheck:
     """What validation found about the checkpoint's tensors (dropped ones go into the manifest)."""

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Iterable
 
 from smt_convert.runtime.documents import finite
-from smt_convert.converters.validate import ConfigReader, TieConfig, image_size_hw, read_rope, read_tie, require
+from smt_convert.converters.validate import (
+    ConfigReader,
+    TieConfig,
+    image_size_hw,
+    read_rope,
+    read_tie,
+    require,
+    require_grouped_heads,
+)
 from smt_convert.runtime.errors import SmtError
 
 GGUF_ARCH = "paddleocr"
@@ -201,12 +209,7 @@ def read_text_hparams(config: dict, path: Path) -> TextHparams:
 
 
 def _check_text(hp: TextHparams, text: ConfigReader, rope: ConfigReader, path: Path) -> None:
-    require(
-        hp.num_heads % hp.num_kv_heads == 0,
-        path,
-        text.field("num_key_value_heads"),
-        f"{hp.num_kv_heads} does not divide num_attention_heads {hp.num_heads}",
-    )
+    require_grouped_heads(hp.num_heads, hp.num_kv_heads, path, text)
     require(hp.head_dim % 2 == 0, path, text.field("head_dim"), f"{hp.head_dim} must be even (rotary pairs)")
     require(
         sum(hp.mrope_section) == hp.head_dim // 2,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from smt_convert.runtime.documents import finite
 from smt_convert.converters.validate import (
+    require_grouped_heads,
+    require_silu_without_biases,
     ConfigReader,
     TieConfig,
     image_size_hw,
@@ -275,12 +277,7 @@ def _check(hp: TextHparams, text: ConfigReader, rope: ConfigReader, path: Path) 
         text.field("layer_types"),
         f"{len(hp.layer_types)} entries, expected num_hidden_layers ({hp.num_layers})",
     )
-    require(
-        hp.num_heads % hp.num_kv_heads == 0,
-        path,
-        text.field("num_key_value_heads"),
-        f"{hp.num_kv_heads} does not divide num_attention_heads {hp.num_heads}",
-    )
+    require_grouped_heads(hp.num_heads, hp.num_kv_heads, path, text)
     require(
         hp.linear_num_value_heads % hp.linear_num_key_heads == 0,
         path,
@@ -295,18 +292,7 @@ def _check(hp: TextHparams, text: ConfigReader, rope: ConfigReader, path: Path) 
         f"{hp.linear_value_head_dim} != linear_key_head_dim {hp.linear_key_head_dim}; llama.cpp's qwen35 "
         "needs equal key and value head sizes",
     )
-    require(
-        text.data.get("hidden_act", "silu") == "silu",
-        path,
-        text.field("hidden_act"),
-        f"'{text.data.get('hidden_act')}' is not supported (expected silu)",
-    )
-    require(
-        not text.data.get("attention_bias", False),
-        path,
-        text.field("attention_bias"),
-        "attention biases are not supported by llama.cpp's qwen35",
-    )
+    require_silu_without_biases(text, path, "qwen35")
     rd = hp.rope_dim
     require(
         rd % 2 == 0 and 0 < rd <= hp.head_dim,

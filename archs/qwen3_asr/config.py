@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from smt_convert.converters.validate import ConfigReader, TieConfig, read_rope, read_tie, require
+from smt_convert.converters.validate import ConfigReader, TieConfig, read_rope, read_tie, require, require_grouped_heads
 from smt_convert.runtime.audio import conv_rows
 from smt_convert.runtime.errors import SmtError
 
@@ -120,12 +120,7 @@ def read_hparams(ckpt, opts=None, name: str = "qwen3-asr") -> Hparams:
         audio.field("output_dim"),
         f"projector output width {hp.output_dim} must equal the text hidden size {hp.hidden_size}",
     )
-    require(
-        hp.num_heads % hp.num_kv_heads == 0,
-        path,
-        text.field("num_key_value_heads"),
-        f"{hp.num_kv_heads} does not divide num_attention_heads {hp.num_heads}",
-    )
+    require_grouped_heads(hp.num_heads, hp.num_kv_heads, path, text)
     require(hp.head_dim % 2 == 0, path, text.field("head_dim"), "must be even for rotary embeddings")
     require(
         hp.d_model % hp.encoder_heads == 0,

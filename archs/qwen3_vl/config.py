@@ -15,7 +15,16 @@ import math
 from dataclasses import dataclass, field, replace
 
 from smt_convert.archs.qwen3_5.config import VisionHparams, read_vision, section_mismatch
-from smt_convert.converters.validate import ConfigReader, TieConfig, read_rope, read_tie, require, settle_tie
+from smt_convert.converters.validate import (
+    ConfigReader,
+    TieConfig,
+    read_rope,
+    read_tie,
+    require,
+    settle_tie,
+    require_grouped_heads,
+    require_silu_without_biases,
+)
 from smt_convert.runtime.errors import SmtError
 
 TEXT = "model.language_model."
@@ -131,12 +140,7 @@ def read_text(config: dict, path, moe: bool) -> TextHparams:
             text.field("mlp_only_layers"),
             "dense layers inside a MoE model are not supported (llama.cpp's qwen3vlmoe has experts in every layer)",
         )
-    require(
-        hp.num_heads % hp.num_kv_heads == 0,
-        path,
-        text.field("num_key_value_heads"),
-        f"{hp.num_kv_heads} does not divide num_attention_heads {hp.num_heads}",
-    )
+    require_grouped_heads(hp.num_heads, hp.num_kv_heads, path, text)
     require(hp.head_dim % 2 == 0, path, text.field("head_dim"), "must be even for rotary embeddings")
     require(
         sum(section) <= hp.head_dim // 2,
@@ -144,18 +148,7 @@ def read_text(config: dict, path, moe: bool) -> TextHparams:
         rope.block.field("mrope_section"),
         f"{section} has more pairs than head_dim {hp.head_dim} rotates ({hp.head_dim // 2})",
     )
-    require(
-        text.data.get("hidden_act", "silu") == "silu",
-        path,
-        text.field("hidden_act"),
-        f"'{text.data.get('hidden_act')}' is not supported (expected silu)",
-    )
-    require(
-        not text.data.get("attention_bias", False),
-        path,
-        text.field("attention_bias"),
-        "attention biases are not supported by llama.cpp's qwen3vl",
-    )
+    require_silu_without_biases(text, path, "qwen3vl")
     return hp
 
 
