@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from smt_convert.runtime.errors import SmtError, first_line
+from smt_convert.runtime.onnx_session import session_options
 from smt_convert.runtime.trace import ENCODER_BLOCK_TOLERANCE, ActivationStore, BlockRow, against_float, compare
 
 BLOCK_WEIGHT = re.compile(r"^(.*?(?:layers|blocks)\.\d+\.)")
@@ -92,11 +93,7 @@ def exposed_session(path: Path, threads: int | None = None):
         model.graph.output.append(
             onnx.helper.make_tensor_value_info(p.value, types.get(p.value, onnx.TensorProto.FLOAT), None)
         )
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.enable_cpu_mem_arena = False  # as runtime/onnx_session.py
-    if threads:
-        opts.intra_op_num_threads = int(threads)
+    opts = session_options(threads)
     opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent.resolve()))
     try:
         session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
