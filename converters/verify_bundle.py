@@ -29,10 +29,6 @@ def _model_identity(record):
     return record
 
 
-def reference_rows_for_bundle(runner, reference_dir: Path, max_new_tokens: int, report) -> list:
-    return reference_rows_and_trace(runner, reference_dir, max_new_tokens, report)[0]
-
-
 def reference_rows_and_trace(
     runner, reference_dir: Path, max_new_tokens: int, report, trace: bool = False, float_bundle: Path | None = None
 ):
